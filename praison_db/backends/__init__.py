@@ -1,0 +1,1 @@
+"""Store implementations, one module per backend family. Import them through :mod:`praison_db.registry`."""

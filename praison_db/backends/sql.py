@@ -1,0 +1,719 @@
+"""SQL stores over SQLAlchemy Core: SQLite, PostgreSQL (psycopg 3) and MySQL/MariaDB (PyMySQL), one code path.
+
+URLs: ``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite:///:memory:``, a bare ``*.db`` path;
+``postgresql://``, ``postgres://``, ``postgresql+psycopg://``, ``postgresql+psycopg2://``;
+``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mariadb+pymysql://``.
+Other query parameters (``sslmode``, ``connect_timeout``, ...) go to the driver.
+
+Options: ``table_prefix`` (default ``praison_``), ``pool_size``, ``max_overflow``, ``pool_recycle`` (seconds),
+``connect_timeout`` (seconds), ``auto_upgrade`` (apply pending schema migrations on open; default true), ``echo``.
+
+Guarantees: every append is one transaction that bumps the session's counter row (a row lock on PostgreSQL and
+MySQL, ``BEGIN IMMEDIATE`` on SQLite) and inserts the messages, so seqs are unique and gap-free across processes;
+``updated_at`` and ``message_count`` change in that same transaction. Reads of the newest N messages are an index
+range scan on the primary key (session_id, seq). The schema version lives in ``<prefix>schema_version``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, event, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from .. import errors
+from ..base import (
+    BOOL,
+    POSITIVE_SECONDS,
+    Capabilities,
+    ConversationStore,
+    Option,
+    SessionFilter,
+    StateStore,
+    check_prefix,
+    incremented,
+    loads,
+    missing_session,
+    resolve_options,
+)
+from ..models import Message, MessageDraft, Session, dumps, utcnow
+from ..url import StoreURL, mask_url
+from . import sql_schema
+from .sql_schema import Tables, build_tables
+
+__all__ = ["SqlConversationStore", "SqlStateStore", "SqlDatabase", "migrate", "schema_version"]
+
+log = logging.getLogger("praison_db")
+
+
+def _int(value: Any) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a non-negative integer")
+    return number
+
+
+OPTIONS: dict[str, Option] = {
+    "table_prefix": Option(check_prefix, "praison_", "prefix of every table name"),
+    "pool_size": Option(_int, 5, "connections kept open (PostgreSQL, MySQL)"),
+    "max_overflow": Option(_int, 10, "extra connections allowed under load"),
+    "pool_recycle": Option(_int, 1800, "seconds after which a pooled connection is replaced"),
+    "connect_timeout": Option(POSITIVE_SECONDS, 10.0, "seconds to wait for the server when connecting"),
+    "auto_upgrade": Option(BOOL, True, "apply pending schema migrations on open"),
+    "echo": Option(BOOL, False, "log every SQL statement"),
+}
+
+# scheme -> (SQLAlchemy driver name, praison-db extra, driver module)
+_DRIVERS: dict[str, tuple[str, str | None, str]] = {
+    "sqlite": ("sqlite+pysqlite", None, "sqlite3"),
+    "sqlite+pysqlite": ("sqlite+pysqlite", None, "sqlite3"),
+    "postgresql": ("postgresql+psycopg", "postgres", "psycopg"),
+    "postgres": ("postgresql+psycopg", "postgres", "psycopg"),
+    "postgresql+psycopg": ("postgresql+psycopg", "postgres", "psycopg"),
+    "postgresql+psycopg2": ("postgresql+psycopg2", None, "psycopg2"),
+    "mysql": ("mysql+pymysql", "mysql", "pymysql"),
+    "mysql+pymysql": ("mysql+pymysql", "mysql", "pymysql"),
+    "mariadb": ("mariadb+pymysql", "mysql", "pymysql"),
+    "mariadb+pymysql": ("mariadb+pymysql", "mysql", "pymysql"),
+}
+
+
+# ---- dialect quirks: the only place that knows which database this is ----
+
+
+def _insert_ignore(dialect: str, table: Any) -> Any:
+    """INSERT that does nothing when the primary key exists (rowcount tells which happened)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return insert(table).prefix_with("IGNORE")
+
+
+def _upsert(dialect: str, table: Any, columns: list[str]) -> Any:
+    """INSERT that overwrites ``columns`` when the primary key exists."""
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+        stmt = dialect_insert(table)
+        return stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_={c: stmt.excluded[c] for c in columns})
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+    stmt = mysql_insert(table)
+    return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in columns})
+
+
+@contextmanager
+def _schema_lock(conn: Connection, name: str) -> Iterator[None]:
+    """Serialise migrations between processes: an advisory lock, a named lock, or SQLite's write lock."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
+        yield
+    elif dialect in ("mysql", "mariadb"):
+        got = conn.execute(text("SELECT GET_LOCK(:n, 60)"), {"n": name[:64]}).scalar()
+        if got != 1:
+            raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema")
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
+    else:
+        yield  # the transaction began with BEGIN IMMEDIATE
+
+
+_RETRYABLE_CODES = {"40001", "40P01", 1213, 1205}  # serialization failure, deadlock, lock wait timeout
+
+
+def _is_retryable(error: sa_exc.DBAPIError) -> bool:
+    orig = error.orig
+    code = getattr(orig, "sqlstate", None) or (orig.args[0] if getattr(orig, "args", None) else None)
+    return code in _RETRYABLE_CODES
+
+
+def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
+    """A praison_db error for a SQLAlchemy/driver error; the message is one line with no password."""
+    if isinstance(error, errors.Error):
+        return error
+    if not isinstance(error, (sa_exc.SQLAlchemyError, OSError)):
+        return None
+    orig = getattr(error, "orig", None) or error
+    detail = " ".join(str(orig).split())[:300]
+    if password:
+        detail = detail.replace(password, "***")
+    detail = mask_url(detail)
+    lowered = detail.lower()
+    if isinstance(error, sa_exc.IntegrityError):
+        return errors.IntegrityError(f"{where}: {detail}")
+    if isinstance(error, sa_exc.DataError):
+        return errors.InputError(f"{where} rejected the value: {detail}")
+    if any(s in lowered for s in ("password authentication failed", "access denied", "no password supplied")):
+        return errors.ConfigError(f"{where}: the server refused the credentials; check the user and password in the URL")
+    if ("database" in lowered and "does not exist" in lowered) or "unknown database" in lowered:
+        return errors.ConfigError(f"{where}: the database does not exist; create it or fix the URL ({detail})")
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError)):
+        return errors.StoreUnavailable(f"{where} is unavailable: {detail}")
+    if isinstance(error, sa_exc.ProgrammingError) and ("does not exist" in lowered or "doesn't exist" in lowered):
+        return errors.SchemaError(f"{where}: the tables are missing; run `praison-db migrate URL` ({detail})")
+    return None
+
+
+class SqlDatabase:
+    """One engine, its tables and its schema version, shared by the conversation and state stores of a URL."""
+
+    def __init__(self, url: StoreURL, *, schema: str = "auto", **options: Any) -> None:
+        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
+        self.url = url
+        self.where = f"{url.base_scheme} at {url.render()}"
+        self.password = url.password
+        self.prefix: str = opts["table_prefix"]
+        self._refs = 1  # the opener's reference; stores acquire their own
+        self._lock = threading.Lock()
+        self.engine = self._create_engine(url, opts, driver_args)
+        self.dialect: str = self.engine.dialect.name
+        try:
+            self.tables = self._prepare(opts["auto_upgrade"], check=schema != "skip")
+        except Exception as e:
+            self.engine.dispose()
+            if isinstance(e, errors.Error):
+                raise
+            translated = _classify(e, self.where, self.password)
+            if translated is None:
+                raise
+            raise translated from e
+
+    # ---- engine ----
+
+    def _create_engine(self, url: StoreURL, opts: dict[str, Any], driver_args: dict[str, Any]) -> Engine:
+        drivername, extra, module = _DRIVERS[url.scheme]
+        sa_url = self._sqlalchemy_url(url, drivername, driver_args)
+        kwargs: dict[str, Any] = {
+            "echo": opts["echo"],
+            "json_serializer": lambda v: dumps(v),
+            "pool_pre_ping": True,  # a server restart costs the next call a reconnect, not an error
+        }
+        if drivername.startswith("sqlite"):
+            kwargs.update(self._sqlite_engine_args(sa_url))
+        else:
+            kwargs.update(pool_size=opts["pool_size"], max_overflow=opts["max_overflow"], pool_recycle=opts["pool_recycle"])
+            if "connect_timeout" not in driver_args:
+                kwargs["connect_args"] = {"connect_timeout": max(1, round(opts["connect_timeout"]))}
+        try:
+            engine = create_engine(sa_url, **kwargs)
+        except ModuleNotFoundError as e:
+            fix = f"pip install 'praison-db[{extra}]'" if extra else f"pip install {module}"
+            if module == "psycopg2":
+                fix = "pip install psycopg2-binary (or use postgresql:// for psycopg 3)"
+            raise errors.ConfigError(f"{url.scheme}:// needs the {module} package: {fix}") from e
+        except (sa_exc.ArgumentError, TypeError, ValueError) as e:
+            raise errors.ConfigError(f"invalid options for {url.render()}: {str(e).splitlines()[0][:200]}") from e
+        if engine.dialect.name == "sqlite":
+            _install_sqlite_hooks(engine, memory=sa_url.database in (None, "", ":memory:"))
+        return engine
+
+    @staticmethod
+    def _sqlalchemy_url(url: StoreURL, drivername: str, driver_args: dict[str, Any]) -> URL:
+        if drivername.startswith("sqlite"):
+            database = url.path[1:] if url.path.startswith("/") else url.path
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            return URL.create(drivername, database=database or ":memory:", query=driver_args)
+        try:
+            base = make_url(url.render(hide_password=False).split("?", 1)[0])
+        except (sa_exc.ArgumentError, ValueError):
+            raise errors.ConfigError(f"could not parse {url.render()}: check host, port and percent-encoding") from None
+        query = dict(driver_args)
+        if drivername.startswith(("mysql", "mariadb")):
+            query.setdefault("charset", "utf8mb4")
+        return base.set(drivername=drivername, query=query)
+
+    @staticmethod
+    def _sqlite_engine_args(sa_url: URL) -> dict[str, Any]:
+        args: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if sa_url.database in (None, "", ":memory:"):
+            args["poolclass"] = StaticPool  # one connection, or each would see its own empty database
+        return args
+
+    def acquire(self) -> SqlDatabase:
+        with self._lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs <= 0
+        if last:
+            self.engine.dispose()
+
+    # ---- transactions ----
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE) to avoid upgrade deadlocks."""
+        with self.engine.connect().execution_options(praison_write=True) as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def retrying(self, work: Callable[[Connection], Any], attempts: int = 30) -> Any:
+        """Run ``work`` in a write transaction, again after a deadlock or a lost insert race (bounded)."""
+        for attempt in range(attempts):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < attempts and (_is_retryable(e) or isinstance(e, sa_exc.IntegrityError)):
+                    time.sleep(min(0.05, 0.001 * 2**attempt))  # back-off between retries, not synchronisation
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    # ---- schema ----
+
+    def _prepare(self, auto_upgrade: bool, *, check: bool = True) -> Tables:
+        with self.read() as conn:
+            collation = _mysql_collation(conn)
+        tables = build_tables(self.prefix, collation)
+        if not check:
+            return tables
+        latest = len(sql_schema.MIGRATIONS)
+        current = self.current_version(tables)
+        if current > latest:
+            raise errors.SchemaError(
+                f"the {self.prefix}* tables are at schema version {current}, newer than this praison-db supports "
+                f"({latest}); upgrade praison-db"
+            )
+        if current < latest:
+            if not auto_upgrade:
+                raise errors.SchemaError(
+                    f"the {self.prefix}* tables are at schema version {current}, this praison-db needs {latest}: "
+                    f"run `praison-db migrate '{self.url.render()}'`"
+                )
+            self.upgrade(tables)
+        return tables
+
+    def current_version(self, tables: Tables) -> int:
+        with self.read() as conn:
+            if not self.engine.dialect.has_table(conn, tables.version.name):
+                return 0
+            return conn.execute(select(func.coalesce(func.max(tables.version.c.version), 0))).scalar_one()
+
+    def upgrade(self, tables: Tables) -> list[int]:
+        """Apply every pending migration in order, each recorded in the version table. Idempotent."""
+        applied: list[int] = []
+        with self.write() as conn, _schema_lock(conn, f"praison_db:{self.prefix}"):
+            tables.metadata.create_all(conn, tables=[tables.version], checkfirst=True)
+            current = conn.execute(select(func.coalesce(func.max(tables.version.c.version), 0))).scalar_one()
+            for index in range(current, len(sql_schema.MIGRATIONS)):
+                sql_schema.MIGRATIONS[index](conn, tables)
+                conn.execute(insert(tables.version).values(version=index + 1, applied_at=utcnow()))
+                applied.append(index + 1)
+                log.info("praison_db: migrated %s to schema version %d", self.where, index + 1)
+        return applied
+
+    def server_version(self) -> str:
+        with self.read() as conn:
+            info = conn.dialect.server_version_info
+            return ".".join(str(p) for p in info) if info else "?"
+
+
+def _mysql_collation(conn: Connection) -> str:
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return "utf8mb4_nopad_bin"
+    if getattr(conn.dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    return "utf8mb4_0900_bin"  # MySQL 8: binary and NO PAD
+
+
+def _install_sqlite_hooks(engine: Engine, *, memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below decides how transactions start
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cur.execute("PRAGMA synchronous=FULL")  # durable when commit returns, even on power loss
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("praison_write") else "BEGIN")
+
+
+class _SqlStore:
+    """What both SQL stores share: the database handle, error translation, close."""
+
+    db: SqlDatabase
+
+    def _bind(self, database: SqlDatabase) -> None:
+        self.db = database.acquire()
+        self.url = database.url.render()
+        self.t = database.tables
+
+    def _translate_error(self, error: Exception) -> errors.Error | None:
+        return _classify(error, self.db.where, self.db.password)
+
+    def _close(self) -> None:
+        self.db.release()
+
+
+def _session_from_row(row: Any) -> Session:
+    return Session.model_construct(
+        session_id=row.session_id,
+        user_id=row.user_id,
+        agent_id=row.agent_id,
+        session_type=row.session_type,
+        name=row.name,
+        metadata=row.metadata or {},
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        message_count=row.message_count,
+    )
+
+
+def _message_from_row(row: Any) -> Message:
+    return Message.model_construct(
+        id=row.id,
+        session_id=row.session_id,
+        seq=row.seq,
+        role=row.role,
+        content=row.content,
+        name=row.name,
+        tool_calls=row.tool_calls,
+        tool_call_id=row.tool_call_id,
+        metadata=row.metadata or {},
+        created_at=row.created_at,
+    )
+
+
+def _message_row(m: Message) -> dict[str, Any]:
+    return {
+        "session_id": m.session_id,
+        "seq": m.seq,
+        "id": m.id,
+        "role": m.role,
+        "content": m.content,
+        "name": m.name,
+        "tool_calls": m.tool_calls,
+        "tool_call_id": m.tool_call_id,
+        "metadata": m.metadata,
+        "created_at": m.created_at,
+    }
+
+
+def _session_row(s: Session) -> dict[str, Any]:
+    return s.model_dump()
+
+
+class SqlConversationStore(_SqlStore, ConversationStore):
+    """ConversationStore over SQLAlchemy Core (SQLite, PostgreSQL, MySQL/MariaDB)."""
+
+    OPTIONS = OPTIONS
+    capabilities = Capabilities()
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._bind(database)
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> SqlConversationStore:
+        database = SqlDatabase(url, **options)
+        store = cls(database)
+        database.release()  # the store holds its own reference
+        return store
+
+    def state_store(self) -> SqlStateStore:
+        """A StateStore in the same database, sharing this store's connection pool."""
+        return SqlStateStore(self.db)
+
+    # ---- sessions ----
+
+    def _insert_session(self, session: Session) -> bool:
+        with self.db.write() as conn:
+            result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
+            return result.rowcount == 1
+
+    def _get_or_insert_session(self, session: Session) -> Session:
+        # Insert-or-nothing commits first; the read after it sees whichever process won.
+        self._insert_session(session)
+        found = self._get_session(session.session_id)
+        if found is None:  # deleted in between by someone else: create again
+            return self._get_or_insert_session(session)
+        return found
+
+    def _get_session(self, session_id: str) -> Session | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(self.t.sessions).where(self.t.sessions.c.session_id == session_id)).first()
+        return _session_from_row(row) if row else None
+
+    def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
+        s = self.t.sessions.c
+        query = select(self.t.sessions)
+        if flt.user_id is not None:
+            query = query.where(s.user_id == flt.user_id)
+        if flt.agent_id is not None:
+            query = query.where(s.agent_id == flt.agent_id)
+        if flt.session_type is not None:
+            query = query.where(s.session_type == flt.session_type)
+        if after is not None:
+            query = query.where(or_(s.updated_at < after[0], and_(s.updated_at == after[0], s.session_id < after[1])))
+        query = query.order_by(s.updated_at.desc(), s.session_id.desc()).limit(limit)
+        with self.db.read() as conn:
+            return [_session_from_row(r) for r in conn.execute(query)]
+
+    def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
+        s = self.t.sessions.c
+        with self.db.write() as conn:
+            result = conn.execute(update(self.t.sessions).where(s.session_id == session_id).values(**changes, updated_at=now))
+            if result.rowcount == 0:
+                return None
+            row = conn.execute(select(self.t.sessions).where(s.session_id == session_id)).first()
+        return _session_from_row(row)
+
+    def _delete_session(self, session_id: str, user_id: str | None) -> bool:
+        s = self.t.sessions.c
+        cond = s.session_id == session_id
+        if user_id is not None:
+            cond = and_(cond, s.user_id == user_id)
+        with self.db.write() as conn:
+            owned = select(s.session_id).where(cond)
+            conn.execute(delete(self.t.messages).where(self.t.messages.c.session_id.in_(owned.scalar_subquery())))
+            return conn.execute(delete(self.t.sessions).where(cond)).rowcount > 0
+
+    def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
+        s = self.t.sessions.c
+        cond = s.user_id == user_id if user_id is not None else s.updated_at < idle_before
+        with self.db.write() as conn:
+            # One set-based statement per table; the foreign key cascades too, as a safety net.
+            doomed = select(s.session_id).where(cond).scalar_subquery()
+            conn.execute(delete(self.t.messages).where(self.t.messages.c.session_id.in_(doomed)))
+            return conn.execute(delete(self.t.sessions).where(cond)).rowcount
+
+    # ---- messages ----
+
+    def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
+        s = self.t.sessions.c
+        n = len(drafts)
+        with self.db.write() as conn:
+            # The counter row is the lock: concurrent appenders to one session queue here, others don't wait.
+            bump = update(self.t.sessions).where(s.session_id == session_id).values(
+                message_count=s.message_count + n, updated_at=now
+            )
+            if conn.dialect.update_returning:
+                count = conn.execute(bump.returning(s.message_count)).scalar()
+                if count is None:
+                    raise missing_session(session_id)
+            else:
+                if conn.execute(bump).rowcount == 0:
+                    raise missing_session(session_id)
+                count = conn.execute(select(s.message_count).where(s.session_id == session_id)).scalar_one()
+            stored = [d.stamp(session_id, count - n + 1 + i, now) for i, d in enumerate(drafts)]
+            conn.execute(insert(self.t.messages), [_message_row(m) for m in stored])
+        return stored
+
+    def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
+        m = self.t.messages.c
+        query = select(self.t.messages).where(m.session_id == session_id)
+        if before_seq is not None:
+            query = query.where(m.seq < before_seq)
+        if after_seq is not None:
+            query = query.where(m.seq > after_seq)
+        if limit is not None:
+            # Newest N: walk the (session_id, seq) index backwards and stop after N rows.
+            query = query.order_by(m.seq.desc()).limit(limit)
+        else:
+            query = query.order_by(m.seq)
+        with self.db.read() as conn:
+            rows = [_message_from_row(r) for r in conn.execute(query)]
+        if limit is not None:
+            rows.reverse()
+        return rows
+
+    def _count_messages(self, session_id: str) -> int:
+        with self.db.read() as conn:
+            count = conn.execute(
+                select(self.t.sessions.c.message_count).where(self.t.sessions.c.session_id == session_id)
+            ).scalar()
+        return int(count or 0)
+
+    def _import(self, session: Session, messages: list[Message]) -> bool:
+        with self.db.write() as conn:
+            result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
+            if result.rowcount != 1:
+                return False
+            batch = 5000
+            for start in range(0, len(messages), batch):
+                conn.execute(insert(self.t.messages), [_message_row(m) for m in messages[start : start + batch]])
+        return True
+
+
+def _live(table: Any, now: float) -> Any:
+    return or_(table.c.expires_at.is_(None), table.c.expires_at > now)
+
+
+def _prefix_range(column: Any, prefix: str) -> Any:
+    """``column`` starts with ``prefix``, as an index range (keys use binary collations on every dialect)."""
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF:
+        return column.startswith(prefix, autoescape=True)
+    nxt = last + 1 if last + 1 not in range(0xD800, 0xE000) else 0xE000
+    return and_(column >= prefix, column < prefix[:-1] + chr(nxt))
+
+
+class SqlStateStore(_SqlStore, StateStore):
+    """StateStore in the ``<prefix>state`` table: JSON text values, expiry as a Unix time checked on every read."""
+
+    OPTIONS = OPTIONS
+    capabilities = Capabilities()
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._bind(database)
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> SqlStateStore:
+        database = SqlDatabase(url, **options)
+        store = cls(database)
+        database.release()
+        return store
+
+    def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        st = self.t.state
+        with self.db.read() as conn:
+            rows = conn.execute(select(st.c.key, st.c.value).where(st.c.key.in_(set(keys)), _live(st, time.time())))
+            return {r.key: loads(r.value) for r in rows}
+
+    def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                _upsert(self.db.dialect, self.t.state, ["value", "expires_at"]),
+                [{"key": k, "value": v, "expires_at": expires_at} for k, v in items.items()],
+            )
+
+    def _delete(self, key: str) -> bool:
+        st = self.t.state
+        with self.db.write() as conn:
+            live = conn.execute(delete(st).where(st.c.key == key, _live(st, time.time()))).rowcount > 0
+            if not live:
+                conn.execute(delete(st).where(st.c.key == key))  # an expired leftover
+            return live
+
+    def _incr(self, key: str, amount: int) -> int:
+        st = self.t.state
+
+        def work(conn: Connection) -> int:
+            row = conn.execute(select(st.c.value, st.c.expires_at).where(st.c.key == key).with_for_update()).first()
+            expired = row is not None and row.expires_at is not None and row.expires_at <= time.time()
+            current = None if row is None or expired else loads(row.value)
+            value = incremented(key, current, amount)
+            keep = None if row is None or expired else row.expires_at
+            if row is None:
+                conn.execute(insert(st).values(key=key, value=dumps(value), expires_at=None))
+            else:
+                conn.execute(update(st).where(st.c.key == key).values(value=dumps(value), expires_at=keep))
+            return value
+
+        # A missing key raced by two processes: one insert wins, the other retries and updates.
+        return self.db.retrying(work)
+
+    def _expires_at(self, key: str) -> float | None:
+        st = self.t.state
+        with self.db.read() as conn:
+            return conn.execute(select(st.c.expires_at).where(st.c.key == key, _live(st, time.time()))).scalar()
+
+    def _expire(self, key: str, expires_at: float | None) -> bool:
+        st = self.t.state
+        with self.db.write() as conn:
+            return conn.execute(update(st).where(st.c.key == key, _live(st, time.time())).values(expires_at=expires_at)).rowcount > 0
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        st = self.t.state
+        last: str | None = None
+        while True:  # keyset pages: no long-lived cursor, no full scan held in memory
+            query = select(st.c.key).where(_live(st, time.time()))
+            if prefix:
+                query = query.where(_prefix_range(st.c.key, prefix))
+            if last is not None:
+                query = query.where(st.c.key > last)
+            with self.db.read() as conn:
+                page = list(conn.execute(query.order_by(st.c.key).limit(1000)).scalars())
+            yield from page
+            if len(page) < 1000:
+                return
+            last = page[-1]
+
+    def _clear(self, prefix: str) -> int:
+        st = self.t.state
+        now = time.time()
+        cond = _prefix_range(st.c.key, prefix) if prefix else st.c.key.isnot(None)
+        with self.db.write() as conn:
+            live = conn.execute(delete(st).where(cond, _live(st, now))).rowcount
+            conn.execute(delete(st).where(cond))
+            return live
+
+    def purge_expired(self) -> int:
+        """Physically remove expired keys (they are already invisible to every read). Returns how many."""
+        st = self.t.state
+        with self.db.write() as conn:
+            return conn.execute(delete(st).where(st.c.expires_at <= time.time())).rowcount
+
+
+def _open_unprepared(url: str | StoreURL, options: dict[str, Any]) -> SqlDatabase:
+    from ..url import parse_url
+
+    parsed = parse_url(url)
+    if parsed.scheme not in _DRIVERS:
+        raise errors.ConfigError(f"schema versions apply to SQL URLs (sqlite, postgresql, mysql), not {parsed.scheme}://")
+    return SqlDatabase(parsed, schema="skip", **options)
+
+
+def migrate(url: str | StoreURL, **options: Any) -> tuple[int, int]:
+    """Bring the schema of a SQL database up to date. Returns (version before, version after). Idempotent."""
+    database = _open_unprepared(url, options)
+    try:
+        before = database.current_version(database.tables)
+        database.upgrade(database.tables)
+        return before, database.current_version(database.tables)
+    except errors.Error:
+        raise
+    except Exception as e:
+        raise (_classify(e, database.where, database.password) or e) from e
+    finally:
+        database.release()
+
+
+def schema_version(url: str | StoreURL, **options: Any) -> tuple[int, int]:
+    """(the database's schema version, the version this praison-db expects), without changing anything."""
+    database = _open_unprepared(url, options)
+    try:
+        return database.current_version(database.tables), len(sql_schema.MIGRATIONS)
+    except errors.Error:
+        raise
+    except Exception as e:
+        raise (_classify(e, database.where, database.password) or e) from e
+    finally:
+        database.release()

@@ -1,0 +1,156 @@
+"""Tables, types and migrations of the SQL stores (SQLite, PostgreSQL, MySQL/MariaDB), in SQLAlchemy Core.
+
+Dialect differences are column variants declared here and the few statements in ``DIALECT_QUIRKS`` of
+``sql.py``; nothing else in the SQL backend knows which database it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["Tables", "build_tables", "MIGRATIONS", "Migration"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, with microseconds on every dialect.
+
+    PostgreSQL stores ``timestamptz``; MySQL ``DATETIME(6)`` and SQLite text hold naive UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=dialect.name == "postgresql"))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _key(length: int) -> String:
+    """An exact-match string: case- and trailing-space-sensitive on MySQL, byte-ordered on PostgreSQL.
+
+    MySQL's default collations would make "Alice" and "alice " the same primary key. The MySQL collation is
+    chosen per server when the tables are built (``utf8mb4_nopad_bin`` on MariaDB, ``utf8mb4_0900_bin`` on MySQL).
+    """
+    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+
+
+def _mysql_key(length: int, collation: str) -> Any:
+    return mysql.VARCHAR(length, charset="utf8mb4", collation=collation)
+
+
+_LONG_TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4"), "mysql", "mariadb")
+_JSON = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+
+@dataclass(frozen=True)
+class Tables:
+    metadata: MetaData
+    sessions: Table
+    messages: Table
+    state: Table
+    version: Table
+
+
+def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tables:
+    """The current schema under ``prefix``; table and index names derive from it."""
+    md = MetaData()
+
+    def key(length: int) -> Any:
+        return _key(length).with_variant(_mysql_key(length, mysql_collation), "mysql", "mariadb")
+
+    table_args = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mariadb_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
+    sessions = Table(
+        f"{prefix}sessions",
+        md,
+        Column("session_id", key(255), primary_key=True),
+        Column("user_id", key(255)),
+        Column("agent_id", key(255)),
+        Column("session_type", String(16), nullable=False),
+        Column("name", Text),
+        Column("metadata", _JSON, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Column("message_count", BigInteger, nullable=False),
+        # "Newest activity first", all sessions or one user's: both are index range scans.
+        Index(f"{prefix}sessions_activity", "updated_at", "session_id"),
+        Index(f"{prefix}sessions_user_activity", "user_id", "updated_at", "session_id"),
+        **table_args,
+    )
+    messages = Table(
+        f"{prefix}messages",
+        md,
+        # The primary key (session_id, seq) is the index behind "newest N" and makes seqs unique per session.
+        Column("session_id", key(255), ForeignKey(sessions.c.session_id, ondelete="CASCADE"), primary_key=True),
+        Column("seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("id", String(64), nullable=False),
+        Column("role", String(16), nullable=False),
+        Column("content", _LONG_TEXT),
+        Column("name", Text),
+        Column("tool_calls", _JSON),
+        Column("tool_call_id", Text),
+        Column("metadata", _JSON, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        **table_args,
+    )
+    state = Table(
+        f"{prefix}state",
+        md,
+        Column("key", key(512), primary_key=True),
+        Column("value", _LONG_TEXT, nullable=False),
+        Column("expires_at", Double),  # Unix time: no time zone can shift it
+        Index(f"{prefix}state_expires", "expires_at"),
+        **table_args,
+    )
+    version = Table(
+        f"{prefix}schema_version",
+        md,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("applied_at", UTCDateTime, nullable=False),
+        **table_args,
+    )
+    return Tables(md, sessions, messages, state, version)
+
+
+Migration = Callable[[Connection, Tables], None]
+
+
+def _v1_create(conn: Connection, tables: Tables) -> None:
+    tables.metadata.create_all(conn, tables=[tables.sessions, tables.messages, tables.state], checkfirst=True)
+
+
+# Append-only: MIGRATIONS[i] brings a database from version i to i + 1. Never edit a released entry; add one.
+# Each must be safe to re-run after a crash half-way (DDL is not transactional on MySQL).
+MIGRATIONS: list[Migration] = [_v1_create]

@@ -1,0 +1,817 @@
+"""The two store protocols and everything about them that does not depend on a backend.
+
+A backend subclasses :class:`ConversationStore` or :class:`StateStore` and implements the few ``_``-prefixed
+primitives. Validation, cursors, export/import, scoping, error translation and the closed-store check live here,
+once. An async twin of a backend only has to re-implement the primitives with ``await``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound, StoreClosed
+from .models import (
+    MAX_ID_LENGTH,
+    Message,
+    MessageDraft,
+    Page,
+    Session,
+    as_utc,
+    check_finite,
+    check_id,
+    check_json_dict,
+    check_optional_id,
+    check_session_type,
+    dumps,
+    new_id,
+    utcnow,
+)
+from .url import StoreURL
+
+__all__ = ["Capabilities", "ConversationStore", "StateStore", "SessionFilter", "Option", "EXPORT_FORMAT"]
+
+log = logging.getLogger("praison_db")
+F = TypeVar("F", bound=Callable[..., Any])
+_UNSET: Any = object()
+EXPORT_FORMAT = "praison_db.session/v1"
+MAX_KEY_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store guarantees; the conformance suite skips (with the reason shown) what a store does not."""
+
+    transactions: bool = True
+    multi_process: bool = True  # several processes may append to one session / incr one key at once
+    persistent: bool = True  # data outlives the store object
+    reason: str = ""  # why something above is False
+
+
+@dataclass(frozen=True)
+class Option:
+    """One praison_db option a backend accepts in the URL query string or as a keyword argument."""
+
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _to_positive_float(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return number
+
+
+BOOL, POSITIVE_SECONDS = _to_bool, _to_positive_float
+
+
+def resolve_options(
+    owner: str, spec: Mapping[str, Option], given: Mapping[str, Any], *, passthrough: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split and convert options: (praison_db options with defaults filled in, leftovers for the driver).
+
+    Unknown names are a ConfigError listing the valid ones, unless ``passthrough`` (SQL drivers take their own
+    query parameters, such as ``sslmode``).
+    """
+    ours: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in given.items():
+        if name not in spec:
+            if passthrough:
+                extra[name] = value
+                continue
+            valid = ", ".join(sorted(spec)) or "none"
+            raise ConfigError(f"unknown option {name!r} for {owner}; valid options: {valid}")
+        try:
+            ours[name] = spec[name].convert(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"option {name}={str(value)[:40]!r} for {owner} is invalid: {e}") from None
+    for name, option in spec.items():
+        ours.setdefault(name, option.default)
+    return ours, extra
+
+
+def check_prefix(value: Any) -> str:
+    text = str(value)
+    if not all(c.isalnum() or c in "_" for c in text) or len(text) > 32:
+        raise ValueError("use at most 32 letters, digits or underscores")
+    return text
+
+
+def _operation(fn: F) -> F:
+    """Public-method wrapper: refuse after close, and turn driver exceptions into praison_db errors."""
+
+    @functools.wraps(fn)
+    def wrapper(self: _Store, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise StoreClosed(f"{type(self).__name__} ({self.url}) is closed; open a new one with db(...)")
+        try:
+            return fn(self, *args, **kwargs)
+        except Error:
+            raise
+        except Exception as e:
+            translated = self._translate_error(e)
+            if translated is None:
+                raise
+            raise translated from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Store:
+    """Lifecycle shared by both protocols: URL for messages, options, close, context manager."""
+
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    _closed: bool = False
+    url: str = "?"
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> Any:
+        """Open the store a URL names; options come from the query string and keyword arguments."""
+        raise NotImplementedError
+
+    def _translate_error(self, error: Exception) -> Error | None:
+        """Map a driver exception to a praison_db error (or None to let it through)."""
+        return None
+
+    def _close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release connections and files. Idempotent; any later call raises StoreClosed."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} {self.url}{state}>"
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_type: str | None = None
+
+    def matches(self, s: Session) -> bool:
+        return (
+            (self.user_id is None or s.user_id == self.user_id)
+            and (self.agent_id is None or s.agent_id == self.agent_id)
+            and (self.session_type is None or s.session_type == self.session_type)
+        )
+
+
+def activity_key(s: Session) -> tuple[datetime, str]:
+    """Sort key for "newest activity first": updated_at, then session_id to break ties (both descending)."""
+    return (s.updated_at, s.session_id)
+
+
+def encode_cursor(s: Session) -> str:
+    raw = json.dumps([s.updated_at.isoformat(), s.session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, sid = json.loads(raw)
+        return as_utc(datetime.fromisoformat(stamp)), str(sid)
+    except Exception:
+        raise InputError("invalid cursor: pass back the next_cursor of a previous list_sessions page") from None
+
+
+def newest_window(messages: list[Message], limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
+    """Reference semantics of get_messages over a chronological list (used by in-process backends)."""
+    picked = [
+        m for m in messages if (before_seq is None or m.seq < before_seq) and (after_seq is None or m.seq > after_seq)
+    ]
+    return picked[-limit:] if limit is not None else picked
+
+
+def _check_limit(limit: Any, what: str = "limit", maximum: int | None = None) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InputError(f"{what} must be a non-negative integer or None")
+    if maximum is not None and limit > maximum:
+        raise InputError(f"{what} must be at most {maximum}")
+    return limit
+
+
+def _check_seq(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{what} must be an integer seq or None")
+    return value
+
+
+class ConversationStore(_Store, ABC):
+    """Every message of every session. One protocol, every backend.
+
+    Appends are O(1) in the session's length; ``get_messages(limit=n)`` returns the newest ``n`` messages in
+    chronological order; ``seq`` numbers a session's messages 1, 2, 3, ... without gaps even with concurrent writers
+    (where ``capabilities.multi_process``).
+    """
+
+    # ---- sessions ----
+
+    @_operation
+    def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_type: str = "agent",
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """Create a session.
+
+        Args:
+            session_id: the id; a random one is generated when None.
+            user_id: owner; reads and deletes that pass a user_id only see that owner's sessions.
+            agent_id: the agent the session belongs to.
+            session_type: "agent", "team" or "workflow".
+            name: a display name.
+            metadata: a JSON-serialisable dict.
+
+        Returns:
+            The new session.
+
+        Raises:
+            SessionExists: the id is taken.
+            InputError: an argument is invalid.
+        """
+        session = self._new_session(session_id if session_id is not None else new_id(), user_id, agent_id, session_type, name, metadata)
+        if not self._insert_session(session):
+            raise SessionExists(f"session {session.session_id!r} already exists; use get_or_create_session to reuse it")
+        return session
+
+    @_operation
+    def get_or_create_session(
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_type: str = "agent",
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """Return the session, creating it with these fields if it does not exist.
+
+        Race-free: any number of processes calling this at once for one id get the same single session. An
+        existing session is returned unchanged (its fields are not overwritten).
+        """
+        return self._get_or_insert_session(self._new_session(session_id, user_id, agent_id, session_type, name, metadata))
+
+    @_operation
+    def get_session(self, session_id: str, *, user_id: str | None = None) -> Session | None:
+        """The session, or None if it does not exist or ``user_id`` is given and does not own it."""
+        check_id(session_id)
+        check_optional_id(user_id, "user_id")
+        session = self._get_session(session_id)
+        if session is None or (user_id is not None and session.user_id != user_id):
+            return None
+        return session
+
+    @_operation
+    def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        session_type: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Session]:
+        """Sessions, most recently active first, a page at a time.
+
+        Args:
+            user_id, agent_id, session_type: keep only sessions that match all given filters.
+            limit: page size, 1 to 1000.
+            cursor: ``next_cursor`` of the previous page.
+
+        Returns:
+            A Page whose ``next_cursor`` is None on the last page.
+        """
+        flt = SessionFilter(
+            check_optional_id(user_id, "user_id"),
+            check_optional_id(agent_id, "agent_id"),
+            None if session_type is None else check_session_type(session_type),
+        )
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InputError("limit must be an integer from 1 to 1000")
+        after = decode_cursor(cursor) if cursor is not None else None
+        rows = self._list_sessions(flt, limit + 1, after)
+        items = rows[:limit]
+        next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
+        return Page[Session](items=items, next_cursor=next_cursor)
+
+    def iter_sessions(self, **filters: Any) -> Iterator[Session]:
+        """Every matching session, newest activity first, fetched a page at a time."""
+        cursor = None
+        while True:
+            page = self.list_sessions(cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    @_operation
+    def update_session(self, session_id: str, *, name: Any = _UNSET, metadata: Any = _UNSET) -> Session:
+        """Replace a session's name and/or metadata (only the ones passed) and bump ``updated_at``.
+
+        Raises:
+            SessionNotFound: no such session.
+        """
+        check_id(session_id)
+        changes: dict[str, Any] = {}
+        if name is not _UNSET:
+            if name is not None and not isinstance(name, str):
+                raise InputError("name must be a string or None")
+            changes["name"] = name
+        if metadata is not _UNSET:
+            changes["metadata"] = check_json_dict(metadata)
+        session = self._update_session(session_id, changes, utcnow())
+        if session is None:
+            raise SessionNotFound(f"session {session_id!r} does not exist")
+        return session
+
+    @_operation
+    def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
+        """Delete a session and all its messages.
+
+        Returns:
+            True if it existed (and belonged to ``user_id``, when given); deleting a missing session is a no-op.
+        """
+        check_id(session_id)
+        return self._delete_session(session_id, check_optional_id(user_id, "user_id"))
+
+    @_operation
+    def delete_user(self, user_id: str) -> int:
+        """Delete every session (and message) of a user. Returns how many sessions were deleted."""
+        return self._delete_sessions(user_id=check_id(user_id, "user_id"))
+
+    @_operation
+    def prune(self, *, older_than: timedelta) -> int:
+        """Delete sessions idle (no append or update) for longer than ``older_than``. Returns how many."""
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InputError("older_than must be a non-negative datetime.timedelta, e.g. timedelta(days=30)")
+        return self._delete_sessions(idle_before=utcnow() - older_than)
+
+    # ---- messages ----
+
+    @_operation
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str | None,
+        *,
+        name: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """Append one message; durable when this returns.
+
+        Raises:
+            SessionNotFound: create the session first (``get_or_create_session``).
+            InputError: unknown role, non-string content, non-JSON metadata or tool_calls.
+        """
+        check_id(session_id)
+        draft = MessageDraft.build(role, content, name=name, tool_calls=tool_calls, tool_call_id=tool_call_id, metadata=metadata)
+        return self._append(session_id, [draft], utcnow())[0]
+
+    @_operation
+    def add_messages(self, session_id: str, messages: Iterable[Mapping[str, Any] | Message]) -> list[Message]:
+        """Append several messages in order, in one transaction where the backend has them (all or nothing)."""
+        check_id(session_id)
+        drafts = [MessageDraft.coerce(m) for m in messages]
+        if not drafts:
+            return []
+        return self._append(session_id, drafts, utcnow())
+
+    def add_user_message(self, session_id: str, content: str, **kwargs: Any) -> Message:
+        return self.add_message(session_id, "user", content, **kwargs)
+
+    def add_assistant_message(self, session_id: str, content: str | None, **kwargs: Any) -> Message:
+        return self.add_message(session_id, "assistant", content, **kwargs)
+
+    @_operation
+    def get_messages(
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> list[Message]:
+        """Messages in chronological order.
+
+        Args:
+            limit: return only the newest ``limit`` messages of the window (None: all).
+            before_seq: only messages with ``seq < before_seq`` (page backwards through history).
+            after_seq: only messages with ``seq > after_seq`` (what is new since a known seq).
+
+        Returns:
+            The messages, oldest first; an empty list for a missing session.
+        """
+        check_id(session_id)
+        limit = _check_limit(limit)
+        if limit == 0:
+            return []
+        return self._get_messages(session_id, limit, _check_seq(before_seq, "before_seq"), _check_seq(after_seq, "after_seq"))
+
+    def get_history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` messages as OpenAI-style dicts, ready to send to a chat model."""
+        return [m.to_openai() for m in self.get_messages(session_id, limit=limit)]
+
+    @_operation
+    def count_messages(self, session_id: str) -> int:
+        """How many messages the session has (0 for a missing session)."""
+        check_id(session_id)
+        return self._count_messages(session_id)
+
+    # ---- export / import ----
+
+    @_operation
+    def export_session(self, session_id: str) -> dict[str, Any]:
+        """The session and all its messages as a plain-JSON dict (``json.dumps`` works on it).
+
+        Raises:
+            SessionNotFound: no such session.
+        """
+        check_id(session_id)
+        session = self._get_session(session_id)
+        if session is None:
+            raise SessionNotFound(f"session {session_id!r} does not exist")
+        messages = self._get_messages(session_id, None, None, None)
+        return {
+            "format": EXPORT_FORMAT,
+            "session": session.model_dump(mode="json"),
+            "messages": [m.model_dump(mode="json") for m in messages],
+        }
+
+    @_operation
+    def import_session(self, data: Mapping[str, Any]) -> Session:
+        """Recreate a session from ``export_session`` output, on this or any other backend.
+
+        Message ids, seqs, timestamps and the session's fields are kept as exported.
+
+        Raises:
+            SessionExists: a session with that id already exists here.
+            InputError: ``data`` is not an export.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != EXPORT_FORMAT:
+            raise InputError(f"import_session expects the dict export_session returns (format {EXPORT_FORMAT!r})")
+        try:
+            session = Session.model_validate(data["session"])
+            messages = [Message.model_validate(m) for m in data.get("messages", [])]
+        except Exception as e:
+            raise InputError(f"import_session: the export is not valid: {str(e).splitlines()[0]}") from None
+        check_id(session.session_id)
+        seqs = [m.seq for m in messages]
+        if seqs != list(range(1, len(messages) + 1)) or any(m.session_id != session.session_id for m in messages):
+            raise InputError("import_session: messages must belong to the session and have seqs 1..n in order")
+        session = session.model_copy(update={"message_count": len(messages)})
+        if not self._import(session, messages):
+            raise SessionExists(f"session {session.session_id!r} already exists; delete it first or import elsewhere")
+        return session
+
+    # ---- shared helpers ----
+
+    @staticmethod
+    def _new_session(
+        session_id: Any, user_id: Any, agent_id: Any, session_type: Any, name: Any, metadata: Any
+    ) -> Session:
+        if name is not None and not isinstance(name, str):
+            raise InputError("name must be a string or None")
+        now = utcnow()
+        return Session.model_construct(
+            session_id=check_id(session_id),
+            user_id=check_optional_id(user_id, "user_id"),
+            agent_id=check_optional_id(agent_id, "agent_id"),
+            session_type=check_session_type(session_type),
+            name=name,
+            metadata=check_json_dict(metadata),
+            created_at=now,
+            updated_at=now,
+            message_count=0,
+        )
+
+    # ---- primitives every backend implements ----
+
+    @abstractmethod
+    def _insert_session(self, session: Session) -> bool:
+        """Insert; False (and no change) if the id exists."""
+
+    @abstractmethod
+    def _get_or_insert_session(self, session: Session) -> Session:
+        """Insert unless the id exists; return the stored session either way. Must be race-free."""
+
+    @abstractmethod
+    def _get_session(self, session_id: str) -> Session | None: ...
+
+    @abstractmethod
+    def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
+        """Up to ``limit`` matching sessions ordered by (updated_at, session_id) descending, strictly after ``after``."""
+
+    @abstractmethod
+    def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None: ...
+
+    @abstractmethod
+    def _delete_session(self, session_id: str, user_id: str | None) -> bool: ...
+
+    @abstractmethod
+    def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
+        """Delete the sessions of ``user_id`` or those with ``updated_at < idle_before``, with their messages."""
+
+    @abstractmethod
+    def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
+        """Assign the next seqs, store, bump updated_at and message_count; SessionNotFound if missing."""
+
+    @abstractmethod
+    def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]: ...
+
+    @abstractmethod
+    def _count_messages(self, session_id: str) -> int: ...
+
+    @abstractmethod
+    def _import(self, session: Session, messages: list[Message]) -> bool:
+        """Store a whole session as given; False (and no change) if the id exists."""
+
+
+def missing_session(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"session {session_id!r} does not exist; create it with get_or_create_session({session_id!r})")
+
+
+def check_key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise InputError(f"state keys must be non-empty strings, got {type(key).__name__}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InputError(f"state key is {len(key)} characters long; use at most {MAX_KEY_LENGTH}")
+    if "\x00" in key:
+        raise InputError("state keys must not contain NUL characters")
+    return key
+
+
+def check_ttl(ttl: Any) -> float | None:
+    if ttl is None:
+        return None
+    seconds = check_finite(ttl, "ttl")
+    if seconds <= 0:
+        raise InputError("ttl must be a positive number of seconds (use delete() to remove a key)")
+    return seconds
+
+
+def expiry(ttl: float | None) -> float | None:
+    """Absolute expiry as a Unix timestamp: independent of time zones and daylight saving."""
+    return None if ttl is None else time.time() + ttl
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text)
+
+
+class StateStore(_Store, ABC):
+    """Key-value state with optional TTL. Values are anything JSON can hold and come back with the same types.
+
+    An expired key is gone for every read (``get``, ``exists``, ``get_many``, ``keys``, ``ttl``, ``incr``) the
+    moment it expires, whether or not the backend has physically removed it yet.
+    """
+
+    _prefix: str = ""
+
+    @_operation
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` if it is missing or expired."""
+        found = self._get_many([check_key(key)])
+        return found.get(key, default)
+
+    @_operation
+    def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``, replacing any value and TTL; ``ttl`` in seconds."""
+        self._set_many({check_key(key): dumps(value)}, expiry(check_ttl(ttl)))
+
+    @_operation
+    def delete(self, key: str) -> bool:
+        """Remove ``key``. Returns True if it existed (and had not expired)."""
+        return self._delete(check_key(key))
+
+    @_operation
+    def exists(self, key: str) -> bool:
+        return check_key(key) in self._get_many([key])
+
+    @_operation
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Atomically add ``amount`` to an integer value (a missing key counts as 0); keeps the key's TTL.
+
+        Raises:
+            InputError: the stored value is not an integer.
+        """
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise InputError("incr amount must be an integer")
+        return self._incr(check_key(key), amount)
+
+    def decr(self, key: str, amount: int = 1) -> int:
+        return self.incr(key, -amount)
+
+    @_operation
+    def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires; None if it has no expiry or does not exist."""
+        expires_at = self._expires_at(check_key(key))
+        return None if expires_at is None else max(0.0, expires_at - time.time())
+
+    @_operation
+    def expire(self, key: str, ttl: float | None) -> bool:
+        """Set (or with None, remove) the TTL of an existing key. Returns False if the key does not exist."""
+        return self._expire(check_key(key), expiry(check_ttl(ttl)))
+
+    @_operation
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The values of those keys that exist, as a dict."""
+        wanted = [check_key(k) for k in keys]
+        return self._get_many(wanted) if wanted else {}
+
+    @_operation
+    def set_many(self, mapping: Mapping[str, Any], *, ttl: float | None = None) -> None:
+        """Store several values at once (one round trip / transaction where the backend allows)."""
+        if not isinstance(mapping, Mapping):
+            raise InputError("set_many expects a dict of key -> value")
+        encoded = {check_key(k): dumps(v, f"value of {k!r}") for k, v in mapping.items()}
+        if encoded:
+            self._set_many(encoded, expiry(check_ttl(ttl)))
+
+    @_operation
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Live keys that start with ``prefix`` (incremental: SCAN or an indexed range, never a blocking KEYS)."""
+        if not isinstance(prefix, str):
+            raise InputError("prefix must be a string")
+        return self._iter_keys(prefix)
+
+    @_operation
+    def clear(self, prefix: str = "") -> int:
+        """Delete every key starting with ``prefix`` (all keys of this store when empty). Returns how many."""
+        if not isinstance(prefix, str):
+            raise InputError("prefix must be a string")
+        return self._clear(prefix)
+
+    def scope(self, *parts: str) -> StateStore:
+        """A view of this store whose keys are prefixed with ``"part1:part2:..."``, e.g. ``scope("session", sid)``.
+
+        The view shares the connection; closing it does nothing.
+        """
+        if not parts or not all(isinstance(p, str) and p for p in parts):
+            raise InputError("scope() takes one or more non-empty strings")
+        return ScopedStateStore(self, ":".join(parts) + ":")
+
+    def __getitem__(self, key: str) -> Any:
+        sentinel = _UNSET
+        value = self.get(key, sentinel)
+        if value is sentinel:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.exists(key)
+
+    # ---- primitives every backend implements (values arrive JSON-encoded; expiry is a Unix time or None) ----
+
+    @abstractmethod
+    def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Decoded values of the live keys among ``keys``."""
+
+    @abstractmethod
+    def _set_many(self, items: dict[str, str], expires_at: float | None) -> None: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _incr(self, key: str, amount: int) -> int: ...
+
+    @abstractmethod
+    def _expires_at(self, key: str) -> float | None:
+        """Expiry of a live key (None if it has none or is missing)."""
+
+    @abstractmethod
+    def _expire(self, key: str, expires_at: float | None) -> bool: ...
+
+    @abstractmethod
+    def _iter_keys(self, prefix: str) -> Iterator[str]: ...
+
+    @abstractmethod
+    def _clear(self, prefix: str) -> int: ...
+
+
+def not_an_integer(key: str) -> InputError:
+    return InputError(f"incr: the value of {key!r} is not an integer")
+
+
+def incremented(key: str, current: Any, amount: int) -> int:
+    """The new value of an incr, or InputError if the stored value is not an integer."""
+    if current is None:
+        return amount
+    if isinstance(current, bool) or not isinstance(current, int):
+        raise not_an_integer(key)
+    return current + amount
+
+
+class ScopedStateStore(StateStore):
+    """A prefixed view of another StateStore (what ``scope()`` returns)."""
+
+    def __init__(self, parent: StateStore, prefix: str) -> None:
+        self._parent = parent
+        self._scope = prefix
+        self.url = f"{parent.url} scope={prefix!r}"
+        self.capabilities = parent.capabilities  # type: ignore[misc]
+
+    @property
+    def _closed(self) -> bool:  # type: ignore[override]
+        return self._parent._closed
+
+    def close(self) -> None:
+        """A scope does not own the connection: closing it is a no-op."""
+
+    def _translate_error(self, error: Exception) -> Error | None:
+        return self._parent._translate_error(error)
+
+    def _k(self, key: str) -> str:
+        full = self._scope + key
+        if len(full) > MAX_KEY_LENGTH:
+            raise InputError(f"state key with its scope is longer than {MAX_KEY_LENGTH} characters")
+        return full
+
+    def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        found = self._parent._get_many([self._k(k) for k in keys])
+        n = len(self._scope)
+        return {k[n:]: v for k, v in found.items()}
+
+    def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
+        self._parent._set_many({self._k(k): v for k, v in items.items()}, expires_at)
+
+    def _delete(self, key: str) -> bool:
+        return self._parent._delete(self._k(key))
+
+    def _incr(self, key: str, amount: int) -> int:
+        return self._parent._incr(self._k(key), amount)
+
+    def _expires_at(self, key: str) -> float | None:
+        return self._parent._expires_at(self._k(key))
+
+    def _expire(self, key: str, expires_at: float | None) -> bool:
+        return self._parent._expire(self._k(key), expires_at)
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        n = len(self._scope)
+        return (k[n:] for k in self._parent._iter_keys(self._scope + prefix))
+
+    def _clear(self, prefix: str) -> int:
+        return self._parent._clear(self._scope + prefix)

@@ -1,0 +1,182 @@
+"""``db()``: connection URLs in, an agent's memory out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import ConversationStore, StateStore
+from .errors import ConfigError
+from .registry import StoreRole, entry_for, resolve
+from .url import StoreURL, parse_url
+
+__all__ = ["db", "PraisonDB", "default_home"]
+
+log = logging.getLogger("praison_db")
+
+DATABASE_URL_VARS = ("PRAISON_DATABASE_URL", "DATABASE_URL")
+STATE_URL_VARS = ("PRAISON_STATE_URL",)
+
+
+def default_home() -> Path:
+    """Where the zero-config stores live: ``$PRAISON_HOME`` or ``~/.praison``."""
+    home = os.environ.get("PRAISON_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".praison"
+
+
+def _from_env(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def open_store(url: str | StoreURL, role: StoreRole, **options: Any) -> Any:
+    """Open the store that plays ``role`` for ``url`` (through the scheme registry)."""
+    parsed = parse_url(url)
+    cls = resolve(parsed.scheme, role)
+    return cls.from_url(parsed, **options)
+
+
+class PraisonDB:
+    """An agent's memory: ``conversations``, ``state`` and the JSON ``sessions`` store, closed together.
+
+    Build it with :func:`db`. Usable as a context manager.
+    """
+
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        state: StateStore,
+        *,
+        session_dir: Path,
+        database_url: StoreURL | None = None,
+        state_url: StoreURL | None = None,
+        strict: bool = True,
+    ) -> None:
+        self.conversations = conversations
+        self.state = state
+        self.session_dir = session_dir
+        self.strict = strict
+        self._database_url = database_url
+        self._state_url = state_url
+        self._sessions: ConversationStore | None = None
+        self._closed = False
+
+    @property
+    def database_url(self) -> str | None:
+        """The conversations URL with its password masked (None for the zero-config default)."""
+        return self._database_url.render() if self._database_url else None
+
+    @property
+    def state_url(self) -> str | None:
+        """The state URL with its password masked (None when state shares the conversations backend)."""
+        return self._state_url.render() if self._state_url else None
+
+    @property
+    def sessions(self) -> ConversationStore:
+        """The file-locked JSON DefaultSessionStore in ``session_dir`` (the conversations store when that is it)."""
+        from .backends.jsonfile import JsonConversationStore
+
+        if isinstance(self.conversations, JsonConversationStore) and self.conversations.directory == self.session_dir:
+            return self.conversations
+        if self._sessions is None:
+            self._sessions = JsonConversationStore(self.session_dir)
+        return self._sessions
+
+    def close(self) -> None:
+        """Close every store this object opened. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for store in (self.conversations, self.state, self._sessions):
+            if store is not None:
+                store.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> PraisonDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        conv = self.database_url or f"json default ({self.session_dir})"
+        state = self.state_url or self.state.url
+        return f"<PraisonDB conversations={conv} state={state}>"
+
+    __str__ = __repr__
+
+
+def db(
+    database_url: str | os.PathLike[str] | None = None,
+    state_url: str | None = None,
+    *,
+    session_dir: str | os.PathLike[str] | None = None,
+    strict: bool = True,
+    **options: Any,
+) -> PraisonDB:
+    """Open an agent's memory from connection URLs.
+
+    Args:
+        database_url: where conversations go. Defaults to ``$PRAISON_DATABASE_URL``, then ``$DATABASE_URL``,
+            then the JSON DefaultSessionStore in ``session_dir``.
+        state_url: where key-value state goes. Defaults to ``$PRAISON_STATE_URL``, then the conversations
+            database when it can hold state, else a JSON file in ``session_dir``.
+        session_dir: folder of the JSON stores; default ``$PRAISON_HOME/sessions`` or ``~/.praison/sessions``.
+        strict: raise on storage errors (default). With False, the Agent logs a warning, keeps running and keeps
+            any message it could not write locally until a later write succeeds.
+        **options: backend options (same names as in the URL query string, e.g. ``table_prefix``, ``ttl``).
+
+    Raises:
+        ConfigError: unknown scheme, missing driver extra, unknown option or a role the backend cannot play.
+        StoreUnavailable: the server could not be reached.
+    """
+    directory = Path(session_dir).expanduser() if session_dir is not None else default_home() / "sessions"
+    conv_text = os.fspath(database_url) if database_url is not None else _from_env(DATABASE_URL_VARS)
+    state_text = state_url if state_url is not None else _from_env(STATE_URL_VARS)
+
+    conv_url = parse_url(conv_text) if conv_text else None
+    state_parsed = parse_url(state_text) if state_text else None
+    if conv_url is None and state_parsed is None and options:
+        raise ConfigError(f"options {sorted(options)} need a database_url or state_url to apply to")
+
+    opened: list[Any] = []
+    try:
+        if conv_url is not None:
+            conversations = open_store(conv_url, "conversations", **options)
+        else:
+            from .backends.jsonfile import JsonConversationStore
+
+            conversations = JsonConversationStore(directory)
+        opened.append(conversations)
+
+        if state_parsed is not None:
+            state_options = options if conv_url is None or state_parsed.scheme == conv_url.scheme else {}
+            state = open_store(state_parsed, "state", **state_options)
+        elif conv_url is not None and entry_for(conv_url.scheme).state is not None:
+            state = _state_alongside(conversations, conv_url, options)
+        else:
+            from .backends.jsonfile import JsonStateStore
+
+            state = JsonStateStore(directory / "state.json")
+        opened.append(state)
+    except BaseException:
+        for store in opened:
+            store.close()
+        raise
+    return PraisonDB(conversations, state, session_dir=directory, database_url=conv_url, state_url=state_parsed, strict=strict)
+
+
+def _state_alongside(conversations: Any, url: StoreURL, options: dict[str, Any]) -> StateStore:
+    """State in the conversations database, sharing its connection pool where the backend can."""
+    share = getattr(conversations, "state_store", None)
+    if callable(share):
+        return share()
+    return open_store(url, "state", **options)

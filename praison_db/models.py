@@ -1,0 +1,255 @@
+"""Models shared by every store: Message, Session, Page, and the validation of what users pass in.
+
+Everything here is plain JSON when stored: datetimes are ISO-8601 UTC strings, dicts and lists stay dicts and lists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any, Generic, Literal, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import InputError
+
+__all__ = ["Message", "Session", "Page", "Role", "SessionType", "MAX_ID_LENGTH", "MAX_CONTENT_BYTES"]
+
+Role = Literal["system", "user", "assistant", "tool"]
+SessionType = Literal["agent", "team", "workflow"]
+ROLES: tuple[str, ...] = get_args(Role)
+SESSION_TYPES: tuple[str, ...] = get_args(SessionType)
+
+MAX_ID_LENGTH = 255
+# Content up to 16 MB is accepted everywhere (MySQL LONGTEXT and MongoDB's 16 MB document cap set the bound).
+MAX_CONTENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Aware UTC datetime; naive values are taken to be UTC already (that is how SQL drivers return them)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("created_at", "updated_at", check_fields=False)
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+
+class Message(_Model):
+    """One turn of a conversation, as stored.
+
+    ``seq`` numbers the messages of one session from 1 without gaps, in the order they were appended.
+    """
+
+    id: str
+    session_id: str
+    seq: int
+    role: Role
+    content: str | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+    def to_openai(self) -> dict[str, Any]:
+        """The message as an OpenAI-style chat message dict (only the fields that are set)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class Session(_Model):
+    """A conversation's header: who owns it, what it is, and when it was last active."""
+
+    session_id: str
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_type: SessionType = "agent"
+    name: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    message_count: int = 0
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing. Pass ``next_cursor`` back as ``cursor`` to get the next page; None means the end."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[T]
+    next_cursor: str | None = None
+
+    def __iter__(self) -> Iterator[T]:  # type: ignore[override]
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> T:
+        return self.items[index]
+
+
+# ---- validation of user input (one place, used by every backend through the shared base) ----
+
+
+def check_id(value: object, what: str = "session_id") -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what} must be a non-empty string, got {type(value).__name__}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InputError(f"{what} is {len(value)} characters long; use at most {MAX_ID_LENGTH}")
+    if "\x00" in value:
+        raise InputError(f"{what} must not contain NUL characters")
+    return value
+
+
+def check_optional_id(value: object, what: str) -> str | None:
+    return None if value is None else check_id(value, what)
+
+
+def check_role(value: object) -> str:
+    if value not in ROLES:
+        raise InputError(f"role must be one of {', '.join(ROLES)}; got {value!r:.40}")
+    return value  # type: ignore[return-value]
+
+
+def check_session_type(value: object) -> str:
+    if value not in SESSION_TYPES:
+        raise InputError(f"session_type must be one of {', '.join(SESSION_TYPES)}; got {value!r:.40}")
+    return value  # type: ignore[return-value]
+
+
+def dumps(value: Any, what: str = "value") -> str:
+    """Compact JSON; anything JSON cannot hold exactly (sets, NaN, objects) is an InputError."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must be JSON-serialisable (dict, list, str, int, float, bool, None): {e}") from None
+
+
+def check_json_dict(value: object, what: str = "metadata") -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(f"{what} must be a dict, got {type(value).__name__}")
+    # A round trip both validates and detaches the stored copy from the caller's object.
+    return json.loads(dumps(dict(value), what))
+
+
+def check_content(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"content must be a string or None, got {type(value).__name__}")
+    if value is not None and len(value) > MAX_CONTENT_BYTES // 4 and len(value.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise InputError(f"content is larger than {MAX_CONTENT_BYTES // (1024 * 1024)} MB; store it elsewhere and keep a reference")
+    return value
+
+
+def check_tool_calls(value: object) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(c, Mapping) for c in value):
+        raise InputError("tool_calls must be a list of dicts (OpenAI-style tool calls)")
+    return json.loads(dumps(list(value), "tool_calls"))
+
+
+def check_finite(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{what} must be a finite number of seconds")
+    return float(value)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class MessageDraft(BaseModel):
+    """A validated message that has no seq/id/created_at yet; the store assigns those when it appends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        role: object,
+        content: object,
+        *,
+        name: object = None,
+        tool_calls: object = None,
+        tool_call_id: object = None,
+        metadata: object = None,
+    ) -> MessageDraft:
+        if name is not None and not isinstance(name, str):
+            raise InputError("name must be a string or None")
+        if tool_call_id is not None and not isinstance(tool_call_id, str):
+            raise InputError("tool_call_id must be a string or None")
+        return cls.model_construct(
+            role=check_role(role),
+            content=check_content(content),
+            name=name,
+            tool_calls=check_tool_calls(tool_calls),
+            tool_call_id=tool_call_id,
+            metadata=check_json_dict(metadata),
+        )
+
+    @classmethod
+    def coerce(cls, item: object) -> MessageDraft:
+        """Accept a Message, a draft, or an OpenAI-style dict."""
+        if isinstance(item, MessageDraft):
+            return item
+        if isinstance(item, Message):
+            item = item.model_dump()
+        if not isinstance(item, Mapping):
+            raise InputError(f"each message must be a dict with 'role' and 'content', got {type(item).__name__}")
+        if "role" not in item:
+            raise InputError("each message needs a 'role'")
+        return cls.build(
+            item["role"],
+            item.get("content"),
+            name=item.get("name"),
+            tool_calls=item.get("tool_calls"),
+            tool_call_id=item.get("tool_call_id"),
+            metadata=item.get("metadata"),
+        )
+
+    def stamp(self, session_id: str, seq: int, created_at: datetime, id: str | None = None) -> Message:
+        return Message.model_construct(
+            id=id or new_id(),
+            session_id=session_id,
+            seq=seq,
+            role=self.role,
+            content=self.content,
+            name=self.name,
+            tool_calls=self.tool_calls,
+            tool_call_id=self.tool_call_id,
+            metadata=self.metadata,
+            created_at=created_at,
+        )

@@ -1,0 +1,158 @@
+"""The one map from URL scheme to store classes.
+
+Entries are import strings, so this module imports no backend and no driver; a class is imported the first time a
+URL needs it and cached. Third parties add schemes with :func:`register`::
+
+    from praison_db.registry import register
+    register("dynamodb", conversations="my_pkg.dynamo:DynamoConversationStore", extra=None)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+
+__all__ = ["BackendEntry", "register", "resolve", "known_schemes", "entry_for"]
+
+StoreRole = Literal["conversations", "state"]
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """What a scheme maps to: an import string per role, the pip extra its driver needs, and refusals."""
+
+    conversations: str | None
+    state: str | None
+    extra: str | None = None
+    # Why a role is missing, said to the user instead of a generic message.
+    refusals: tuple[tuple[str, str], ...] = ()
+
+
+_SQL = "praison_db.backends.sql:SqlConversationStore", "praison_db.backends.sql:SqlStateStore"
+_REDIS = "praison_db.backends.redis:RedisConversationStore", "praison_db.backends.redis:RedisStateStore"
+_MONGO = "praison_db.backends.mongo:MongoConversationStore", "praison_db.backends.mongo:MongoStateStore"
+_JSON = "praison_db.backends.jsonfile:JsonConversationStore", "praison_db.backends.jsonfile:JsonStateStore"
+_MEMORY = "praison_db.backends.memory:MemoryConversationStore", "praison_db.backends.memory:MemoryStateStore"
+_CLICKHOUSE_STATE = (
+    ("state", "ClickHouse has no cheap row updates or atomic counters, so it cannot be a state store; "
+              "use Redis, MongoDB or a SQL database for state_url"),
+)
+_CH = "praison_db.backends.clickhouse:ClickHouseConversationStore"
+
+_registry: dict[str, BackendEntry] = {
+    "sqlite": BackendEntry(*_SQL),
+    "sqlite+pysqlite": BackendEntry(*_SQL),
+    "postgresql": BackendEntry(*_SQL, extra="postgres"),
+    "postgres": BackendEntry(*_SQL, extra="postgres"),
+    "postgresql+psycopg": BackendEntry(*_SQL, extra="postgres"),
+    "postgresql+psycopg2": BackendEntry(*_SQL, extra="postgres"),
+    "mysql": BackendEntry(*_SQL, extra="mysql"),
+    "mysql+pymysql": BackendEntry(*_SQL, extra="mysql"),
+    "mariadb": BackendEntry(*_SQL, extra="mysql"),
+    "mariadb+pymysql": BackendEntry(*_SQL, extra="mysql"),
+    "clickhouse": BackendEntry(_CH, None, extra="clickhouse", refusals=_CLICKHOUSE_STATE),
+    "clickhouses": BackendEntry(_CH, None, extra="clickhouse", refusals=_CLICKHOUSE_STATE),
+    "chdb": BackendEntry(_CH, None, extra="chdb", refusals=_CLICKHOUSE_STATE),
+    "redis": BackendEntry(*_REDIS, extra="redis"),
+    "rediss": BackendEntry(*_REDIS, extra="redis"),
+    "unix": BackendEntry(*_REDIS, extra="redis"),
+    "mongodb": BackendEntry(*_MONGO, extra="mongo"),
+    "mongodb+srv": BackendEntry(*_MONGO, extra="mongo"),
+    "json": BackendEntry(*_JSON),
+    "file": BackendEntry(*_JSON),
+    "memory": BackendEntry(*_MEMORY),
+}
+_loaded: dict[str, type] = {}
+_lock = threading.Lock()
+
+
+def register(
+    scheme: str,
+    *,
+    conversations: str | type | None = None,
+    state: str | type | None = None,
+    extra: str | None = None,
+    clobber: bool = False,
+) -> None:
+    """Map a URL scheme to store classes (import strings ``"pkg.module:Class"`` or classes).
+
+    Args:
+        scheme: lower-case scheme, with ``+driver`` if it has one.
+        conversations: the ConversationStore for this scheme, if it can play that role.
+        state: the StateStore for this scheme, if it can play that role.
+        extra: the pip extra (of praison-db) that provides its driver, for the error when it is missing.
+        clobber: replace an existing entry instead of raising.
+
+    Raises:
+        ConfigError: the scheme is taken and ``clobber`` is false, or neither role is given.
+    """
+    scheme = scheme.lower()
+    if conversations is None and state is None:
+        raise ConfigError(f"register({scheme!r}) needs a conversations or a state store")
+    with _lock:
+        if scheme in _registry and not clobber:
+            raise ConfigError(f"scheme {scheme!r} is already registered; pass clobber=True to replace it")
+        names = []
+        for cls in (conversations, state):
+            if isinstance(cls, type):
+                name = f"{cls.__module__}:{cls.__qualname__}"
+                _loaded[name] = cls
+                names.append(name)
+            else:
+                names.append(cls)
+        _registry[scheme] = BackendEntry(names[0], names[1], extra)
+
+
+def known_schemes() -> list[str]:
+    return sorted(_registry)
+
+
+def entry_for(scheme: str) -> BackendEntry:
+    """The registry entry of ``scheme``; an unknown scheme raises ConfigError naming the closest known one."""
+    scheme = scheme.lower()
+    entry = _registry.get(scheme)
+    if entry is not None:
+        return entry
+    base, plus, driver = scheme.partition("+")
+    if plus and base in _registry:
+        known = sorted(s for s in _registry if s.startswith(base + "+"))
+        raise ConfigError(
+            f"unknown driver {driver!r} for {base}://; use {base}:// or one of " + ", ".join(f"{k}://" for k in known)
+        )
+    close = difflib.get_close_matches(scheme, _registry, n=1)
+    hint = f"did you mean {close[0]}://? " if close else ""
+    raise ConfigError(f"unknown URL scheme {scheme!r}; {hint}known schemes: {', '.join(known_schemes())}")
+
+
+def resolve(scheme: str, role: StoreRole) -> type:
+    """The store class that plays ``role`` for ``scheme``, imported on first use.
+
+    Raises:
+        ConfigError: unknown scheme, a role the backend cannot play, or its driver extra is not installed.
+    """
+    entry = entry_for(scheme)
+    target = entry.conversations if role == "conversations" else entry.state
+    if target is None:
+        reason = dict(entry.refusals).get(role)
+        raise ConfigError(reason or f"{scheme}:// cannot be used as a {role} store")
+    cached = _loaded.get(target)
+    if cached is not None:
+        return cached
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or "its driver"
+        if module_name.startswith(missing) or (missing and module_name == missing):
+            raise ConfigError(f"cannot import {module_name} for {scheme}://: is the package installed?") from e
+        fix = f"pip install 'praison-db[{entry.extra}]'" if entry.extra else f"pip install {missing}"
+        raise ConfigError(f"{attr} needs the {missing} package for {scheme}://: {fix}") from e
+    cls = getattr(module, attr)
+    with _lock:
+        _loaded[target] = cls
+    return cls
