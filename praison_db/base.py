@@ -755,13 +755,19 @@ def not_an_integer(key: str) -> InputError:
     return InputError(f"incr: the value of {key!r} is not an integer")
 
 
+_MISSING: Any = object()
+
+
 def incremented(key: str, current: Any, amount: int) -> int:
-    """The new value of an incr, or InputError if the stored value is not an integer."""
-    if current is None:
+    """The new value of an incr (``current`` is MISSING for an absent key); InputError for a non-integer value."""
+    if current is _MISSING:
         return amount
     if isinstance(current, bool) or not isinstance(current, int):
         raise not_an_integer(key)
     return current + amount
+
+
+MISSING = _MISSING
 
 
 class ScopedStateStore(StateStore):

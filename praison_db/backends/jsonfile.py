@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 
 from ..base import (
     Capabilities,
+    MISSING,
     ConversationStore,
     Option,
     POSITIVE_SECONDS,
@@ -479,7 +480,7 @@ class JsonStateStore(StateStore):
     def _incr(self, key: str, amount: int) -> int:
         with self._lock:
             current = self._read()
-            value, expires_at = current.get(key, [None, None])
+            value, expires_at = current.get(key, [MISSING, None])
             new = incremented(key, value, amount)
             current[key] = [new, expires_at]
             self._write(current)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..base import (
     Capabilities,
+    MISSING,
     ConversationStore,
     SessionFilter,
     StateStore,
@@ -195,7 +196,7 @@ class MemoryStateStore(StateStore):
 
         with self._d.lock:
             item = self._live(key, time.time())
-            value = incremented(key, loads(item[0]) if item else None, amount)
+            value = incremented(key, loads(item[0]) if item else MISSING, amount)
             self._d.state[key] = (json.dumps(value), item[1] if item else None)
             return value
 

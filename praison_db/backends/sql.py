@@ -36,6 +36,7 @@ from sqlalchemy.pool import StaticPool
 from .. import errors
 from ..base import (
     BOOL,
+    MISSING,
     POSITIVE_SECONDS,
     Capabilities,
     ConversationStore,
@@ -98,12 +99,15 @@ def _insert_ignore(dialect: str, table: Any) -> Any:
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
+        stmt = pg_insert(table).on_conflict_do_nothing()
+    elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(table).on_conflict_do_nothing()
-    return insert(table).prefix_with("IGNORE")
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    else:
+        stmt = insert(table).prefix_with("IGNORE")
+    # SQLAlchemy only reports an INSERT's rowcount when asked to keep it.
+    return stmt.execution_options(preserve_rowcount=True)
 
 
 def _upsert(dialect: str, table: Any, columns: list[str]) -> Any:
@@ -628,7 +632,7 @@ class SqlStateStore(_SqlStore, StateStore):
         def work(conn: Connection) -> int:
             row = conn.execute(select(st.c.value, st.c.expires_at).where(st.c.key == key).with_for_update()).first()
             expired = row is not None and row.expires_at is not None and row.expires_at <= time.time()
-            current = None if row is None or expired else loads(row.value)
+            current = MISSING if row is None or expired else loads(row.value)
             value = incremented(key, current, amount)
             keep = None if row is None or expired else row.expires_at
             if row is None:

@@ -1,0 +1,68 @@
+"""The one registry of backends the conformance suite runs on. A new backend joins with one entry here.
+
+Each entry says which roles it plays and how to make a fresh, isolated URL for one test: ``url(ctx)`` gets a
+per-test temporary folder and unique id, plus the per-run server URL from ``server`` (a context manager that
+starts or finds the real server, yields its base URL and cleans up at the end of the run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests import servers
+
+
+@dataclass(frozen=True)
+class TestContext:
+    tmp: Path
+    uid: str  # unique per test: use it in prefixes, databases, directories
+    server: str | None  # base URL of the per-run server, if the backend has one
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    url: Callable[[TestContext], str]
+    roles: tuple[str, ...] = ("conversations", "state")
+    server: Callable[[], AbstractContextManager[str]] | None = None
+    server_name: str = ""
+    options: dict[str, object] = field(default_factory=dict)
+
+
+def _with_query(base: str, query: str) -> str:
+    return f"{base}{'&' if '?' in base else '?'}{query}"
+
+
+BACKENDS: list[Backend] = [
+    Backend("memory", lambda c: f"memory://{c.uid}"),
+    Backend("json", lambda c: f"json://{c.tmp}/sessions"),
+    Backend("sqlite", lambda c: f"sqlite:///{c.tmp}/praison.db"),
+    Backend(
+        "postgresql",
+        lambda c: _with_query(c.server, f"table_prefix=t{c.uid}_"),
+        server=servers.postgres_database,
+        server_name="PostgreSQL (127.0.0.1:5432)",
+    ),
+    Backend(
+        "mysql",
+        lambda c: _with_query(c.server, f"table_prefix=t{c.uid}_"),
+        server=servers.mysql_database,
+        server_name="MariaDB/MySQL (127.0.0.1:3306)",
+    ),
+]
+
+
+def for_role(role: str) -> list[Backend]:
+    return [b for b in BACKENDS if role in b.roles]
+
+
+def require(store: object, capability: str) -> None:
+    """Skip, showing the backend's own reason, when a store does not declare a capability."""
+    import pytest
+
+    caps = store.capabilities  # type: ignore[attr-defined]
+    if not getattr(caps, capability):
+        pytest.skip(f"{type(store).__name__} does not support {capability}: {caps.reason}")
