@@ -142,8 +142,9 @@ def db(
     conv_text = os.fspath(database_url) if database_url is not None else _from_env(DATABASE_URL_VARS)
     state_text = state_url if state_url is not None else _from_env(STATE_URL_VARS)
 
-    conv_url = parse_url(conv_text) if conv_text else None
-    state_parsed = parse_url(state_text) if state_text else None
+    # An explicit argument is parsed even when empty (that is a mistake worth reporting); unset means default.
+    conv_url = parse_url(conv_text) if conv_text is not None else None
+    state_parsed = parse_url(state_text) if state_text is not None else None
     if conv_url is None and state_parsed is None and options:
         raise ConfigError(f"options {sorted(options)} need a database_url or state_url to apply to")
 

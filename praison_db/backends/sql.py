@@ -169,7 +169,9 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
         return errors.IntegrityError(f"{where}: {detail}")
     if isinstance(error, sa_exc.DataError):
         return errors.InputError(f"{where} rejected the value: {detail}")
-    if any(s in lowered for s in ("password authentication failed", "access denied", "no password supplied")):
+    if any(s in lowered for s in ("password authentication failed", "access denied", "no password supplied")) or (
+        "role" in lowered and "does not exist" in lowered
+    ):
         return errors.ConfigError(f"{where}: the server refused the credentials; check the user and password in the URL")
     if ("database" in lowered and "does not exist" in lowered) or "unknown database" in lowered:
         return errors.ConfigError(f"{where}: the database does not exist; create it or fix the URL ({detail})")
@@ -184,7 +186,9 @@ class SqlDatabase:
     """One engine, its tables and its schema version, shared by the conversation and state stores of a URL."""
 
     def __init__(self, url: StoreURL, *, schema: str = "auto", **options: Any) -> None:
-        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
+        # PostgreSQL and MySQL drivers take their own query parameters (sslmode, ...); SQLite takes none.
+        passthrough = not url.scheme.startswith("sqlite")
+        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=passthrough)
         self.url = url
         self.where = f"{url.base_scheme} at {url.render()}"
         self.password = url.password

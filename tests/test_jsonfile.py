@@ -1,0 +1,136 @@
+"""What is specific to the JSON DefaultSessionStore: files, crashes, locks."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from praison_db import StoreUnavailable
+from praison_db.backends import jsonfile
+from praison_db.backends.jsonfile import JsonConversationStore, session_file_stem
+
+
+@pytest.fixture
+def store(tmp_path):
+    with JsonConversationStore(tmp_path / "sessions") as s:
+        yield s
+
+
+def messages_file(store: JsonConversationStore, session_id: str) -> Path:
+    return store.directory / f"{session_file_stem(session_id)}.jsonl"
+
+
+def test_append_adds_one_line_and_never_rewrites(store):
+    store.create_session("s")
+    store.add_messages("s", [{"role": "user", "content": f"m{i}"} for i in range(50)])
+    path = messages_file(store, "s")
+    before = path.read_bytes()
+    inode = path.stat().st_ino
+    store.add_message("s", "assistant", "one more")
+    after = path.read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
+    assert path.stat().st_ino == inode
+
+
+def test_torn_last_line_loses_only_that_line(store):
+    store.create_session("crash")
+    store.add_messages("crash", [{"role": "user", "content": f"m{i}"} for i in range(3)])
+    path = messages_file(store, "crash")
+    with open(path, "ab") as f:  # what a crash in the middle of a write leaves behind
+        f.write(b'{"id":"x","session_id":"crash","seq":4,"role":"user","cont')
+    assert [m.seq for m in store.get_messages("crash")] == [1, 2, 3]
+    assert [m.seq for m in store.get_messages("crash", limit=2)] == [2, 3]
+    assert store.count_messages("crash") == 3 and store.get_session("crash").message_count == 3
+    assert store.add_message("crash", "user", "after the crash").seq == 4
+    assert [m.content for m in store.get_messages("crash")] == ["m0", "m1", "m2", "after the crash"]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_file_names_stay_inside_the_directory_and_never_collide(store, tmp_path):
+    ids = ["../escape", "../../etc/passwd", "a/b", "a_b", "a\\b", "/abs", "x" * 255, "CON", "." , ".."]
+    for session_id in ids:
+        store.create_session(session_id)
+        store.add_message(session_id, "user", session_id)
+    stems = {session_file_stem(i) for i in ids}
+    assert len(stems) == len(ids)
+    outside = {p for p in tmp_path.rglob("*") if store.directory not in p.parents and p != store.directory}
+    assert outside == set()
+    assert all(len(p.name) < 160 for p in store.directory.iterdir())
+    for session_id in ids:
+        assert [m.content for m in store.get_messages(session_id)] == [session_id]
+
+
+def test_listing_reads_headers_and_last_lines_only(store, monkeypatch):
+    for i in range(3):
+        store.create_session(f"l{i}")
+        store.add_messages(f"l{i}", [{"role": "user", "content": f"m{j}"} for j in range(200)])
+    parsed = 0
+    real = jsonfile._parse_line
+
+    def counting(line: bytes):
+        nonlocal parsed
+        parsed += 1
+        return real(line)
+
+    monkeypatch.setattr(jsonfile, "_parse_line", counting)
+    sessions = store.list_sessions()
+    assert [s.message_count for s in sessions] == [200, 200, 200]
+    assert parsed <= 3  # one last line per session, not 600 messages
+
+
+def test_newest_n_reads_from_the_end(store, monkeypatch):
+    store.create_session("big")
+    store.add_messages("big", [{"role": "user", "content": f"m{j}"} for j in range(2000)])
+    parsed = 0
+    real = jsonfile._parse_line
+
+    def counting(line: bytes):
+        nonlocal parsed
+        parsed += 1
+        return real(line)
+
+    monkeypatch.setattr(jsonfile, "_parse_line", counting)
+    assert [m.seq for m in store.get_messages("big", limit=20)] == list(range(1981, 2001))
+    assert parsed == 20
+
+
+def test_half_created_session_is_invisible_and_recreated_cleanly(store):
+    # A crash after the messages file was written but before the header (the commit point).
+    messages_file(store, "half").write_bytes(b'{"id":"x","session_id":"half","seq":1}\n')
+    assert store.get_session("half") is None and store.list_sessions().items == []
+    store.create_session("half")
+    assert store.add_message("half", "user", "clean").seq == 1
+
+
+def test_delete_takes_the_session_lock(tmp_path):
+    with JsonConversationStore(tmp_path / "s", lock_timeout=0.2) as store:
+        store.create_session("locked")
+        store.add_message("locked", "user", "still here")
+        lock_path = store.directory / ".locks" / f"{session_file_stem('locked')}.lock"
+        # filelock uses flock(2): a lock on a separate file descriptor is what another process would hold.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with pytest.raises(StoreUnavailable, match="lock"):
+                store.delete_session("locked")
+            with pytest.raises(StoreUnavailable, match="lock"):
+                store.add_message("locked", "user", "blocked")
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        assert [m.content for m in store.get_messages("locked")] == ["still here"]
+        assert store.delete_session("locked") is True
+
+
+def test_state_file_is_replaced_atomically(tmp_path):
+    from praison_db.backends.jsonfile import JsonStateStore
+
+    with JsonStateStore(tmp_path / "state.json") as state:
+        state.set("a", 1)
+        state.set("b", {"x": [1, 2]})
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert json.loads((tmp_path / "state.json").read_text())["items"]["b"][0] == {"x": [1, 2]}
