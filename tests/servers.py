@@ -79,3 +79,60 @@ def mysql_database() -> Iterator[str]:
         conn = pymysql.connect(host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root", password=u.password or "")
         with conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def wait_until(check, what: str, timeout: float = 60.0) -> None:
+    """Poll ``check()`` until it returns True (bounded): used to wait for a restarted server to accept clients."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not come back within {timeout:g} s ({last})")
+
+
+def restart_postgres() -> None:
+    """Restart the machine's PostgreSQL cluster (the same command that starts it)."""
+    import subprocess
+
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
+
+    def up() -> bool:
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2):
+            return True
+
+    wait_until(up, "PostgreSQL")
+
+
+def restart_mariadb() -> None:
+    """Stop MariaDB and start it again with the command the machine uses."""
+    import subprocess
+
+    import pymysql
+
+    subprocess.run(["mariadb-admin", "-uroot", "shutdown"], check=True, timeout=120)
+
+    def down() -> bool:
+        try:
+            pymysql.connect(host="127.0.0.1", user="root", connect_timeout=1).close()
+            return False
+        except pymysql.err.OperationalError:
+            return True
+
+    wait_until(down, "MariaDB shutdown")
+    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"], check=True, timeout=60)
+
+    def up() -> bool:
+        pymysql.connect(host="127.0.0.1", user="root", connect_timeout=2).close()
+        return True
+
+    wait_until(up, "MariaDB")

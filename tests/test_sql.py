@@ -1,0 +1,237 @@
+"""What is specific to the SQL stores: schema versions, indexes, URL forms, server failures, large values.
+
+Runs on SQLite and on the machine's real PostgreSQL and MariaDB (see tests/backends.py and tests/servers.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import inspect, text
+
+from praison_db import ConfigError, InputError, SchemaError, StoreUnavailable, db
+from praison_db.backends import sql_schema
+from praison_db.backends.sql import migrate, schema_version
+from praison_db.facade import open_store
+from tests import servers
+from tests.backends import BACKENDS
+from tests.conformance.workers import append_many, run_workers
+
+SQL = [b for b in BACKENDS if b.name in ("sqlite", "postgresql", "mysql")]
+SERVERS = [b for b in SQL if b.server is not None]
+
+
+@pytest.fixture(params=SQL, ids=[b.name for b in SQL])
+def sql_url(request, make_url):
+    return make_url(request.param)
+
+
+@pytest.fixture(params=SERVERS, ids=[b.name for b in SERVERS])
+def server_url(request, make_url):
+    return make_url(request.param)
+
+
+def test_schema_version_is_recorded_and_migrate_is_idempotent(sql_url):
+    with open_store(sql_url, "conversations") as store:
+        store.create_session("v")
+        version_table = store.t.version.name
+        with store.db.read() as conn:
+            assert conn.execute(text(f"SELECT version FROM {version_table}")).scalars().all() == [1]
+    assert schema_version(sql_url) == (1, 1)
+    assert migrate(sql_url) == (1, 1)
+    assert migrate(sql_url) == (1, 1)
+
+
+def test_a_new_migration_is_applied_on_open_and_data_survives(sql_url, monkeypatch):
+    assert migrate(sql_url) == (0, 1)
+    with open_store(sql_url, "conversations") as store:
+        store.create_session("old", user_id="alice")
+        store.add_message("old", "user", "written by version 1")
+        sessions = store.t.sessions.name
+
+    def add_tag_column(conn, tables):
+        if "tag" not in {c["name"] for c in inspect(conn).get_columns(tables.sessions.name)}:
+            conn.execute(text(f"ALTER TABLE {tables.sessions.name} ADD COLUMN tag VARCHAR(20) DEFAULT 'v2'"))
+
+    monkeypatch.setattr(sql_schema, "MIGRATIONS", [*sql_schema.MIGRATIONS, add_tag_column])
+    with pytest.raises(SchemaError, match=r"schema version 1, this praison-db needs 2: run `praison-db migrate"):
+        open_store(sql_url, "conversations", auto_upgrade=False)
+    with open_store(sql_url, "conversations") as store:
+        assert [m.content for m in store.get_messages("old")] == ["written by version 1"]
+        assert store.add_message("old", "assistant", "and read by version 2").seq == 2
+        with store.db.read() as conn:
+            assert conn.execute(text(f"SELECT tag FROM {sessions}")).scalar() == "v2"
+    assert schema_version(sql_url) == (2, 2) and migrate(sql_url) == (2, 2)
+
+
+def test_a_newer_schema_is_refused(sql_url):
+    with open_store(sql_url, "conversations") as store:
+        stamp = store.get_or_create_session("x").created_at
+        with store.db.write() as conn:
+            conn.execute(store.t.version.insert().values(version=99, applied_at=stamp))
+    with pytest.raises(SchemaError, match="newer than this praison-db supports"):
+        open_store(sql_url, "conversations")
+
+
+def _plan(store, query: str, params: dict) -> str:
+    dialect = store.db.dialect
+    with store.db.read() as conn:
+        if dialect == "sqlite":
+            rows = conn.execute(text(f"EXPLAIN QUERY PLAN {query}"), params).all()
+            return " | ".join(str(r[-1]) for r in rows)
+        if dialect == "postgresql":
+            conn.execute(text("SET LOCAL enable_seqscan = off"))  # tiny test tables: ask whether an index CAN serve it
+            return " | ".join(r[0] for r in conn.execute(text(f"EXPLAIN {query}"), params))
+        rows = conn.execute(text(f"EXPLAIN {query}"), params).mappings().all()
+        return " | ".join(f"{r['table']}:{r['type']}:{r['key']}:{r['Extra']}" for r in rows)
+
+
+def test_newest_reads_are_index_range_scans(sql_url):
+    with open_store(sql_url, "conversations") as store:
+        # Enough rows that no optimizer prefers a full scan of a tiny table.
+        for i in range(300):
+            store.create_session(f"e{i}", user_id=f"u{i % 60}")
+        store.add_messages("e3", [{"role": "user", "content": "x"}] * 300)
+        store.add_messages("e4", [{"role": "user", "content": "x"}] * 300)
+        m, s = store.t.messages.name, store.t.sessions.name
+        newest_n = _plan(store, f"SELECT * FROM {m} WHERE session_id = :sid ORDER BY seq DESC LIMIT 20", {"sid": "e3"})
+        newest_sessions = _plan(
+            store,
+            f"SELECT * FROM {s} WHERE user_id = :u ORDER BY updated_at DESC, session_id DESC LIMIT 50",
+            {"u": "u1"},
+        )
+        print(f"\n[{store.db.dialect}] newest 20 messages: {newest_n}\n[{store.db.dialect}] newest 50 sessions of a user: {newest_sessions}")
+        dialect = store.db.dialect
+    if dialect == "sqlite":
+        assert "USING PRIMARY KEY" in newest_n or "USING INDEX sqlite_autoindex" in newest_n
+        assert "sessions_user_activity" in newest_sessions and "TEMP B-TREE" not in newest_sessions
+    elif dialect == "postgresql":
+        assert "Index Scan Backward" in newest_n and "pkey" in newest_n and "Sort" not in newest_n
+        assert "sessions_user_activity" in newest_sessions and "Sort" not in newest_sessions
+    else:
+        assert ":PRIMARY:" in newest_n and "filesort" not in newest_n
+        assert "sessions_user_activity" in newest_sessions and "filesort" not in newest_sessions
+
+
+def test_sqlite_pragmas(make_url):
+    url = make_url(next(b for b in SQL if b.name == "sqlite"))
+    with open_store(url, "conversations") as store:
+        with store.db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: durable at commit
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+@pytest.mark.slow
+def test_eight_processes_append_500_each(sql_url):
+    with open_store(sql_url, "conversations") as store:
+        store.create_session("crowd")
+    started = time.perf_counter()
+    run_workers(append_many, [(sql_url, "crowd", 500, w) for w in range(8)])
+    elapsed = time.perf_counter() - started
+    with open_store(sql_url, "conversations") as store:
+        seqs = [m.seq for m in store.get_messages("crowd")]
+        print(f"\n8 processes x 500 appends on {store.db.dialect}: {elapsed:.2f} s ({4000 / elapsed:.0f} appends/s)")
+        assert seqs == list(range(1, 4001)) and store.count_messages("crowd") == 4000
+
+
+def test_large_four_byte_content_round_trips(server_url):
+    big = ("𝄞🙂漢" * 1_400_000)[:4_000_000]  # ~15 MB of 4-byte and 3-byte UTF-8
+    with open_store(server_url, "conversations") as store:
+        store.create_session("huge")
+        store.add_message("huge", "user", big)
+        assert store.get_messages("huge", limit=1)[0].content == big
+
+
+def test_a_failed_batch_stores_nothing(server_url):
+    with open_store(server_url, "conversations") as store:
+        store.create_session("atomic")
+        store.add_message("atomic", "user", "kept")
+        # PostgreSQL refuses NUL characters in text; MariaDB refuses a seq that collides (simulated below).
+        if store.db.dialect == "postgresql":
+            with pytest.raises(InputError):
+                store.add_messages("atomic", [{"role": "user", "content": "fine"}, {"role": "user", "content": "nul\x00"}])
+        else:
+            with store.db.write() as conn:  # a stray row at seq 3 makes the second insert of the batch fail
+                conn.execute(store.t.messages.insert().values(session_id="atomic", seq=3, id="stray", role="user", content="stray", metadata={}, created_at=store.get_session("atomic").created_at))
+            with pytest.raises(Exception):
+                store.add_messages("atomic", [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+            with store.db.write() as conn:
+                conn.execute(store.t.messages.delete().where(store.t.messages.c.id == "stray"))
+        assert [m.content for m in store.get_messages("atomic")] == ["kept"]
+        assert store.get_session("atomic").message_count == 1
+        assert store.add_message("atomic", "user", "next").seq == 2
+
+
+def test_postgres_url_forms(make_url):
+    base = make_url(next(b for b in SERVERS if b.name == "postgresql"))  # postgresql://postgres@127.0.0.1:5432/<db>?table_prefix=..
+    rest = base.split("://", 1)[1]
+    for scheme in ("postgres", "postgresql+psycopg"):
+        with db(f"{scheme}://{rest}&sslmode=disable&connect_timeout=5&application_name=praison") as store:
+            store.conversations.get_or_create_session("forms")
+            assert store.conversations.get_session("forms") is not None
+    with pytest.raises(ConfigError, match="psycopg2"):
+        db(f"postgresql+psycopg2://{rest}") if not _has("psycopg2") else pytest.skip("psycopg2 installed")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_mysql_url_forms_and_awkward_password(make_url):
+    import pymysql
+
+    base = make_url(next(b for b in SERVERS if b.name == "mysql"))  # mysql://root@127.0.0.1:3306/<db>?table_prefix=..
+    database = base.rsplit("/", 1)[1].split("?", 1)[0]
+    user, password = f"pw_{servers.run_id()}", "p@ss:w/rd%"
+    with pymysql.connect(host="127.0.0.1", user="root") as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
+        cur.execute(f"GRANT ALL ON `{database}`.* TO '{user}'@'%'")
+    try:
+        encoded = "p%40ss%3Aw%2Frd%25"
+        query = base.split("?", 1)[1]
+        for scheme in ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql"):
+            with db(f"{scheme}://{user}:{encoded}@127.0.0.1:3306/{database}?{query}") as store:
+                store.conversations.get_or_create_session("forms")
+                assert store.conversations.get_session("forms") is not None
+                assert "p@ss" not in repr(store) and "***" in repr(store)
+        with pytest.raises(ConfigError, match="refused the credentials") as info:
+            db(f"mysql://{user}:wrong-s3cret@127.0.0.1:3306/{database}")
+        assert "wrong-s3cret" not in str(info.value) and "\n" not in str(info.value)
+    finally:
+        with pymysql.connect(host="127.0.0.1", user="root") as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER '{user}'@'%'")
+
+
+@pytest.mark.parametrize("url", ["postgresql://ai:s3cret@127.0.0.1:1/ai", "mysql://root:s3cret@127.0.0.1:1/test"])
+def test_refused_port_is_store_unavailable_quickly_and_masked(url):
+    started = time.perf_counter()
+    with pytest.raises(StoreUnavailable) as info:
+        db(url)
+    assert time.perf_counter() - started < 15
+    message = str(info.value)
+    assert "s3cret" not in message and "***" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://postgres@127.0.0.1:5432/praison_no_such_db", "mysql://root@127.0.0.1:3306/praison_no_such_db"]
+)
+def test_missing_database_is_a_config_error(url):
+    with pytest.raises(ConfigError, match="database does not exist"):
+        db(url)
+
+
+@pytest.mark.restart
+@pytest.mark.parametrize("name", ["postgresql", "mysql"])
+def test_a_server_restart_between_calls_costs_only_a_reconnect(name, make_url):
+    url = make_url(next(b for b in SERVERS if b.name == name))
+    with db(url) as store:
+        store.conversations.create_session("before")
+        store.state.set("k", 1)
+        (servers.restart_postgres if name == "postgresql" else servers.restart_mariadb)()
+        assert store.conversations.add_message("before", "user", "after the restart").seq == 1
+        assert store.state.incr("k") == 2
