@@ -112,6 +112,7 @@ class Agent:
 
     @property
     def session_id(self) -> str:
+        """The session this Agent reads and writes (generated when none was given)."""
         return self._session_id
 
     @property

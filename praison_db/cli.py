@@ -39,6 +39,7 @@ except ImportError:  # the [cli] extra is missing: main() says so in one line
 __all__ = ["main", "build_app"]
 
 CLI_EXTRA_HINT = "the praison-db CLI needs: pip install 'praison-db[cli]'"
+_argv: list[str] = []  # this run's arguments, searched for passwords to redact
 DEMO_USER = "demo-user"
 DEMO_INSTRUCTIONS = "You are a helpful assistant with a persistent memory."
 DEMO_FIRST = ("My name is Alice", "My favourite colour is blue")
@@ -424,6 +425,7 @@ def doctor(
         "ok": False,
         "praison_db": __version__,
         "python": platform.python_version(),
+        "session_dir": None,
         "stores": [],
         "error": None,
     }
@@ -508,7 +510,7 @@ def _first_env(names: tuple[str, ...]) -> str | None:
 def _redact(text: str) -> str:
     """Remove any password of a URL given on the command line or in the environment from ``text``."""
     text = mask_url(text)
-    candidates = list(sys.argv[1:]) + [os.environ.get(n, "") for n in (*DATABASE_URL_VARS, *STATE_URL_VARS)]
+    candidates = list(_argv) + [os.environ.get(n, "") for n in (*DATABASE_URL_VARS, *STATE_URL_VARS)]
     for candidate in candidates:
         if "://" not in candidate:
             continue
@@ -549,6 +551,7 @@ def main(argv: list[str] | None = None) -> None:
         print(CLI_EXTRA_HINT, file=sys.stderr)
         sys.exit(1)
     debug = os.environ.get("PRAISON_DEBUG", "") not in ("", "0")
+    _argv[:] = sys.argv[1:] if argv is None else argv
     try:
         build_app()(args=argv, prog_name="praison-db")
     except Error as e:

@@ -140,6 +140,7 @@ class OpenAIChatModel:
         self.client = client
 
     def __call__(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """One chat completion; returns the assistant message (with ``tool_calls`` when the model asks for tools)."""
         extra = {"tools": self.tools} if self.tools else {}
         response = self.client.chat.completions.create(model=self.model, messages=messages, **extra, **self.create_args)
         return normalize_reply(response.choices[0].message)
@@ -223,6 +224,7 @@ class OfflineModel:
     """
 
     def __call__(self, messages: list[dict[str, Any]]) -> str:
+        """Answer the last user message from the earlier messages of ``messages`` only."""
         if messages and messages[-1].get("role") == "tool":
             return "The tool returned: " + (messages[-1].get("content") or "(nothing)")
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)

@@ -332,3 +332,37 @@ def test_llm_argument_checks() -> None:
     if importlib.util.find_spec("openai") is None:
         with pytest.raises(ConfigError, match=r"pip install 'praison-db\[openai\]'"):
             Agent(llm="gpt-4o-mini", db="memory://")
+
+
+def test_openai_model_sends_tools_and_normalises_the_reply(open_store: Any) -> None:
+    """The OpenAI-compatible layer, with a stand-in client object (the SDK is not needed for this)."""
+    from types import SimpleNamespace
+
+    from praison_db.llm import OpenAIChatModel, tool_spec
+
+    def weather(city: str, days: int = 1) -> str:
+        """Forecast for a city."""
+        return f"sunny in {city}"
+
+    requests: list[dict[str, Any]] = []
+
+    def create(**kwargs: Any) -> Any:
+        requests.append(kwargs)
+        if kwargs["messages"][-1]["role"] == "user":
+            call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        else:
+            message = {"role": "assistant", "content": "It is " + kwargs["messages"][-1]["content"]}
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    spec = tool_spec("weather", weather)
+    assert spec["function"]["description"] == "Forecast for a city."
+    assert spec["function"]["parameters"]["properties"] == {"city": {"type": "string"}, "days": {"type": "integer"}}
+    assert spec["function"]["parameters"]["required"] == ["city"]
+
+    model = OpenAIChatModel("some-model", tools=[spec], client=client, temperature=0)
+    agent = Agent(db=open_store(), session_id="w", llm=model, tools={"weather": weather})
+    assert agent.chat("weather in Paris?") == "It is sunny in Paris"
+    assert requests[0]["model"] == "some-model" and requests[0]["tools"] == [spec] and requests[0]["temperature"] == 0
+    assert [m["role"] for m in requests[1]["messages"]] == ["user", "assistant", "tool"]
