@@ -325,7 +325,7 @@ class Agent:
         except Exception as spool_error:  # noqa: BLE001 - the message is still in memory; say so
             where = f"agent.unsaved only (the spool file failed: {spool_error})"
         log.warning(
-            "praison_db: could not store a %s message of session %r: %s; kept in %s",
+            "praison_db: could not store the %s message of session %r: %s; kept in %s",
             record["role"], record["session_id"], error, where,
         )
 
