@@ -1,0 +1,381 @@
+"""``Agent``: a chat loop whose every turn is persisted before ``chat()`` returns.
+
+On its first ``chat()`` an Agent gets or creates its session and restores the newest ``history_limit`` messages,
+so a new process with the same ``session_id`` carries on the conversation. The user's message is stored before the
+model is called; the reply (and any tool turns) before ``chat()`` returns.
+
+With ``db(strict=False)`` a storage failure does not stop the agent: the message is kept in ``agent.unsaved`` and
+in a JSON Lines spool file under ``<session_dir>/unsaved/``, and written (in order, before anything newer) on the
+next successful write, by this Agent or by the next one opened on the same session. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from .backends.jsonfile import session_file_stem
+from .errors import ConfigError, Error, InputError, SessionExists
+from .facade import PraisonDB
+from .facade import db as open_db
+from .llm import ChatModel, normalize_reply, resolve_llm
+from .models import check_id, new_id
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("praison_db")
+
+_MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+class Agent:
+    """A conversational agent with persistent memory.
+
+    Example::
+
+        agent = Agent(name="Assistant", instructions="You are helpful.", db=db("sqlite:///chat.db"), session_id="u-1")
+        agent.chat("My name is Alice")
+        # ... later, in another process ...
+        Agent(db=db("sqlite:///chat.db"), session_id="u-1").chat("What's my name?")  # "Your name is Alice."
+    """
+
+    def __init__(
+        self,
+        name: str = "Assistant",
+        instructions: str | None = None,
+        llm: ChatModel | str | None = None,
+        db: PraisonDB | str | os.PathLike[str] | None = None,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        history_limit: int | None = 50,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        max_tool_rounds: int = 8,
+    ) -> None:
+        """
+        Args:
+            name: the agent's name, stored as the session's ``agent_id``.
+            instructions: the system prompt; sent with every request, never stored as a message.
+            llm: None or ``"offline"`` (the deterministic offline model), a model name for an OpenAI-compatible
+                endpoint, or a callable taking OpenAI-style messages (see :mod:`praison_db.llm`).
+            db: a :class:`PraisonDB` from ``praison_db.db(...)``, or a database URL; None opens ``db()`` (zero
+                config). A store the Agent opened itself is closed by :meth:`close`.
+            session_id: the conversation to continue or start; None generates one (``agent.session_id``).
+            user_id: the session's owner.
+            history_limit: how many of the newest messages are restored and sent to the model (None: all).
+            tools: name -> Python function; tool calls from the model run these and the results are stored.
+            max_tool_rounds: how many times in a row the model may ask for tools within one ``chat()``.
+
+        Raises:
+            ConfigError: ``db`` or ``llm`` is of the wrong kind, or the model cannot be set up.
+            InputError: an id or a limit is invalid.
+        """
+        if history_limit is not None and (isinstance(history_limit, bool) or not isinstance(history_limit, int) or history_limit < 0):
+            raise InputError("history_limit must be a non-negative integer or None")
+        if isinstance(max_tool_rounds, bool) or not isinstance(max_tool_rounds, int) or max_tool_rounds < 0:
+            raise InputError("max_tool_rounds must be a non-negative integer")
+        self.name = check_id(name, "name")
+        self.instructions = instructions
+        self.user_id = None if user_id is None else check_id(user_id, "user_id")
+        self.history_limit = history_limit
+        self.max_tool_rounds = max_tool_rounds
+        self.tools: dict[str, Callable[..., Any]] = dict(tools or {})
+        for tool_name, fn in self.tools.items():
+            if not callable(fn):
+                raise ConfigError(f"tool {tool_name!r} is not callable")
+        self.llm = resolve_llm(llm, self.tools)
+        self._session_id = new_id() if session_id is None else check_id(session_id)
+
+        if db is None or isinstance(db, (str, os.PathLike)):
+            self.db = open_db(db)
+            self._owns_db = True
+        elif isinstance(db, PraisonDB):
+            self.db = db
+            self._owns_db = False
+        else:
+            raise ConfigError(f"db must be what praison_db.db(...) returns (or a URL), not {type(db).__name__}")
+
+        self._history: list[dict[str, Any]] = []
+        self._unsaved: list[dict[str, Any]] = []
+        self._started = False
+        self._ready: set[str] = set()  # session ids known to exist in the store
+        self._spools_read: set[str] = set()
+        self._lock = threading.RLock()
+
+    # ---- public ----
+
+    @property
+    def session_id(self) -> str:
+        """The session this Agent reads and writes (generated when none was given)."""
+        return self._session_id
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The conversation as this Agent knows it (restored messages, then this run's), as OpenAI dicts."""
+        with self._lock:
+            return [dict(m) for m in self._history]
+
+    @property
+    def unsaved(self) -> list[dict[str, Any]]:
+        """Messages not yet in the store (only with ``strict=False``), oldest first, each with its ``session_id``."""
+        with self._lock:
+            return [dict(m) for m in self._unsaved]
+
+    def chat(self, text: str) -> str:
+        """Send a user message and return the reply; both are stored before this returns.
+
+        Args:
+            text: the user's message.
+
+        Returns:
+            The assistant's reply text.
+
+        Raises:
+            praison_db.Error: a storage failure while ``db.strict`` is True (the default).
+            InputError: ``text`` is not a string, or a message cannot be stored at all (too large).
+        """
+        if not isinstance(text, str):
+            raise InputError(f"chat() takes a string, not {type(text).__name__}")
+        with self._lock:
+            self._start()
+            turn_start = len(self._history)
+            self._save({"role": "user", "content": text})
+            reply = normalize_reply(self.llm(self._prompt(turn_start)))
+            rounds = 0
+            while reply.get("tool_calls"):
+                if rounds >= self.max_tool_rounds:
+                    log.warning("praison_db: the model asked for tools %d times in a row; stopping", rounds)
+                    reply = {"role": "assistant", "content": reply.get("content") or f"(stopped after {rounds} tool rounds)"}
+                    break
+                rounds += 1
+                self._save(reply)
+                for call in reply["tool_calls"]:
+                    self._save(self._run_tool(call))
+                reply = normalize_reply(self.llm(self._prompt(turn_start)))
+            answer = reply.get("content") or ""
+            self._save({"role": "assistant", "content": answer})
+            return answer
+
+    def reset(self, session_id: str | None = None) -> None:
+        """Start another conversation (a new generated id, or ``session_id``); the old one stays in the store.
+
+        Messages of the old session still in ``unsaved`` stay queued and are written with the next write.
+        """
+        with self._lock:
+            self._session_id = new_id() if session_id is None else check_id(session_id)
+            self._history = []
+            self._started = False
+
+    def flush(self) -> int:
+        """Try to write the ``unsaved`` messages now. Returns how many are still unsaved.
+
+        Raises:
+            praison_db.Error: a storage failure while ``db.strict`` is True.
+        """
+        with self._lock:
+            try:
+                self._flush()
+            except Error as e:
+                if not self._tolerated(e):
+                    raise
+                log.warning("praison_db: %d messages are still unsaved: %s", len(self._unsaved), e)
+            return len(self._unsaved)
+
+    def close(self) -> None:
+        """Close the store if this Agent opened it. Unsaved messages stay in their spool files."""
+        if self._unsaved:
+            log.warning(
+                "praison_db: closing with %d unsaved messages; they are kept in %s", len(self._unsaved), self._spool_dir()
+            )
+        if self._owns_db:
+            self.db.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name!r} session_id={self._session_id!r} db={self.db!r}>"
+
+    # ---- turns ----
+
+    def _start(self) -> None:
+        """Restore the session on first use: get or create it, write spooled messages, load the newest ones."""
+        if self._started:
+            return
+        sid = self._session_id
+        if sid not in self._spools_read:
+            self._unsaved.extend(self._read_spool(sid))
+            self._spools_read.add(sid)
+        restored: list[dict[str, Any]] = []
+        try:
+            self._ensure_session(sid)
+            self._flush()
+            if self.history_limit != 0:
+                messages = self.db.conversations.get_messages(sid, limit=self.history_limit)
+                restored = [m.to_openai() for m in messages]
+        except Error as e:
+            if not self._tolerated(e):
+                raise
+            log.warning("praison_db: could not restore session %r, starting without its history: %s", sid, e)
+        pending = [_as_message(u) for u in self._unsaved if u["session_id"] == sid]
+        self._history = restored + pending
+        self._started = True
+
+    def _prompt(self, turn_start: int) -> list[dict[str, Any]]:
+        """System message + the newest ``history_limit`` earlier messages + the whole current turn."""
+        earlier = self._history[:turn_start]
+        if self.history_limit is not None:
+            earlier = earlier[len(earlier) - min(len(earlier), self.history_limit):]
+        while earlier and earlier[0]["role"] == "tool":  # a window must not start with an orphaned tool result
+            earlier = earlier[1:]
+        system = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        return system + [dict(m) for m in earlier + self._history[turn_start:]]
+
+    def _run_tool(self, call: dict[str, Any]) -> dict[str, Any]:
+        function = call.get("function") or {}
+        tool_name = function.get("name")
+        fn = self.tools.get(tool_name) if isinstance(tool_name, str) else None
+        try:
+            if fn is None:
+                raise LookupError(f"no tool named {tool_name!r}; available: {', '.join(sorted(self.tools)) or 'none'}")
+            arguments = json.loads(function.get("arguments") or "{}")
+            if not isinstance(arguments, dict):
+                raise TypeError("tool arguments must be a JSON object")
+            result = fn(**arguments)
+            content = result if isinstance(result, str) else json.dumps(result, default=str)
+        except Exception as e:  # the model sees the error and can recover, as with any tool
+            log.warning("praison_db: tool %r failed: %s: %s", tool_name, type(e).__name__, e)
+            content = f"error: {type(e).__name__}: {e}"
+        return {"role": "tool", "tool_call_id": call["id"], "content": content}
+
+    # ---- storage ----
+
+    def _tolerated(self, error: Error) -> bool:
+        """Whether a storage error is logged and survived (strict=False) rather than raised.
+
+        Bad input and someone else's session are never storage failures: retrying would not help.
+        """
+        return not self.db.strict and not isinstance(error, (InputError, SessionExists))
+
+    def _save(self, message: dict[str, Any]) -> None:
+        """Store one message (after any unsaved ones) and add it to the history; keep it locally if that fails."""
+        record = {"session_id": self._session_id, **{k: message[k] for k in _MESSAGE_FIELDS if message.get(k) is not None}}
+        record.setdefault("content", None)
+        try:
+            self._flush()
+            self._write(record)
+        except Error as e:
+            if not self._tolerated(e):
+                raise
+            self._keep(record, e)
+        self._history.append(_as_message(record))
+
+    def _ensure_session(self, session_id: str) -> None:
+        if session_id in self._ready:
+            return
+        session = self.db.conversations.get_or_create_session(session_id, user_id=self.user_id, agent_id=self.name)
+        if self.user_id is not None and session.user_id is not None and session.user_id != self.user_id:
+            raise SessionExists(f"session {session_id!r} belongs to another user; use another session_id")
+        self._ready.add(session_id)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._ensure_session(record["session_id"])
+        self.db.conversations.add_message(
+            record["session_id"],
+            record["role"],
+            record.get("content"),
+            name=record.get("name"),
+            tool_calls=record.get("tool_calls"),
+            tool_call_id=record.get("tool_call_id"),
+        )
+
+    def _flush(self) -> None:
+        """Write the unsaved messages in order; stop (raising) at the first failure, keeping the rest."""
+        if not self._unsaved:
+            return
+        written: set[str] = set()
+        try:
+            while self._unsaved:
+                self._write(self._unsaved[0])
+                written.add(self._unsaved.pop(0)["session_id"])
+        finally:
+            for sid in written:
+                self._rewrite_spool(sid)
+        log.info("praison_db: wrote the messages that had been kept locally")
+
+    def _keep(self, record: dict[str, Any], error: Error) -> None:
+        self._unsaved.append(record)
+        path = self._spool_path(record["session_id"])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock", timeout=10), open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            where = f"agent.unsaved and {path}"
+        except Exception as spool_error:  # noqa: BLE001 - the message is still in memory; say so
+            where = f"agent.unsaved only (the spool file failed: {spool_error})"
+        log.warning(
+            "praison_db: could not store the %s message of session %r: %s; kept in %s",
+            record["role"], record["session_id"], error, where,
+        )
+
+    # ---- the spool: JSON Lines, one file per session ----
+
+    def _spool_dir(self) -> Path:
+        return Path(self.db.session_dir) / "unsaved"
+
+    def _spool_path(self, session_id: str) -> Path:
+        return self._spool_dir() / f"{session_file_stem(session_id)}.jsonl"
+
+    def _read_spool(self, session_id: str) -> list[dict[str, Any]]:
+        path = self._spool_path(session_id)
+        if not path.exists():
+            return []
+        records = []
+        try:
+            with FileLock(f"{path}.lock", timeout=10):
+                lines = path.read_text(encoding="utf-8").splitlines()
+        except Exception as e:  # noqa: BLE001
+            log.warning("praison_db: cannot read the unsaved messages in %s: %s", path, e)
+            return []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash while spooling
+            if isinstance(record, dict) and record.get("session_id") == session_id and record.get("role"):
+                records.append(record)
+        if records:
+            log.info("praison_db: found %d unsaved messages of session %r in %s", len(records), session_id, path)
+        return records
+
+    def _rewrite_spool(self, session_id: str) -> None:
+        path = self._spool_path(session_id)
+        remaining = [u for u in self._unsaved if u["session_id"] == session_id]
+        try:
+            with FileLock(f"{path}.lock", timeout=10):
+                if remaining:
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text("".join(json.dumps(u, ensure_ascii=False) + "\n" for u in remaining), encoding="utf-8")
+                    os.replace(tmp, path)
+                else:
+                    path.unlink(missing_ok=True)
+        except Exception as e:  # noqa: BLE001 - already stored: at worst the next reader writes a duplicate
+            log.warning("praison_db: could not update %s: %s", path, e)
+
+
+def _as_message(record: dict[str, Any]) -> dict[str, Any]:
+    """An unsaved/spool record as an OpenAI message dict (without our ``session_id``)."""
+    out = {k: record[k] for k in _MESSAGE_FIELDS if record.get(k) is not None}
+    out.setdefault("content", None)
+    return out
