@@ -25,7 +25,7 @@ from typing import Annotated, Any, NoReturn, Optional
 
 from . import __version__
 from .errors import ConfigError, Error, IntegrityError, SessionNotFound
-from .facade import DATABASE_URL_VARS, STATE_URL_VARS, PraisonDB, db, default_home
+from .facade import DATABASE_URL_VARS, STATE_URL_VARS, PraisonDB, db, default_home, env_url
 from .url import mask_url, parse_url
 
 try:
@@ -484,7 +484,7 @@ def migrate_command(
     from .backends.sql import migrate
 
     cfg: Config = ctx.obj
-    target = url or cfg.database_url or _first_env(DATABASE_URL_VARS)
+    target = url or cfg.database_url or env_url(DATABASE_URL_VARS)
     if not target:
         raise ConfigError("migrate needs a SQL database URL, e.g. praison-db migrate sqlite:///conversations.db")
     shown = parse_url(target).render()
@@ -497,14 +497,6 @@ def migrate_command(
 
 
 # ---- plumbing ----
-
-
-def _first_env(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
 
 
 def _redact(text: str) -> str:

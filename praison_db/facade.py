@@ -26,7 +26,8 @@ def default_home() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".praison"
 
 
-def _from_env(names: tuple[str, ...]) -> str | None:
+def env_url(names: tuple[str, ...]) -> str | None:
+    """The first non-empty environment variable of ``names`` (an empty variable counts as unset)."""
     for name in names:
         value = os.environ.get(name, "").strip()
         if value:
@@ -139,8 +140,8 @@ def db(
         StoreUnavailable: the server could not be reached.
     """
     directory = Path(session_dir).expanduser() if session_dir is not None else default_home() / "sessions"
-    conv_text = os.fspath(database_url) if database_url is not None else _from_env(DATABASE_URL_VARS)
-    state_text = state_url if state_url is not None else _from_env(STATE_URL_VARS)
+    conv_text = os.fspath(database_url) if database_url is not None else env_url(DATABASE_URL_VARS)
+    state_text = state_url if state_url is not None else env_url(STATE_URL_VARS)
 
     # An explicit argument is parsed even when empty (that is a mistake worth reporting); unset means default.
     conv_url = parse_url(conv_text) if conv_text is not None else None

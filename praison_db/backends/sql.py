@@ -375,14 +375,23 @@ def _install_sqlite_hooks(engine: Engine, *, memory: bool) -> None:
 
 
 class _SqlStore:
-    """What both SQL stores share: the database handle, error translation, close."""
+    """What both SQL stores share: opening, the database handle, error translation, close."""
 
+    OPTIONS = OPTIONS
+    capabilities = Capabilities()
     db: SqlDatabase
 
-    def _bind(self, database: SqlDatabase) -> None:
+    def __init__(self, database: SqlDatabase) -> None:
         self.db = database.acquire()
         self.url = database.url.render()
         self.t = database.tables
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> Any:
+        database = SqlDatabase(url, **options)
+        store = cls(database)
+        database.release()  # the store holds its own reference
+        return store
 
     def _translate_error(self, error: Exception) -> errors.Error | None:
         return _classify(error, self.db.where, self.db.password)
@@ -441,19 +450,6 @@ def _session_row(s: Session) -> dict[str, Any]:
 
 class SqlConversationStore(_SqlStore, ConversationStore):
     """ConversationStore over SQLAlchemy Core (SQLite, PostgreSQL, MySQL/MariaDB)."""
-
-    OPTIONS = OPTIONS
-    capabilities = Capabilities()
-
-    def __init__(self, database: SqlDatabase) -> None:
-        self._bind(database)
-
-    @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> SqlConversationStore:
-        database = SqlDatabase(url, **options)
-        store = cls(database)
-        database.release()  # the store holds its own reference
-        return store
 
     def state_store(self) -> SqlStateStore:
         """A StateStore in the same database, sharing this store's connection pool."""
@@ -595,19 +591,6 @@ def _prefix_range(column: Any, prefix: str) -> Any:
 
 class SqlStateStore(_SqlStore, StateStore):
     """StateStore in the ``<prefix>state`` table: JSON text values, expiry as a Unix time checked on every read."""
-
-    OPTIONS = OPTIONS
-    capabilities = Capabilities()
-
-    def __init__(self, database: SqlDatabase) -> None:
-        self._bind(database)
-
-    @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> SqlStateStore:
-        database = SqlDatabase(url, **options)
-        store = cls(database)
-        database.release()
-        return store
 
     def _get_many(self, keys: list[str]) -> dict[str, Any]:
         st = self.t.state
