@@ -185,3 +185,16 @@ def test_eight_processes_append_500_each_to_one_session(url):
             assert [m.content for m in messages if m.content.startswith(f"w{w}-")] == [f"w{w}-{i}" for i in range(per)]
         assert conv.get_session("race").message_count == per * workers
         print(f"mongodb: 8 processes x 500 appends in {elapsed:.2f} s")
+
+
+def test_newest_n_reads_an_index_range_and_copes_with_gaps(url, raw):
+    with open_store(url, "conversations") as conv:
+        conv.create_session("g")
+        conv.add_messages("g", [{"role": "user", "content": f"m{i}"} for i in range(1, 11)])
+        assert [m.seq for m in conv.get_messages("g", limit=3)] == [8, 9, 10]
+        # A gap, as a process dying mid-append on a standalone server could leave: the read falls back to the index walk.
+        raw["praison_messages"].delete_one({"session_id": "g", "seq": 9})
+        assert [m.seq for m in conv.get_messages("g", limit=3)] == [7, 8, 10]
+        assert [m.seq for m in conv.get_messages("g", limit=2, before_seq=10**6)] == [8, 10]
+        assert [m.seq for m in conv.get_messages("g", limit=2, before_seq=2**70, after_seq=7)] == [8, 10]
+        assert conv.get_messages("g", limit=5, before_seq=1) == []

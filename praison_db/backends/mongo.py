@@ -416,7 +416,25 @@ class MongoConversationStore(_MongoStore, ConversationStore):
             query["seq"] = seq
         if limit is None:
             return [_message_from_doc(d) for d in self.messages.find(query, {"_id": 0}).sort("seq", 1)]
-        # Newest N: walk the (session_id, seq) index backwards, stop after N.
+        # Newest N. Seqs are contiguous, so they are the index range (hi - N, hi]: exactly N index entries and
+        # documents on any server (some servers, SecantusDB among them, sort all of a session's messages for a
+        # sort-plus-limit query even with the index).
+        if before_seq is not None:
+            hi = min(before_seq - 1, 2**63 - 1)
+        else:
+            doc = self.sessions.find_one({"_id": session_id}, {"message_count": 1})
+            if doc is None:
+                return []
+            hi = int(doc["message_count"])
+        lo = max(hi - limit, after_seq if after_seq is not None else -(2**63))
+        if hi <= lo:
+            return []
+        window = {"session_id": session_id, "seq": {"$gt": lo, "$lte": hi}}
+        found = [_message_from_doc(d) for d in self.messages.find(window, {"_id": 0}).sort("seq", 1)]
+        if len(found) == hi - lo:
+            return found
+        # Seqs missing from the range (before_seq beyond the end, or a gap left on a standalone server): walk the
+        # (session_id, seq) index backwards instead.
         newest = [_message_from_doc(d) for d in self.messages.find(query, {"_id": 0}).sort("seq", -1).limit(limit)]
         newest.reverse()
         return newest
