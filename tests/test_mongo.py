@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pymongo
@@ -24,7 +25,7 @@ def url(make_url) -> str:
 
 
 @pytest.fixture
-def raw(url) -> pymongo.database.Database:
+def raw(url) -> Iterator[pymongo.database.Database]:
     client: pymongo.MongoClient = pymongo.MongoClient(url, tz_aware=True)
     yield client.get_default_database()
     client.close()

@@ -3,11 +3,11 @@ tests/conformance, run on Redis through tests/backends.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 import redis
@@ -29,7 +29,7 @@ def url(make_url) -> str:
 
 
 @pytest.fixture
-def raw(url) -> redis.Redis:
+def raw(url) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(servers.REDIS_URL)
     yield client
     client.close()

@@ -374,9 +374,12 @@ class MongoConversationStore(_MongoStore, ConversationStore):
     def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
         cond: dict[str, Any] = {"user_id": user_id} if user_id is not None else {"updated_us": {"$lt": _us(idle_before)}}  # type: ignore[arg-type]
         total = 0
-        # Batches of ids from the index; each batch leaves the match (deleted, or refreshed by new activity).
-        while ids := [d["_id"] for d in self.sessions.find(cond, {"_id": 1}).limit(_BATCH)]:
+        # Batches of ids from the index; each batch leaves the match (deleted, or refreshed by new activity). The
+        # check on a repeated batch only guards against a server that fails to delete without an error.
+        previous: list[str] = []
+        while (ids := [d["_id"] for d in self.sessions.find(cond, {"_id": 1}).limit(_BATCH)]) and ids != previous:
             total += self.conn.transaction(lambda s: self._purge(ids, cond, s))  # noqa: B023 - called at once
+            previous = ids
         return total
 
     # ---- messages ----

@@ -31,7 +31,8 @@ its decimal text), limited to 64-bit integers. ``keys``/``clear`` use SCAN (neve
 Durability is Redis's own (RDB/AOF configuration); a server restart costs the next call a reconnect, not an error
 (redis-py retries connection errors with backoff). Timeouts are not retried, so a slow server never applies a write
 twice. The scripts derive index key names from stored ids, so this backend targets a single Redis server (with or
-without replicas/Sentinel), not Redis Cluster.
+without replicas/Sentinel), not Redis Cluster. Give it a ``maxmemory-policy`` that never evicts keys without a TTL
+(``noeviction`` or a ``volatile-*`` policy): an evicted session hash or message list would lose data.
 """
 
 from __future__ import annotations
@@ -573,15 +574,20 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         total = 0
         if user_id is not None:
             index = self.conn.key("u", user_id)
-            # Every batch leaves the user's index (deleted, or stale and dropped), so this loop ends.
-            while sids := self.r.zrange(index, 0, _BATCH - 1):
+            # Every batch leaves the user's index (deleted, or stale and dropped), so this loop ends; the check on a
+            # repeated batch only guards against data this code did not write.
+            previous: list[bytes] = []
+            while (sids := self.r.zrange(index, 0, _BATCH - 1)) and sids != previous:
                 total += self._delete(keys=[index], args=[self.conn.prefix, user_id, "", *sids])
+                previous = sids
             return total
         assert idle_before is not None
         index, cutoff = self.conn.key("activity"), _us(idle_before)
         # Every batch leaves the range: deleted, stale and dropped, or re-scored by new activity.
-        while sids := self.r.zrange(index, "-inf", f"({cutoff}", byscore=True, offset=0, num=_BATCH):
+        previous = []
+        while (sids := self.r.zrange(index, "-inf", f"({cutoff}", byscore=True, offset=0, num=_BATCH)) and sids != previous:
             total += self._delete(keys=[index], args=[self.conn.prefix, "", str(cutoff), *sids])
+            previous = sids
         return total
 
     # ---- messages ----
