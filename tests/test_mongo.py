@@ -13,6 +13,7 @@ import pytest
 
 from praison_db import ConfigError, InputError, StoreUnavailable
 from praison_db.facade import open_store
+from tests import servers
 from tests.backends import BACKENDS
 from tests.conformance.workers import append_many, run_workers
 
@@ -155,7 +156,10 @@ def test_refused_port_is_unavailable_quickly_with_the_password_masked():
 
 
 def test_standalone_server_without_transactions_still_works():
-    from secantus import SecantusDBServer
+    try:
+        from secantus import SecantusDBServer
+    except ImportError as e:
+        servers.unavailable("SecantusDB (pip install 'secantusdb==0.7.0b3')", e)
 
     with tempfile.TemporaryDirectory(prefix="praison-mongo-standalone-") as tmp:
         with SecantusDBServer(host="127.0.0.1", port=0, storage_path=tmp, replica_set_name=None) as server:

@@ -153,7 +153,7 @@ class _Connection:
         given |= {k.lower() for k in kwargs}
         defaults = {k: v for k, v in _DEFAULTS.items() if k.lower() not in given}
         try:
-            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, tz_aware=True, **defaults, **kwargs)
+            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, **{"tz_aware": True, **defaults, **kwargs})
             self.db = self.client[database]
             hello = self.client.admin.command("hello")
         except Exception as e:
