@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 from tests import servers
@@ -52,7 +53,28 @@ BACKENDS: list[Backend] = [
         server=servers.mysql_database,
         server_name="MariaDB/MySQL (127.0.0.1:3306)",
     ),
+    Backend(
+        "redis",
+        lambda c: _with_query(c.server, f"prefix={servers.redis_prefix(c.uid)}"),
+        server=servers.redis_server,
+        server_name="Redis (127.0.0.1:6379)",
+    ),
+    Backend(
+        "mongodb",
+        lambda c: servers.mongo_database_url(c.server, c.uid),
+        server=servers.mongodb_server,
+        server_name="MongoDB (SecantusDB, in-process)",
+    ),
 ]
+if os.environ.get("PRAISON_TEST_MONGODB_URL"):
+    BACKENDS.append(
+        Backend(
+            "mongodb-env",
+            lambda c: servers.mongo_database_url(c.server, c.uid),
+            server=servers.mongodb_env_server,
+            server_name="MongoDB (PRAISON_TEST_MONGODB_URL)",
+        )
+    )
 
 
 def for_role(role: str) -> list[Backend]:

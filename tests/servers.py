@@ -81,6 +81,84 @@ def mysql_database() -> Iterator[str]:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
+# Every Redis key prefix and MongoDB database this test run creates starts with this, so cleanup at the end of the
+# run touches only what this run made (other runs may share the server).
+RUN = run_id()
+REDIS_URL = os.environ.get("PRAISON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_prefix(uid: str) -> str:
+    """A key prefix for one test (``prefix`` allows 32 letters, digits and underscores)."""
+    return f"r{RUN}{uid}"
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """The machine's Redis (or PRAISON_TEST_REDIS_URL); at the end, delete every key of this run's prefixes."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=5) as client:
+            client.ping()
+    except Exception as e:
+        raise ServerMissing(e) from e
+    try:
+        yield REDIS_URL
+    finally:
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=30) as client:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=f"r{RUN}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                client.unlink(*batch)
+
+
+def mongo_database_url(base: str, uid: str) -> str:
+    """``base`` (a MongoDB URL) pointing at a database of its own for one test."""
+    head, sep, query = base.partition("?")
+    scheme, _, rest = head.partition("://")
+    hosts = rest.split("/", 1)[0]
+    return f"{scheme}://{hosts}/m{RUN}{uid}{sep}{query}"
+
+
+@contextmanager
+def mongodb_server() -> Iterator[str]:
+    """SecantusDB (a MongoDB wire-protocol server) started in this process on a free port, storage in a temp dir."""
+    import tempfile
+
+    try:
+        from secantus import SecantusDBServer
+    except ImportError as e:
+        raise ServerMissing(f"secantusdb is not installed ({e}); pip install 'secantusdb==0.7.0b3'") from e
+    with tempfile.TemporaryDirectory(prefix="praison-mongo-") as tmp:
+        with SecantusDBServer(host="127.0.0.1", port=0, storage_path=tmp, ttl_sweep_seconds=1) as server:
+            yield server.uri
+
+
+@contextmanager
+def mongodb_env_server() -> Iterator[str]:
+    """The MongoDB server named by PRAISON_TEST_MONGODB_URL; at the end, drop this run's databases."""
+    import pymongo
+
+    url = os.environ["PRAISON_TEST_MONGODB_URL"]
+    client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        client.admin.command("ping")
+    except Exception as e:
+        client.close()
+        raise ServerMissing(e) from e
+    try:
+        yield url
+    finally:
+        for name in client.list_database_names():
+            if name.startswith(f"m{RUN}"):
+                client.drop_database(name)
+        client.close()
+
+
 def wait_until(check, what: str, timeout: float = 60.0) -> None:
     """Poll ``check()`` until it returns True (bounded): used to wait for a restarted server to accept clients."""
     import time

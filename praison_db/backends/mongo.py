@@ -1,0 +1,619 @@
+"""MongoDB stores through pymongo.
+
+URLs: ``mongodb://[user:password@]host[:port][,host2...]/[database][?options]`` and ``mongodb+srv://...``; the
+database comes from the URL path (default ``praison``). Every MongoDB connection-string option (``replicaSet``,
+``w``, ``journal``, ``tls``, ``authSource``, ``serverSelectionTimeoutMS``, ...) stays in the URL for pymongo; an
+unknown one is a ConfigError. praison_db's own option: ``collection_prefix`` (default ``praison_``), giving the
+collections ``<prefix>sessions``, ``<prefix>messages`` and ``<prefix>state``.
+
+Guarantees:
+
+- Sessions are documents keyed by ``_id`` = session id, indexed on (updated_us, _id) and (user_id | agent_id,
+  updated_us, _id) so list-by-activity is an index walk. Messages carry (session_id, seq) under a unique index.
+- An append takes its seqs from one atomic ``$inc`` of the session's ``message_count`` (which also moves
+  ``updated_us``, never backwards) and inserts the messages in the same multi-document transaction, so seqs are
+  gap-free across processes and a failed append leaves nothing behind. Transactions need a replica set or a sharded
+  cluster (Atlas, any production deployment, even a one-node replica set). On a standalone ``mongod`` the counter
+  and the insert are two writes: a process dying between them leaves a gap in the seqs, and ``capabilities``
+  says ``transactions=False``.
+- Timestamps are stored as integer microseconds since the epoch (``created_us``, ``updated_us``): BSON dates keep
+  only milliseconds, and the stores promise exact round trips.
+- User-supplied JSON (metadata, tool_calls, state values) is stored as JSON text: BSON cannot hold integers beyond
+  64 bits, and field names starting with ``$`` or containing ``.`` are restricted. Integer state values in the
+  64-bit range are stored as BSON integers so ``incr`` is a server-side ``$inc``.
+- State expiry: a TTL index on ``e`` (``expireAfterSeconds=0``) lets the server delete expired keys, and every read
+  also checks the exact expiry ``x`` (Unix seconds), so an expired key is gone at once, before the server's sweep.
+- ``delete_user`` and ``prune`` delete in batches of ids with ``$in`` (never document by document).
+
+A server down or unreachable raises StoreUnavailable after ``serverSelectionTimeoutMS`` (default here 10 s).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
+
+import pymongo
+from bson.errors import BSONError, InvalidDocument
+from pymongo import ReturnDocument
+from pymongo import errors as px
+from pymongo.client_session import ClientSession
+from pymongo.uri_parser import split_options
+
+from .. import errors
+from ..base import (
+    Capabilities,
+    ConversationStore,
+    Option,
+    SessionFilter,
+    StateStore,
+    check_prefix,
+    loads,
+    missing_session,
+    not_an_integer,
+    resolve_options,
+)
+from ..models import Message, MessageDraft, Session, dumps
+from ..url import StoreURL, mask_url
+
+__all__ = ["MongoConversationStore", "MongoStateStore"]
+
+T = TypeVar("T")
+
+OPTIONS: dict[str, Option] = {
+    "collection_prefix": Option(check_prefix, "praison_", "prefix of every collection name"),
+}
+# Bounded waits unless the URL says otherwise: a down server is a StoreUnavailable in seconds, not a hang.
+_DEFAULTS: dict[str, Any] = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 10_000}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_BATCH = 1000
+_INT = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _us(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+class _SessionTaken(Exception):
+    """Raised inside an import transaction to abort it when the session id exists."""
+
+
+# ---- errors ----
+
+
+def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
+    """A praison_db error for a pymongo/bson error; one line, password masked."""
+    if isinstance(error, UnicodeError):
+        return errors.InputError(f"{where}: ids, keys and text must be valid Unicode (no lone surrogates)")
+    if not isinstance(error, (px.PyMongoError, BSONError)):
+        return None
+    detail = " ".join(str(error).split())[:300]
+    if password:
+        detail = detail.replace(password, "***")
+    detail = mask_url(detail)
+    code = getattr(error, "code", None)
+    if isinstance(error, px.OperationFailure) and code in (18, 13, 8000):
+        return errors.ConfigError(f"{where}: the server refused the credentials or the action; check the user, password and authSource ({detail})")
+    if isinstance(error, (px.ConnectionFailure, px.ExecutionTimeout, px.WaitQueueTimeoutError, px.WTimeoutError)):
+        return errors.StoreUnavailable(f"{where} is unavailable: {detail}")
+    if isinstance(error, (px.ConfigurationError, px.InvalidURI, px.InvalidName)):
+        return errors.ConfigError(f"{where}: {detail}")
+    if isinstance(error, px.DuplicateKeyError):
+        return errors.IntegrityError(f"{where}: duplicate key: {detail}")
+    if isinstance(error, (px.DocumentTooLarge, InvalidDocument)) or code in (10334, 17419, 17420):
+        return errors.InputError(f"{where} cannot store this document: {detail}")
+    return errors.Error(f"{where}: {detail}")
+
+
+# ---- connection ----
+
+
+def _split_url(url: StoreURL, ours: Mapping[str, Any]) -> tuple[str, str]:
+    """(URL for pymongo without praison_db's options, database name). Repeated driver options are kept as written."""
+    raw = url.render(hide_password=False)
+    head, _, query = raw.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ours]
+    database = url.path.strip("/") or "praison"
+    return (f"{head}?{urlencode(kept)}" if kept else head), database
+
+
+class _Connection:
+    """One MongoClient shared by the conversation and state stores of a URL; closed with the last of them."""
+
+    def __init__(self, url: StoreURL, options: Mapping[str, Any]) -> None:
+        opts, _ = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
+        self.prefix: str = opts["collection_prefix"]
+        self.where = f"MongoDB at {url.render()}"
+        self.password = url.password
+        self.url = url.render()
+        self._refs = 1
+        self._lock = threading.Lock()
+        uri, database = _split_url(url, OPTIONS)
+        kwargs = {k: v for k, v in options.items() if k not in OPTIONS}
+        query = uri.partition("?")[2]
+        try:
+            # pymongo only warns about unknown connection-string options; check them so a typo is an error.
+            given = {k.lower() for k in split_options(query, validate=True, warn=False)} if query else set()
+        except (px.ConfigurationError, ValueError) as e:
+            valid = ", ".join(sorted(OPTIONS))
+            raise errors.ConfigError(
+                f"invalid option for {url.scheme}://: {str(e).split('. ')[0][:200]}; valid options: {valid}, "
+                "or any MongoDB connection-string option"
+            ) from None
+        given |= {k.lower() for k in kwargs}
+        defaults = {k: v for k, v in _DEFAULTS.items() if k.lower() not in given}
+        try:
+            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, **{"tz_aware": True, **defaults, **kwargs})
+            self.db = self.client[database]
+            hello = self.client.admin.command("hello")
+        except Exception as e:
+            client = getattr(self, "client", None)
+            if client is not None:
+                client.close()
+            translated = _classify(e, self.where, self.password)
+            if isinstance(e, (TypeError, ValueError)) and translated is None:
+                translated = errors.ConfigError(f"invalid option for {url.render()}: {str(e).splitlines()[0][:200]}")
+            if translated is None:
+                raise
+            raise translated from e
+        # Multi-document transactions exist on replica sets (setName) and sharded clusters (mongos).
+        self.transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+
+    def collection(self, name: str) -> Any:
+        return self.db[self.prefix + name]
+
+    def transaction(self, work: Callable[[ClientSession | None], T]) -> T:
+        """Run ``work`` in a transaction (retried on write conflicts) where the server has them, else directly."""
+        if not self.transactions:
+            return work(None)
+        with self.client.start_session() as session:
+            return session.with_transaction(work)
+
+    def acquire(self) -> _Connection:
+        with self._lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs <= 0
+        if last:
+            self.client.close()
+
+
+class _MongoStore:
+    """What both MongoDB stores share: the connection, error translation, close."""
+
+    conn: _Connection
+
+    def _bind(self, conn: _Connection) -> None:
+        self.conn = conn.acquire()
+        self.url = conn.url
+        if not conn.transactions:
+            self.capabilities = Capabilities(  # type: ignore[misc]
+                transactions=False,
+                reason="a standalone mongod has no multi-document transactions (a process dying mid-append can leave "
+                "a seq gap); run it as a replica set",
+            )
+
+    def _translate_error(self, error: Exception) -> errors.Error | None:
+        return _classify(error, self.conn.where, self.conn.password)
+
+    def _close(self) -> None:
+        self.conn.release()
+
+
+# ---- conversations ----
+
+
+def _session_doc(s: Session) -> dict[str, Any]:
+    return {
+        "_id": s.session_id,
+        "user_id": s.user_id,
+        "agent_id": s.agent_id,
+        "session_type": s.session_type,
+        "name": s.name,
+        "metadata": dumps(s.metadata),
+        "created_us": _us(s.created_at),
+        "updated_us": _us(s.updated_at),
+        "message_count": s.message_count,
+    }
+
+
+def _session_from_doc(d: Mapping[str, Any]) -> Session:
+    return Session.model_construct(
+        session_id=d["_id"],
+        user_id=d.get("user_id"),
+        agent_id=d.get("agent_id"),
+        session_type=d["session_type"],
+        name=d.get("name"),
+        metadata=loads(d["metadata"]),
+        created_at=_from_us(d["created_us"]),
+        updated_at=_from_us(d["updated_us"]),
+        message_count=int(d["message_count"]),
+    )
+
+
+def _message_doc(m: Message) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "session_id": m.session_id,
+        "seq": m.seq,
+        "id": m.id,
+        "role": m.role,
+        "content": m.content,
+        "created_us": _us(m.created_at),
+    }
+    if m.name is not None:
+        doc["name"] = m.name
+    if m.tool_calls is not None:
+        doc["tool_calls"] = dumps(m.tool_calls)
+    if m.tool_call_id is not None:
+        doc["tool_call_id"] = m.tool_call_id
+    if m.metadata:
+        doc["metadata"] = dumps(m.metadata)
+    return doc
+
+
+def _message_from_doc(d: Mapping[str, Any]) -> Message:
+    return Message.model_construct(
+        id=d["id"],
+        session_id=d["session_id"],
+        seq=int(d["seq"]),
+        role=d["role"],
+        content=d.get("content"),
+        name=d.get("name"),
+        tool_calls=loads(d["tool_calls"]) if "tool_calls" in d else None,
+        tool_call_id=d.get("tool_call_id"),
+        metadata=loads(d["metadata"]) if "metadata" in d else {},
+        created_at=_from_us(d["created_us"]),
+    )
+
+
+_ACTIVITY = [("updated_us", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+
+
+class MongoConversationStore(_MongoStore, ConversationStore):
+    """ConversationStore on MongoDB: a sessions collection and a messages collection."""
+
+    OPTIONS = OPTIONS
+    capabilities = Capabilities()
+
+    def __init__(self, conn: _Connection) -> None:
+        self._bind(conn)
+        self.sessions = conn.collection("sessions")
+        self.messages = conn.collection("messages")
+        # Idempotent; cheap when the indexes exist.
+        self.sessions.create_index(_ACTIVITY, name="activity")
+        self.sessions.create_index([("user_id", 1), *_ACTIVITY], name="user_activity")
+        self.sessions.create_index([("agent_id", 1), *_ACTIVITY], name="agent_activity")
+        self.messages.create_index([("session_id", 1), ("seq", 1)], unique=True, name="session_seq")
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> MongoConversationStore:
+        conn = _Connection(url, options)
+        try:
+            store = cls(conn)
+        except Exception as e:
+            conn.release()
+            raise _classify(e, conn.where, conn.password) or e from e
+        conn.release()  # the store holds its own reference
+        return store
+
+    def state_store(self) -> MongoStateStore:
+        """A StateStore in the same database, sharing this store's connection pool."""
+        return MongoStateStore(self.conn)
+
+    # ---- sessions ----
+
+    def _insert_session(self, session: Session) -> bool:
+        try:
+            self.sessions.insert_one(_session_doc(session))
+            return True
+        except px.DuplicateKeyError:
+            return False
+
+    def _get_or_insert_session(self, session: Session) -> Session:
+        for _ in range(10):  # the existing one can be deleted between our insert and our read: try again
+            if self._insert_session(session):
+                return session
+            found = self._get_session(session.session_id)
+            if found is not None:
+                return found
+        raise errors.StoreUnavailable(f"{self.conn.where}: session {session.session_id!r} keeps being created and deleted")
+
+    def _get_session(self, session_id: str) -> Session | None:
+        doc = self.sessions.find_one({"_id": session_id})
+        return _session_from_doc(doc) if doc else None
+
+    def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
+        query: dict[str, Any] = {}
+        if flt.user_id is not None:
+            query["user_id"] = flt.user_id
+        if flt.agent_id is not None:
+            query["agent_id"] = flt.agent_id
+        if flt.session_type is not None:
+            query["session_type"] = flt.session_type
+        if after is not None:
+            stamp, sid = _us(after[0]), after[1]
+            query["$or"] = [{"updated_us": {"$lt": stamp}}, {"updated_us": stamp, "_id": {"$lt": sid}}]
+        cursor = self.sessions.find(query).sort(_ACTIVITY).limit(limit)
+        return [_session_from_doc(d) for d in cursor]
+
+    def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
+        update: dict[str, Any] = {"$max": {"updated_us": _us(now)}}  # never moves backwards
+        fields = {k: (dumps(v) if k == "metadata" else v) for k, v in changes.items()}
+        if fields:
+            update["$set"] = fields
+        doc = self.sessions.find_one_and_update({"_id": session_id}, update, return_document=ReturnDocument.AFTER)
+        return _session_from_doc(doc) if doc else None
+
+    def _purge(self, ids: list[str], cond: dict[str, Any], s: ClientSession | None) -> int:
+        """Delete the sessions among ``ids`` still matching ``cond``, then the messages of those that are gone."""
+        deleted = self.sessions.delete_many({"_id": {"$in": ids}, **cond}, session=s).deleted_count
+        if deleted:
+            alive = {d["_id"] for d in self.sessions.find({"_id": {"$in": ids}}, {"_id": 1}, session=s)}
+            gone = [i for i in ids if i not in alive]
+            self.messages.delete_many({"session_id": {"$in": gone}}, session=s)
+        return deleted
+
+    def _delete_session(self, session_id: str, user_id: str | None) -> bool:
+        cond = {} if user_id is None else {"user_id": user_id}
+        return self.conn.transaction(lambda s: self._purge([session_id], cond, s)) > 0
+
+    def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
+        cond: dict[str, Any] = {"user_id": user_id} if user_id is not None else {"updated_us": {"$lt": _us(idle_before)}}  # type: ignore[arg-type]
+        total = 0
+        # Batches of ids from the index; each batch leaves the match (deleted, or refreshed by new activity). The
+        # check on a repeated batch only guards against a server that fails to delete without an error.
+        previous: list[str] = []
+        while (ids := [d["_id"] for d in self.sessions.find(cond, {"_id": 1}).limit(_BATCH)]) and ids != previous:
+            total += self.conn.transaction(lambda s: self._purge(ids, cond, s))  # noqa: B023 - called at once
+            previous = ids
+        return total
+
+    # ---- messages ----
+
+    def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
+        n = len(drafts)
+
+        def work(s: ClientSession | None) -> list[Message]:
+            # The counter bump is the seq allocation: atomic on the session document, and the transaction's write
+            # lock on it queues concurrent appenders to this session only.
+            doc = self.sessions.find_one_and_update(
+                {"_id": session_id},
+                {"$inc": {"message_count": n}, "$max": {"updated_us": _us(now)}},
+                projection={"message_count": 1},
+                return_document=ReturnDocument.AFTER,
+                session=s,
+            )
+            if doc is None:
+                raise missing_session(session_id)
+            first = int(doc["message_count"]) - n + 1
+            stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(drafts)]
+            self.messages.insert_many([_message_doc(m) for m in stored], session=s)
+            return stored
+
+        return self.conn.transaction(work)
+
+    def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
+        query: dict[str, Any] = {"session_id": session_id}
+        seq: dict[str, int] = {}
+        if before_seq is not None:
+            seq["$lt"] = before_seq
+        if after_seq is not None:
+            seq["$gt"] = after_seq
+        if seq:
+            # BSON integers stop at 64 bits; a bound beyond that is the same as no bound.
+            seq = {op: max(min(v, 2**63 - 1), -(2**63)) for op, v in seq.items()}
+            query["seq"] = seq
+        if limit is None:
+            return [_message_from_doc(d) for d in self.messages.find(query, {"_id": 0}).sort("seq", 1)]
+        # Newest N. Seqs are contiguous, so they are the index range (hi - N, hi]: exactly N index entries and
+        # documents on any server (some servers, SecantusDB among them, sort all of a session's messages for a
+        # sort-plus-limit query even with the index).
+        if before_seq is not None:
+            hi = min(before_seq - 1, 2**63 - 1)
+        else:
+            doc = self.sessions.find_one({"_id": session_id}, {"message_count": 1})
+            if doc is None:
+                return []
+            hi = int(doc["message_count"])
+        lo = max(hi - limit, after_seq if after_seq is not None else -(2**63))
+        if hi <= lo:
+            return []
+        window = {"session_id": session_id, "seq": {"$gt": lo, "$lte": hi}}
+        found = [_message_from_doc(d) for d in self.messages.find(window, {"_id": 0}).sort("seq", 1)]
+        if len(found) == hi - lo:
+            return found
+        # Seqs missing from the range (before_seq beyond the end, or a gap left on a standalone server): walk the
+        # (session_id, seq) index backwards instead.
+        newest = [_message_from_doc(d) for d in self.messages.find(query, {"_id": 0}).sort("seq", -1).limit(limit)]
+        newest.reverse()
+        return newest
+
+    def _count_messages(self, session_id: str) -> int:
+        doc = self.sessions.find_one({"_id": session_id}, {"message_count": 1})
+        return int(doc["message_count"]) if doc else 0
+
+    def _import(self, session: Session, messages: list[Message]) -> bool:
+        def work(s: ClientSession | None) -> None:
+            try:
+                self.sessions.insert_one(_session_doc(session), session=s)
+            except px.DuplicateKeyError:
+                raise _SessionTaken from None
+            for start in range(0, len(messages), _BATCH):
+                self.messages.insert_many([_message_doc(m) for m in messages[start : start + _BATCH]], session=s)
+
+        try:
+            self.conn.transaction(work)
+        except _SessionTaken:
+            return False
+        return True
+
+
+# ---- state ----
+
+
+def _value_fields(text: str) -> dict[str, Any]:
+    """An encoded value as document fields: 64-bit integers natively (for $inc), anything else as its JSON text."""
+    if _INT.match(text):
+        number = int(text)
+        if number in _INT64:
+            return {"i": number}
+    return {"v": text}
+
+
+def _decode(doc: Mapping[str, Any]) -> Any:
+    return int(doc["i"]) if "i" in doc else loads(doc["v"])
+
+
+def _live(now: float) -> dict[str, Any]:
+    """Documents without an expiry or not yet expired (the TTL index deletes the rest, but only every minute)."""
+    return {"$or": [{"x": None}, {"x": {"$gt": now}}]}
+
+
+def _expiry_fields(expires_at: float | None) -> dict[str, Any]:
+    if expires_at is None:
+        return {}
+    return {"e": datetime.fromtimestamp(expires_at, timezone.utc), "x": expires_at}
+
+
+def _prefix_query(prefix: str) -> dict[str, Any]:
+    """``_id`` starts with ``prefix``, as an index range (strings compare by UTF-8 bytes, i.e. by code point)."""
+    if not prefix:
+        return {}
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF:
+        return {"_id": {"$regex": "^" + re.escape(prefix)}}
+    nxt = last + 1 if last + 1 not in range(0xD800, 0xE000) else 0xE000
+    return {"_id": {"$gte": prefix, "$lt": prefix[:-1] + chr(nxt)}}
+
+
+class MongoStateStore(_MongoStore, StateStore):
+    """StateStore in the ``<prefix>state`` collection: one document per key, TTL index plus exact expiry checks."""
+
+    OPTIONS = OPTIONS
+    capabilities = Capabilities()
+
+    def __init__(self, conn: _Connection) -> None:
+        self._bind(conn)
+        self.state = conn.collection("state")
+        self.state.create_index("e", expireAfterSeconds=0, name="expiry")
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> MongoStateStore:
+        conn = _Connection(url, options)
+        try:
+            store = cls(conn)
+        except Exception as e:
+            conn.release()
+            raise _classify(e, conn.where, conn.password) or e from e
+        conn.release()
+        return store
+
+    def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        docs = self.state.find({"_id": {"$in": list(set(keys))}, **_live(time.time())})
+        return {d["_id"]: _decode(d) for d in docs}
+
+    def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
+        docs = [{"_id": k, **_value_fields(v), **_expiry_fields(expires_at)} for k, v in items.items()]
+        if len(docs) == 1:
+            self.state.replace_one({"_id": docs[0]["_id"]}, docs[0], upsert=True)
+            return
+        ops = [pymongo.ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+        self.conn.transaction(lambda s: self.state.bulk_write(ops, ordered=False, session=s))  # all or nothing
+
+    def _delete(self, key: str) -> bool:
+        if self.state.delete_one({"_id": key, **_live(time.time())}).deleted_count:
+            return True
+        self.state.delete_one({"_id": key})  # an expired leftover the server has not swept yet
+        return False
+
+    def _incr(self, key: str, amount: int) -> int:
+        if amount not in _INT64:
+            raise errors.InputError("incr amount must fit in 64 bits on MongoDB")
+        for _ in range(100):  # each retry means another writer changed the key meanwhile
+            now = time.time()
+            try:
+                doc = self.state.find_one_and_update(
+                    {"_id": key, "i": {"$type": ["int", "long"]}, **_live(now)},
+                    {"$inc": {"i": amount}},
+                    return_document=ReturnDocument.AFTER,
+                )
+            except px.OperationFailure as e:
+                if "$inc" in str(e) or "overflow" in str(e).lower():
+                    raise errors.InputError(f"incr: {key!r} would leave the 64-bit integer range") from None
+                raise
+            if doc is not None:
+                return int(doc["i"])
+            current = self.state.find_one({"_id": key})
+            if current is None:
+                try:
+                    self.state.insert_one({"_id": key, "i": amount})
+                    return amount
+                except px.DuplicateKeyError:
+                    continue
+            expired = current.get("x") is not None and current["x"] <= now
+            if expired:
+                # Replace exactly the expired document we saw (compare-and-swap on all its fields): starts over at
+                # ``amount`` without the old TTL.
+                if self.state.replace_one(dict(current), {"_id": key, "i": amount}).matched_count:
+                    return amount
+                continue
+            if "i" in current:
+                continue  # it became an integer between our two reads
+            raise not_an_integer(key)
+        raise errors.StoreUnavailable(f"{self.conn.where}: incr of {key!r} kept losing races with other writers")
+
+    def _expires_at(self, key: str) -> float | None:
+        doc = self.state.find_one({"_id": key, **_live(time.time())}, {"x": 1})
+        return None if doc is None else doc.get("x")
+
+    def _expire(self, key: str, expires_at: float | None) -> bool:
+        fields = _expiry_fields(expires_at)
+        update = {"$set": fields} if fields else {"$unset": {"e": "", "x": ""}}
+        return self.state.update_one({"_id": key, **_live(time.time())}, update).matched_count > 0
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        return self._translated(self._key_pages(prefix))
+
+    def _key_pages(self, prefix: str) -> Iterator[str]:
+        last: str | None = None
+        while True:  # keyset pages: no server cursor left open between pages of a slow consumer
+            query: dict[str, Any] = {**_prefix_query(prefix), **_live(time.time())}
+            if last is not None:
+                query = {"$and": [query, {"_id": {"$gt": last}}]}
+            page = [d["_id"] for d in self.state.find(query, {"_id": 1}).sort("_id", 1).limit(_BATCH)]
+            yield from page
+            if len(page) < _BATCH:
+                return
+            last = page[-1]
+
+    def _translated(self, items: Iterator[str]) -> Iterator[str]:
+        """Driver errors raised while a caller iterates become praison_db errors, as in every other call."""
+        try:
+            yield from items
+        except errors.Error:
+            raise
+        except Exception as e:
+            translated = self._translate_error(e)
+            if translated is None:
+                raise
+            raise translated from e
+
+    def _clear(self, prefix: str) -> int:
+        query = _prefix_query(prefix)
+        live = self.state.delete_many({**query, **_live(time.time())}).deleted_count
+        self.state.delete_many(query)  # expired leftovers
+        return live

@@ -1,0 +1,289 @@
+"""What only the Redis stores do: per-session TTL, key prefixes, the index walk, restarts. The contract itself is in
+tests/conformance, run on Redis through tests/backends.py."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from praison_db import ConfigError, InputError, StoreUnavailable
+from praison_db.facade import open_store
+from tests import servers
+from tests.backends import BACKENDS
+from tests.conformance.workers import append_many, run_workers
+
+REDIS = next(b for b in BACKENDS if b.name == "redis")
+
+
+@pytest.fixture
+def url(make_url) -> str:
+    return make_url(REDIS)
+
+
+@pytest.fixture
+def raw(url) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(servers.REDIS_URL)
+    yield client
+    client.close()
+
+
+def prefix_of(url: str) -> str:
+    return url.rsplit("prefix=", 1)[1]
+
+
+def wait_past(deadline: float) -> None:
+    """Wait on the clock until a TTL deadline has passed (expiry is time-based by definition)."""
+    while time.time() <= deadline:
+        time.sleep(max(0.0, deadline - time.time()) + 0.01)
+
+
+# ---- per-session TTL ----
+
+
+def test_session_ttl_is_refreshed_by_activity_and_expiry_cleans_the_indexes(url, raw):
+    p = prefix_of(url)
+    with open_store(f"{url}&ttl=1", "conversations") as conv:
+        conv.create_session("s", user_id="alice", agent_id="bot")
+        conv.add_message("s", "user", "hello")
+        for key in (f"{p}:s:s", f"{p}:m:s"):
+            assert 0 < raw.pttl(key) <= 1000
+        wait_past(time.time() + 0.6)
+        conv.add_message("s", "assistant", "hi")  # activity: another full second from now
+        last_activity = time.time()
+        wait_past(last_activity + 0.6)  # 1.2 s after creation: alive only because the append refreshed it
+        assert conv.get_session("s").message_count == 2
+        conv.update_session("s", name="renamed")  # an update is activity too
+        last_activity = time.time()
+        wait_past(last_activity + 1.05)
+        assert conv.get_session("s") is None
+        assert conv.get_messages("s") == [] and conv.count_messages("s") == 0
+        assert list(conv.list_sessions()) == [] and list(conv.list_sessions(user_id="alice")) == []
+        # The listing swept the index entries Redis could not expire itself.
+        assert not raw.exists(f"{p}:activity", f"{p}:u:alice", f"{p}:g:bot", f"{p}:expiring")
+
+
+def test_sessions_without_ttl_do_not_expire_and_ttl_survives_other_clients(url, raw):
+    p = prefix_of(url)
+    with open_store(url, "conversations") as plain, open_store(f"{url}&ttl=60", "conversations") as expiring:
+        plain.create_session("forever")
+        plain.add_message("forever", "user", "x")
+        assert raw.pttl(f"{p}:s:forever") == -1 and raw.pttl(f"{p}:m:forever") == -1
+        expiring.create_session("brief")
+        plain.add_message("brief", "user", "activity from a client without ttl still refreshes the session's own")
+        assert 55_000 < raw.pttl(f"{p}:s:brief") <= 60_000 and 55_000 < raw.pttl(f"{p}:m:brief") <= 60_000
+
+
+def test_state_ttl_option_is_the_default_for_set(url):
+    with open_store(f"{url}&ttl=60", "state") as state:
+        state.set("default", 1)
+        state.set("own", 1, ttl=5)
+        assert 55 < state.ttl("default") <= 60 and 0 < state.ttl("own") <= 5
+        assert state.incr("counter") == 1 and state.ttl("counter") is None
+
+
+# ---- prefixes ----
+
+
+def test_two_prefixes_on_one_server_see_nothing_of_each_other(make_url):
+    a_url, b_url = make_url(REDIS), make_url(REDIS)
+    with open_store(a_url, "conversations") as a, open_store(b_url, "conversations") as b:
+        for store, who in ((a, "a"), (b, "b")):
+            store.create_session("same-id", user_id="alice")
+            store.add_message("same-id", "user", f"from {who}")
+        assert [m.content for m in a.get_messages("same-id")] == ["from a"]
+        assert [m.content for m in b.get_messages("same-id")] == ["from b"]
+        assert a.delete_user("alice") == 1
+        assert b.get_session("same-id") is not None and len(b.list_sessions(user_id="alice")) == 1
+        assert a.list_sessions().items == []
+    with open_store(a_url, "state") as a, open_store(b_url, "state") as b:
+        a.set("k", "a")
+        b.set("k", "b")
+        assert (a.get("k"), b.get("k")) == ("a", "b")
+        assert a.clear() == 1 and b.get("k") == "b" and list(b.keys()) == ["k"]
+
+
+def test_state_keys_with_glob_characters_are_literal(url):
+    with open_store(url, "state") as state:
+        keys = ["a*b", "a?", "a[1]", "a\\x", "ab", "a]", "a^"]
+        for k in keys:
+            state.set(k, k)
+        assert list(state.keys("a*")) == ["a*b"]
+        assert list(state.keys("a[")) == ["a[1]"]
+        assert list(state.keys("a\\")) == ["a\\x"]
+        assert sorted(state.keys("a")) == sorted(keys)
+        assert state.clear("a?") == 1 and state.clear("a]") == 1 and state.get("ab") == "ab"
+
+
+def test_values_and_counters_beyond_64_bits(url):
+    with open_store(url, "state") as state:
+        state.set("huge", 2**70)
+        assert state.get("huge") == 2**70
+        with pytest.raises(InputError):
+            state.incr("huge")
+        state.set("edge", 2**63 - 1)
+        with pytest.raises(InputError):
+            state.incr("edge")
+        with pytest.raises(InputError):
+            state.incr("n", 2**64)
+        assert state.get("edge") == 2**63 - 1 and not state.exists("n")
+        state.set("quoted", "5")
+        with pytest.raises(InputError):
+            state.incr("quoted")  # a JSON string of digits is text, not a number
+        assert state.get("quoted") == "5"
+
+
+def test_ttl_does_not_depend_on_the_local_time_zone(url, monkeypatch):
+    with open_store(url, "state") as state:
+        for zone in ("Pacific/Kiritimati", "America/Anchorage", "UTC"):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            state.set("t", 1, ttl=100)
+            assert 95 < state.ttl("t") <= 100, zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+# ---- the activity index walk ----
+
+
+def test_equal_timestamps_page_in_session_id_order_even_when_the_anchor_moves(url):
+    stamp = datetime(2020, 1, 1, tzinfo=timezone.utc).isoformat()
+    with open_store(url, "conversations") as conv:
+        for i in range(30):
+            conv.import_session(
+                {
+                    "format": "praison_db.session/v1",
+                    "session": {"session_id": f"t{i:02d}", "created_at": stamp, "updated_at": stamp, "user_id": "u"},
+                    "messages": [],
+                }
+            )
+        first = conv.list_sessions(limit=7)
+        assert [s.session_id for s in first] == [f"t{i:02d}" for i in range(29, 22, -1)]
+        conv.add_message("t23", "user", "moves the cursor's session to the front")
+        rest = [s.session_id for s in conv.iter_sessions(user_id="u")]
+        assert rest[0] == "t23"
+        seen = []
+        cursor = first.next_cursor
+        while cursor:
+            page = conv.list_sessions(limit=7, cursor=cursor)
+            seen += [s.session_id for s in page]
+            cursor = page.next_cursor
+        assert seen == [f"t{i:02d}" for i in range(22, -1, -1)]  # nothing skipped, nothing repeated
+
+
+def test_timestamps_keep_microseconds(url):
+    with open_store(url, "conversations") as conv:
+        created = conv.create_session("us")
+        message = conv.add_message("us", "user", "x")
+        assert conv.get_session("us").created_at == created.created_at
+        assert conv.get_messages("us")[0].created_at == message.created_at
+        assert created.created_at.microsecond == conv.get_session("us").created_at.microsecond
+
+
+# ---- options and failures ----
+
+
+def test_options(url):
+    with open_store(f"{url}&socket_timeout=5&health_check_interval=5", "state") as state:
+        state.set("x", 1)
+    with pytest.raises(ConfigError) as info:
+        open_store(f"{url}&nonsense=1", "state")
+    assert "prefix" in str(info.value) and "ttl" in str(info.value) and "socket_timeout" in str(info.value)
+    with pytest.raises(ConfigError):
+        open_store(f"{url}&ttl=-5", "conversations")
+    with pytest.raises(ConfigError):
+        open_store(servers.REDIS_URL + "?prefix=has:colon", "state")
+
+
+def test_refused_port_is_unavailable_quickly_with_the_password_masked():
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        open_store("redis://:s3cret@127.0.0.1:1/0", "state")
+    assert time.monotonic() - start < 10
+    text = str(info.value)
+    assert "s3cret" not in text and "***" in text and "\n" not in text
+
+
+@pytest.mark.slow
+def test_eight_processes_append_500_each_to_one_session(url):
+    with open_store(url, "conversations") as conv:
+        conv.create_session("race")
+        per, workers = 500, 8
+        start = time.monotonic()
+        results = run_workers(append_many, [(url, "race", per, w) for w in range(workers)])
+        elapsed = time.monotonic() - start
+        messages = conv.get_messages("race")
+        assert [m.seq for m in messages] == list(range(1, per * workers + 1))
+        assert sorted(seq for r in results for seq in r) == list(range(1, per * workers + 1))
+        for w in range(workers):
+            assert [m.content for m in messages if m.content.startswith(f"w{w}-")] == [f"w{w}-{i}" for i in range(per)]
+        assert conv.get_session("race").message_count == per * workers
+        print(f"redis: 8 processes x 500 appends in {elapsed:.2f} s")
+
+
+# ---- restart (last in this file: it restarts the machine's Redis) ----
+
+_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def _direct(timeout: float) -> redis.Redis:
+    """A client that does not retry (redis-py's default retries with seconds of backoff)."""
+    return redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
+def _ping(timeout: float = 0.5) -> bool:
+    try:
+        with _direct(timeout) as r:
+            return bool(r.ping())
+    except redis.RedisError:
+        return False
+
+
+def _poll(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)  # a bounded poll for the server, not synchronisation between our own threads
+    return False
+
+
+@pytest.mark.slow
+def test_a_restarted_server_costs_the_next_call_a_reconnect_not_an_error(url):
+    if servers.REDIS_URL != "redis://127.0.0.1:6379/0" or shutil.which("redis-server") is None:
+        pytest.skip("restarts only the machine's own Redis on 127.0.0.1:6379, started by redis-server")
+    conv = open_store(url, "conversations")
+    state = conv.state_store()
+    try:
+        conv.create_session("before")
+        state.set("before", 1)
+        try:
+            with _direct(5) as r:
+                r.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server closes our connection as it stops
+        assert _poll(lambda: not _ping(), 20), "Redis did not stop"
+        subprocess.run(_START, check=True, timeout=30, capture_output=True)
+        assert _poll(_ping, 20), "Redis did not come back"
+        # The pooled connections of both stores are dead; the next calls reconnect and succeed.
+        state.set("after", 2)
+        assert state.get("after") == 2
+        assert conv.create_session("after").session_id == "after"
+        assert conv.add_message("after", "user", "still here").seq == 1
+    finally:
+        if not _ping(2):
+            subprocess.run(_START, timeout=30, capture_output=True)
+            _poll(_ping, 20)
+        state.close()
+        conv.close()
