@@ -296,7 +296,7 @@ def _message_columns(messages: Sequence[Message]) -> list[list[Any]]:
         [m.name for m in messages],
         [None if m.tool_calls is None else dumps(m.tool_calls) for m in messages],
         [m.tool_call_id for m in messages],
-        [dumps(m.metadata) for m in messages],
+        [dumps(m.metadata) if m.metadata else "{}" for m in messages],  # most are empty: skip the encoder
         [m.created_at for m in messages],
     ]
 
@@ -706,7 +706,7 @@ class ClickHouseConversationStore(ConversationStore):
         if limit is None:
             return [_message_from_row(r) for r in self._rows(sql + " ORDER BY seq", **params)]
         # Newest N: read the primary key backwards and stop after N rows, then put them in chronological order.
-        params["n"] = limit
+        params["n"] = min(limit, 2**63)  # any larger limit means "all", and must still fit UInt64
         rows = self._rows(sql + " ORDER BY seq DESC LIMIT {n:UInt64}", **params)
         return [_message_from_row(r) for r in reversed(rows)]
 
