@@ -100,6 +100,30 @@ def test_bad_options_are_config_errors(chdb_url, query, fragment):
     assert fragment in str(info.value)
 
 
+def test_missing_driver_packages_name_the_extra():
+    # A fresh interpreter where the package cannot be imported, as on a machine without the extra installed.
+    out = run_python(
+        """
+        import sys
+        from praison_db import ConfigError
+        from praison_db.facade import open_store
+        for blocked, url in (("clickhouse_connect", "clickhouse://h/db"), ("clickhouse_connect", "chdb:///x"), ("chdb", "chdb:///x")):
+            sys.modules[blocked] = None
+            sys.modules.pop("praison_db.backends.clickhouse", None)
+            import praison_db.registry as registry
+            registry._loaded.clear()
+            try:
+                open_store(url, "conversations")
+            except ConfigError as e:
+                print(e)
+            del sys.modules[blocked]
+        """
+    )
+    lines = out.strip().splitlines()
+    assert lines[0].endswith("pip install 'praison-db[clickhouse]'") and lines[1].endswith("pip install 'praison-db[chdb]'")
+    assert lines[2] == "chdb:// needs the chdb package: pip install 'praison-db[chdb]'"
+
+
 def test_chdb_url_with_a_host_is_rejected(chdb_url):
     with pytest.raises(ConfigError, match=r"chdb:///absolute/folder"):
         open_store("chdb://somehost/data", "conversations")
