@@ -100,9 +100,10 @@ OPTIONS: dict[str, Option] = {
 }
 _SERVER_ONLY = ("connect_timeout", "query_timeout", "verify", "ca_cert")
 
-# Settings for every query of our clients. async_insert=0: an insert is in a part (on disk) when it returns, not
-# in a buffer that a crash would lose (chDB turns async inserts on by default). lightweight_deletes_sync=2: a
-# DELETE returns only when the rows are gone on every replica, so the next read cannot see them.
+# Settings for every query of our clients. async_insert=0: each insert writes its own part before it returns,
+# instead of going through the server's shared insert buffer (chDB turns async inserts on by default).
+# lightweight_deletes_sync=2: a DELETE returns only when the rows are gone on every replica, so the next read
+# cannot see them.
 _CLIENT_SETTINGS = {"async_insert": 0, "lightweight_deletes_sync": 2}
 
 _DT = "DateTime64(6, 'UTC')"  # microseconds, like the models' datetimes, so they round-trip exactly
