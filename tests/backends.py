@@ -7,6 +7,7 @@ starts or finds the real server, yields its base URL and cleans up at the end of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -65,6 +66,13 @@ BACKENDS: list[Backend] = [
         server=servers.mongodb_server,
         server_name="MongoDB (SecantusDB, in-process)",
     ),
+    Backend(
+        "clickhouse-chdb",
+        lambda c: _with_query(c.server, f"table_prefix=t{c.uid}_"),
+        roles=("conversations",),
+        server=servers.chdb_folder,
+        server_name="chDB (in-process ClickHouse engine)",
+    ),
 ]
 if os.environ.get("PRAISON_TEST_MONGODB_URL"):
     BACKENDS.append(
@@ -73,6 +81,16 @@ if os.environ.get("PRAISON_TEST_MONGODB_URL"):
             lambda c: servers.mongo_database_url(c.server, c.uid),
             server=servers.mongodb_env_server,
             server_name="MongoDB (PRAISON_TEST_MONGODB_URL)",
+        )
+    )
+if os.environ.get("PRAISON_TEST_CLICKHOUSE_URL"):  # a real ClickHouse server over HTTP, when one is given
+    BACKENDS.append(
+        Backend(
+            "clickhouse-http",
+            lambda c: _with_query(c.server, f"table_prefix=t{c.uid}_"),
+            roles=("conversations",),
+            server=servers.clickhouse_database,
+            server_name="ClickHouse server (PRAISON_TEST_CLICKHOUSE_URL)",
         )
     )
 

@@ -214,3 +214,61 @@ def restart_mariadb() -> None:
         return True
 
     wait_until(up, "MariaDB")
+
+
+@contextmanager
+def chdb_folder() -> Iterator[str]:
+    """A chDB data folder for this test run (the real ClickHouse engine, in this process); yields its URL.
+
+    A client stays open on the folder for the whole run, so the engine starts once rather than once per test
+    (chDB shuts its engine down when the last client closes). chDB hosts one folder per process, so every
+    ClickHouse test in this process uses this folder, each with its own table prefix.
+    """
+    import shutil
+    import tempfile
+
+    try:
+        import chdb  # noqa: F401
+        import clickhouse_connect
+    except ModuleNotFoundError as e:
+        raise ServerMissing(f"{e.name} is not installed: pip install 'praison-db[chdb]'") from e
+    folder = tempfile.mkdtemp(prefix="praison_chdb_")
+    keeper = clickhouse_connect.get_client(dsn=f"chdb://{folder}")
+    try:
+        yield f"chdb://{folder}"
+    finally:
+        keeper.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def clickhouse_database() -> Iterator[str]:
+    """A fresh database on the ClickHouse server named by PRAISON_TEST_CLICKHOUSE_URL, dropped afterwards."""
+    import clickhouse_connect
+
+    from praison_db.url import parse_url
+
+    admin = os.environ["PRAISON_TEST_CLICKHOUSE_URL"]
+    u = parse_url(admin)
+    secure = u.scheme == "clickhouses"
+    name = f"praison_test_{run_id()}"
+    try:
+        client = clickhouse_connect.get_client(
+            host=u.host or "localhost",
+            port=u.port or (8443 if secure else 8123),
+            username=u.username or "default",
+            password=u.password or "",
+            secure=secure,
+            connect_timeout=5,
+        )
+    except Exception as e:
+        raise ServerMissing(e) from e
+    client.command(f"CREATE DATABASE `{name}`")
+    base = admin.split("?", 1)[0]
+    scheme, rest = base.split("://", 1)
+    netloc = rest.split("/", 1)[0]
+    try:
+        yield f"{scheme}://{netloc}/{name}"
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{name}`")
+        client.close()
