@@ -12,16 +12,16 @@ import functools
 import json
 import logging
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound, StoreClosed
 from .models import (
-    MAX_ID_LENGTH,
     Message,
     MessageDraft,
     Page,
@@ -140,6 +140,32 @@ def _operation(fn: F) -> F:
             raise translated from e
 
     return wrapper  # type: ignore[return-value]
+
+
+class SharedConnection:
+    """A connection pool or client shared by the stores of one URL, closed when the last of them lets go.
+
+    The opener holds the first reference; each store ``acquire()``s its own and ``release()``s it on close.
+    """
+
+    def __init__(self) -> None:
+        self._refs = 1
+        self._refs_lock = threading.Lock()
+
+    def acquire(self: Any) -> Any:
+        with self._refs_lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        with self._refs_lock:
+            self._refs -= 1
+            last = self._refs <= 0
+        if last:
+            self._dispose()
+
+    def _dispose(self) -> None:
+        raise NotImplementedError
 
 
 class _Store:
@@ -687,7 +713,19 @@ class StateStore(_Store, ABC):
         """Live keys that start with ``prefix`` (incremental: SCAN or an indexed range, never a blocking KEYS)."""
         if not isinstance(prefix, str):
             raise InputError("prefix must be a string")
-        return self._iter_keys(prefix)
+        return self._translating(self._iter_keys(prefix))
+
+    def _translating(self, items: Iterator[str]) -> Iterator[str]:
+        """Driver errors raised while the caller iterates (after keys() returned) become praison_db errors too."""
+        try:
+            yield from items
+        except Error:
+            raise
+        except Exception as e:
+            translated = self._translate_error(e)
+            if translated is None:
+                raise
+            raise translated from e
 
     @_operation
     def clear(self, prefix: str = "") -> int:

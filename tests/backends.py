@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 
 from tests import servers

@@ -11,7 +11,7 @@ import pytest
 
 from praison_db.facade import open_store
 from tests import servers
-from tests.backends import BACKENDS, Backend, TestContext, for_role
+from tests.backends import Backend, TestContext, for_role
 
 _running: dict[str, Any] = {}
 _exits = contextlib.ExitStack()

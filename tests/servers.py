@@ -159,6 +159,14 @@ def mongodb_env_server() -> Iterator[str]:
         client.close()
 
 
+def wait_past(deadline: float) -> None:
+    """Wait on the clock until a TTL deadline (a ``time.time()`` value) has passed: expiry is time-based."""
+    import time
+
+    while time.time() <= deadline:
+        time.sleep(max(0.0, deadline - time.time()) + 0.01)
+
+
 def wait_until(check, what: str, timeout: float = 60.0) -> None:
     """Poll ``check()`` until it returns True (bounded): used to wait for a restarted server to accept clients."""
     import time
@@ -272,3 +280,42 @@ def clickhouse_database() -> Iterator[str]:
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{name}`")
         client.close()
+
+
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def restart_redis() -> None:
+    """Stop the machine's Redis and start it with the command the machine uses; it is up again on return."""
+    import subprocess
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    def client() -> redis.Redis:  # no retries: redis-py's default backoff would hide the restart
+        return redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+
+    def down() -> bool:
+        try:
+            with client() as r:
+                r.ping()
+            return False
+        except redis.ConnectionError:
+            return True
+
+    try:
+        try:
+            with client() as r:
+                r.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server drops our connection as it stops
+        wait_until(down, "Redis shutdown", timeout=20)
+    finally:
+        if down():
+            subprocess.run(REDIS_START, check=True, timeout=30, capture_output=True)
+    with client() as r:
+        wait_until(r.ping, "Redis", timeout=20)

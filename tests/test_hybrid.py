@@ -80,3 +80,48 @@ def test_unreachable_state_server_closes_what_was_opened(url, make_url, tmp_path
     with pytest.raises(StoreUnavailable) as info:
         db(database_url=make_url(BY_NAME["sqlite"]), state_url=url, session_dir=tmp_path)
     assert "s3cret" not in str(info.value)
+
+
+AGENT = """
+import sys
+from praison_db import Agent, db
+url, state_url, session_dir, text = sys.argv[1:5]
+with db(database_url=url, state_url=state_url or None, session_dir=session_dir) as store:
+    agent = Agent(name="Assistant", instructions="You are helpful.", db=store, session_id="user-123", user_id="alice")
+    print(agent.chat(text))
+    store.state.scope("session", "user-123").incr("turns")
+"""
+
+
+@pytest.mark.parametrize(
+    "conversations, state",
+    [("postgresql", "redis"), ("mongodb", None), ("redis", None), ("mysql", "mongodb"), ("clickhouse-chdb", "sqlite")],
+)
+def test_an_agent_resumes_its_session_in_a_new_process(conversations, state, make_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # chDB lets one process own a data folder: the children get a folder of their own, not this run's.
+    conv_url = f"chdb://{tmp_path}/clickhouse" if conversations == "clickhouse-chdb" else make_url(BY_NAME[conversations])
+    state_url = make_url(BY_NAME[state]) if state else ""
+    root = Path(__file__).resolve().parents[1]
+
+    def chat(text: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", AGENT, conv_url, state_url, str(tmp_path), text],
+            env={**os.environ, "PYTHONPATH": str(root)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    assert "Alice" in chat("My name is Alice")
+    assert "Your name is Alice." in chat("What's my name?")  # only the restored history can say so
+    if conversations != "clickhouse-chdb":
+        with db(database_url=conv_url, state_url=state_url or None, session_dir=tmp_path) as store:
+            assert store.conversations.count_messages("user-123") == 4
+            assert store.state.scope("session", "user-123").get("turns") == 2

@@ -15,7 +15,6 @@ from praison_db import ConfigError, InputError, StoreUnavailable
 from praison_db.facade import open_store
 from tests import servers
 from tests.backends import BACKENDS
-from tests.conformance.workers import append_many, run_workers
 
 MONGO = next(b for b in BACKENDS if b.name == "mongodb")
 
@@ -173,23 +172,6 @@ def test_standalone_server_without_transactions_still_works():
                 with conv.state_store() as state:
                     state.set_many({"a": 1, "b": 2})
                     assert state.incr("a") == 2
-
-
-@pytest.mark.slow
-def test_eight_processes_append_500_each_to_one_session(url):
-    with open_store(url, "conversations") as conv:
-        conv.create_session("race")
-        per, workers = 500, 8
-        start = time.monotonic()
-        results = run_workers(append_many, [(url, "race", per, w) for w in range(workers)])
-        elapsed = time.monotonic() - start
-        messages = conv.get_messages("race")
-        assert [m.seq for m in messages] == list(range(1, per * workers + 1))
-        assert sorted(seq for r in results for seq in r) == list(range(1, per * workers + 1))
-        for w in range(workers):
-            assert [m.content for m in messages if m.content.startswith(f"w{w}-")] == [f"w{w}-{i}" for i in range(per)]
-        assert conv.get_session("race").message_count == per * workers
-        print(f"mongodb: 8 processes x 500 appends in {elapsed:.2f} s")
 
 
 def test_newest_n_reads_an_index_range_and_copes_with_gaps(url, raw):

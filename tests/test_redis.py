@@ -4,21 +4,18 @@ tests/conformance, run on Redis through tests/backends.py."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from praison_db import ConfigError, InputError, StoreUnavailable
 from praison_db.facade import open_store
 from tests import servers
 from tests.backends import BACKENDS
-from tests.conformance.workers import append_many, run_workers
+from tests.servers import wait_past
 
 REDIS = next(b for b in BACKENDS if b.name == "redis")
 
@@ -37,12 +34,6 @@ def raw(url) -> Iterator[redis.Redis]:
 
 def prefix_of(url: str) -> str:
     return url.rsplit("prefix=", 1)[1]
-
-
-def wait_past(deadline: float) -> None:
-    """Wait on the clock until a TTL deadline has passed (expiry is time-based by definition)."""
-    while time.time() <= deadline:
-        time.sleep(max(0.0, deadline - time.time()) + 0.01)
 
 
 # ---- per-session TTL ----
@@ -212,54 +203,9 @@ def test_refused_port_is_unavailable_quickly_with_the_password_masked():
     assert "s3cret" not in text and "***" in text and "\n" not in text
 
 
-@pytest.mark.slow
-def test_eight_processes_append_500_each_to_one_session(url):
-    with open_store(url, "conversations") as conv:
-        conv.create_session("race")
-        per, workers = 500, 8
-        start = time.monotonic()
-        results = run_workers(append_many, [(url, "race", per, w) for w in range(workers)])
-        elapsed = time.monotonic() - start
-        messages = conv.get_messages("race")
-        assert [m.seq for m in messages] == list(range(1, per * workers + 1))
-        assert sorted(seq for r in results for seq in r) == list(range(1, per * workers + 1))
-        for w in range(workers):
-            assert [m.content for m in messages if m.content.startswith(f"w{w}-")] == [f"w{w}-{i}" for i in range(per)]
-        assert conv.get_session("race").message_count == per * workers
-        print(f"redis: 8 processes x 500 appends in {elapsed:.2f} s")
-
-
 # ---- restart (last in this file: it restarts the machine's Redis) ----
 
-_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
-]  # fmt: skip
-
-
-def _direct(timeout: float) -> redis.Redis:
-    """A client that does not retry (redis-py's default retries with seconds of backoff)."""
-    return redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
-
-
-def _ping(timeout: float = 0.5) -> bool:
-    try:
-        with _direct(timeout) as r:
-            return bool(r.ping())
-    except redis.RedisError:
-        return False
-
-
-def _poll(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)  # a bounded poll for the server, not synchronisation between our own threads
-    return False
-
-
-@pytest.mark.slow
+@pytest.mark.restart
 def test_a_restarted_server_costs_the_next_call_a_reconnect_not_an_error(url):
     if servers.REDIS_URL != "redis://127.0.0.1:6379/0" or shutil.which("redis-server") is None:
         pytest.skip("restarts only the machine's own Redis on 127.0.0.1:6379, started by redis-server")
@@ -268,22 +214,12 @@ def test_a_restarted_server_costs_the_next_call_a_reconnect_not_an_error(url):
     try:
         conv.create_session("before")
         state.set("before", 1)
-        try:
-            with _direct(5) as r:
-                r.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # the server closes our connection as it stops
-        assert _poll(lambda: not _ping(), 20), "Redis did not stop"
-        subprocess.run(_START, check=True, timeout=30, capture_output=True)
-        assert _poll(_ping, 20), "Redis did not come back"
+        servers.restart_redis()  # it keeps nothing on disk: the restarted server is empty
         # The pooled connections of both stores are dead; the next calls reconnect and succeed.
         state.set("after", 2)
         assert state.get("after") == 2
         assert conv.create_session("after").session_id == "after"
         assert conv.add_message("after", "user", "still here").seq == 1
     finally:
-        if not _ping(2):
-            subprocess.run(_START, timeout=30, capture_output=True)
-            _poll(_ping, 20)
         state.close()
         conv.close()

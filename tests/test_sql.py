@@ -16,7 +16,6 @@ from praison_db.backends.sql import migrate, schema_version
 from praison_db.facade import open_store
 from tests import servers
 from tests.backends import BACKENDS
-from tests.conformance.workers import append_many, run_workers
 
 SQL = [b for b in BACKENDS if b.name in ("sqlite", "postgresql", "mysql")]
 SERVERS = [b for b in SQL if b.server is not None]
@@ -122,19 +121,6 @@ def test_sqlite_pragmas(make_url):
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: durable at commit
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
-
-
-@pytest.mark.slow
-def test_eight_processes_append_500_each(sql_url):
-    with open_store(sql_url, "conversations") as store:
-        store.create_session("crowd")
-    started = time.perf_counter()
-    run_workers(append_many, [(sql_url, "crowd", 500, w) for w in range(8)])
-    elapsed = time.perf_counter() - started
-    with open_store(sql_url, "conversations") as store:
-        seqs = [m.seq for m in store.get_messages("crowd")]
-        print(f"\n8 processes x 500 appends on {store.db.dialect}: {elapsed:.2f} s ({4000 / elapsed:.0f} appends/s)")
-        assert seqs == list(range(1, 4001)) and store.count_messages("crowd") == 4000
 
 
 def test_large_four_byte_content_round_trips(server_url):

@@ -6,6 +6,7 @@ shares the same data). No options. Useful for tests and as the reference impleme
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from ..base import (
     loads,
     missing_session,
     newest_window,
+    resolve_options,
 )
 from ..models import Message, MessageDraft, Session
 from ..url import StoreURL
@@ -64,8 +66,6 @@ class MemoryConversationStore(ConversationStore):
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> MemoryConversationStore:
-        from ..base import resolve_options
-
         resolve_options("memory://", {}, {**url.query, **options})
         return cls(url)
 
@@ -164,8 +164,6 @@ class MemoryStateStore(StateStore):
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> MemoryStateStore:
-        from ..base import resolve_options
-
         resolve_options("memory://", {}, {**url.query, **options})
         return cls(url)
 
@@ -192,8 +190,6 @@ class MemoryStateStore(StateStore):
             return self._live(key, time.time()) is not None and self._d.state.pop(key, None) is not None
 
     def _incr(self, key: str, amount: int) -> int:
-        import json
-
         with self._d.lock:
             item = self._live(key, time.time())
             value = incremented(key, loads(item[0]) if item else MISSING, amount)

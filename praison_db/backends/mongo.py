@@ -31,7 +31,6 @@ A server down or unreachable raises StoreUnavailable after ``serverSelectionTime
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
@@ -47,6 +46,7 @@ from pymongo.uri_parser import split_options
 
 from .. import errors
 from ..base import (
+    SharedConnection,
     Capabilities,
     ConversationStore,
     Option,
@@ -127,7 +127,7 @@ def _split_url(url: StoreURL, ours: Mapping[str, Any]) -> tuple[str, str]:
     return (f"{head}?{urlencode(kept)}" if kept else head), database
 
 
-class _Connection:
+class _Connection(SharedConnection):
     """One MongoClient shared by the conversation and state stores of a URL; closed with the last of them."""
 
     def __init__(self, url: StoreURL, options: Mapping[str, Any]) -> None:
@@ -136,8 +136,7 @@ class _Connection:
         self.where = f"MongoDB at {url.render()}"
         self.password = url.password
         self.url = url.render()
-        self._refs = 1
-        self._lock = threading.Lock()
+        SharedConnection.__init__(self)
         uri, database = _split_url(url, OPTIONS)
         kwargs = {k: v for k, v in options.items() if k not in OPTIONS}
         query = uri.partition("?")[2]
@@ -179,17 +178,8 @@ class _Connection:
         with self.client.start_session() as session:
             return session.with_transaction(work)
 
-    def acquire(self) -> _Connection:
-        with self._lock:
-            self._refs += 1
-        return self
-
-    def release(self) -> None:
-        with self._lock:
-            self._refs -= 1
-            last = self._refs <= 0
-        if last:
-            self.client.close()
+    def _dispose(self) -> None:
+        self.client.close()
 
 
 class _MongoStore:
@@ -586,7 +576,7 @@ class MongoStateStore(_MongoStore, StateStore):
         return self.state.update_one({"_id": key, **_live(time.time())}, update).matched_count > 0
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
-        return self._translated(self._key_pages(prefix))
+        return self._key_pages(prefix)
 
     def _key_pages(self, prefix: str) -> Iterator[str]:
         last: str | None = None
@@ -599,18 +589,6 @@ class MongoStateStore(_MongoStore, StateStore):
             if len(page) < _BATCH:
                 return
             last = page[-1]
-
-    def _translated(self, items: Iterator[str]) -> Iterator[str]:
-        """Driver errors raised while a caller iterates become praison_db errors, as in every other call."""
-        try:
-            yield from items
-        except errors.Error:
-            raise
-        except Exception as e:
-            translated = self._translate_error(e)
-            if translated is None:
-                raise
-            raise translated from e
 
     def _clear(self, prefix: str) -> int:
         query = _prefix_query(prefix)

@@ -38,7 +38,6 @@ without replicas/Sentinel), not Redis Cluster. Give it a ``maxmemory-policy`` th
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
@@ -53,6 +52,7 @@ from redis.retry import Retry
 
 from .. import errors
 from ..base import (
+    SharedConnection,
     POSITIVE_SECONDS,
     Capabilities,
     ConversationStore,
@@ -290,7 +290,7 @@ return {lo, redis.call('LRANGE', KEYS[1], lo, hi)}
 """
 
 
-class _Connection:
+class _Connection(SharedConnection):
     """One redis-py client shared by the conversation and state stores of a URL; closed with the last of them."""
 
     def __init__(self, url: StoreURL, options: Mapping[str, Any]) -> None:
@@ -304,8 +304,7 @@ class _Connection:
         self.where = f"Redis at {url.render()}"
         self.password = url.password
         self.url = url.render()
-        self._refs = 1
-        self._lock = threading.Lock()
+        SharedConnection.__init__(self)
         base = url.render(hide_password=False).split("?", 1)[0]
         query = {k: _query_text(v) for k, v in driver.items()}
         try:
@@ -330,17 +329,8 @@ class _Connection:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def acquire(self) -> _Connection:
-        with self._lock:
-            self._refs += 1
-        return self
-
-    def release(self) -> None:
-        with self._lock:
-            self._refs -= 1
-            last = self._refs <= 0
-        if last:
-            self.client.close()
+    def _dispose(self) -> None:
+        self.client.close()
 
 
 def _query_text(value: Any) -> str:

@@ -17,24 +17,22 @@ range scan on the primary key (session_id, seq). The schema version lives in ``<
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import and_, delete, event, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from .. import errors
 from ..base import (
+    SharedConnection,
     BOOL,
     MISSING,
     POSITIVE_SECONDS,
@@ -182,7 +180,7 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
     return None
 
 
-class SqlDatabase:
+class SqlDatabase(SharedConnection):
     """One engine, its tables and its schema version, shared by the conversation and state stores of a URL."""
 
     def __init__(self, url: StoreURL, *, schema: str = "auto", **options: Any) -> None:
@@ -193,8 +191,7 @@ class SqlDatabase:
         self.where = f"{url.base_scheme} at {url.render()}"
         self.password = url.password
         self.prefix: str = opts["table_prefix"]
-        self._refs = 1  # the opener's reference; stores acquire their own
-        self._lock = threading.Lock()
+        SharedConnection.__init__(self)
         self.engine = self._create_engine(url, opts, driver_args)
         self.dialect: str = self.engine.dialect.name
         try:
@@ -260,17 +257,8 @@ class SqlDatabase:
             args["poolclass"] = StaticPool  # one connection, or each would see its own empty database
         return args
 
-    def acquire(self) -> SqlDatabase:
-        with self._lock:
-            self._refs += 1
-        return self
-
-    def release(self) -> None:
-        with self._lock:
-            self._refs -= 1
-            last = self._refs <= 0
-        if last:
-            self.engine.dispose()
+    def _dispose(self) -> None:
+        self.engine.dispose()
 
     # ---- transactions ----
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -363,18 +364,22 @@ def test_closed_store_raises(conv):
 
 
 @pytest.mark.slow
-def test_four_processes_append_to_one_session(conv, conv_url):
+@pytest.mark.parametrize("workers, per", [(4, 200), (8, 500)], ids=["4x200", "8x500"])
+def test_processes_append_to_one_session(conv, conv_url, workers, per):
     require(conv, "multi_process")
     conv.create_session("race")
-    per, workers = 200, 4
+    started = time.perf_counter()
     results = run_workers(append_many, [(conv_url, "race", per, w) for w in range(workers)])
+    elapsed = time.perf_counter() - started
     messages = conv.get_messages("race")
-    assert [m.seq for m in messages] == list(range(1, per * workers + 1))
-    assert sorted(seq for r in results for seq in r) == list(range(1, per * workers + 1))
+    total = per * workers
+    assert [m.seq for m in messages] == list(range(1, total + 1))
+    assert sorted(seq for r in results for seq in r) == list(range(1, total + 1))
     for w in range(workers):  # each writer's own messages stay in its order
         mine = [m.content for m in messages if m.content.startswith(f"w{w}-")]
         assert mine == [f"w{w}-{i}" for i in range(per)]
-    assert conv.get_session("race").message_count == per * workers
+    assert conv.get_session("race").message_count == total
+    print(f"\n{type(conv).__name__}: {workers} processes x {per} appends in {elapsed:.2f} s")
 
 
 @pytest.mark.slow

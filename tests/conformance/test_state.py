@@ -9,6 +9,7 @@ import pytest
 from praison_db import InputError, StoreClosed
 from praison_db.facade import open_store
 from tests.backends import require
+from tests.servers import wait_past
 from tests.conformance.workers import incr_many, run_workers
 
 VALUES = {
@@ -32,12 +33,6 @@ VALUES = {
     "wrapper_value": {"value": "x", "expires_at": 123.0, "__praison__": True},
     "wrapper_list": [None, None],
 }
-
-
-def wait_past(deadline: float) -> None:
-    """Wait on the clock until a TTL deadline has passed (expiry is time-based by definition)."""
-    while time.time() <= deadline:
-        time.sleep(max(0.0, deadline - time.time()) + 0.01)
 
 
 def test_values_keep_their_types(state):
