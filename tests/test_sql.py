@@ -221,3 +221,22 @@ def test_a_server_restart_between_calls_costs_only_a_reconnect(name, make_url):
         (servers.restart_postgres if name == "postgresql" else servers.restart_mariadb)()
         assert store.conversations.add_message("before", "user", "after the restart").seq == 1
         assert store.state.incr("k") == 2
+
+
+def test_column_types_do_not_truncate(server_url):
+    with open_store(server_url, "conversations") as store:
+        with store.db.read() as conn:
+            messages = {c["name"]: c["type"] for c in inspect(conn).get_columns(store.t.messages.name)}
+            sessions = {c["name"]: c["type"] for c in inspect(conn).get_columns(store.t.sessions.name)}
+        kinds = {name: type(t).__name__.upper() for name, t in {**messages, "session_metadata": sessions["metadata"]}.items()}
+        if store.db.dialect == "postgresql":
+            assert kinds["metadata"] == kinds["tool_calls"] == kinds["session_metadata"] == "JSONB"
+            assert kinds["content"] == "TEXT"
+        else:
+            assert kinds["content"] == "LONGTEXT" and getattr(messages["content"], "charset", "utf8mb4") in (None, "utf8mb4")
+            with store.db.read() as conn:
+                charset = conn.execute(
+                    text("SELECT character_set_name FROM information_schema.columns WHERE table_schema = DATABASE() "
+                         "AND table_name = :t AND column_name = 'content'"), {"t": store.t.messages.name}
+                ).scalar()
+            assert charset == "utf8mb4"
