@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound, StoreClosed
 from .models import (
@@ -131,15 +131,20 @@ def _operation(fn: F) -> F:
             raise StoreClosed(f"{type(self).__name__} ({self.url}) is closed; open a new one with db(...)")
         try:
             return fn(self, *args, **kwargs)
-        except Error:
-            raise
         except Exception as e:
-            translated = self._translate_error(e)
-            if translated is None:
-                raise
-            raise translated from e
+            _reraise(self, e)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _reraise(store: _Store, error: Exception) -> NoReturn:
+    """Raise ``error`` as the backend's praison_db error for it, or unchanged if it has none."""
+    if isinstance(error, Error):
+        raise error
+    translated = store._translate_error(error)
+    if translated is None:
+        raise error
+    raise translated from error
 
 
 class SharedConnection:
@@ -719,13 +724,8 @@ class StateStore(_Store, ABC):
         """Driver errors raised while the caller iterates (after keys() returned) become praison_db errors too."""
         try:
             yield from items
-        except Error:
-            raise
         except Exception as e:
-            translated = self._translate_error(e)
-            if translated is None:
-                raise
-            raise translated from e
+            _reraise(self, e)
 
     @_operation
     def clear(self, prefix: str = "") -> int:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["StoreURL", "parse_url", "mask_url"]
+__all__ = ["StoreURL", "parse_url", "mask_url", "redacted"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 # user:password@ inside the netloc; the password may itself contain ':' or an unencoded '@'.
@@ -27,6 +27,14 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 def mask_url(text: str) -> str:
     """``text`` with the password of a URL (if any) replaced by ``***``; safe to log or put in an error."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text, count=1)
+
+
+def redacted(error: BaseException, password: str | None, limit: int = 300) -> str:
+    """A driver error as one line for a praison_db message: whitespace folded, cut short, no password, URLs masked."""
+    text = " ".join(str(error).split())[:limit]
+    if password:
+        text = text.replace(password, "***")
+    return mask_url(text)
 
 
 @dataclass(frozen=True, repr=False)

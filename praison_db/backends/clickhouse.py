@@ -71,7 +71,7 @@ from ..base import (
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps, utcnow
-from ..url import StoreURL, mask_url
+from ..url import StoreURL, redacted
 
 __all__ = ["ClickHouseConversationStore", "MIGRATIONS"]
 
@@ -392,10 +392,7 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
         return error
     if not isinstance(error, (ch_errors.ClickHouseError, OSError)):
         return None
-    detail = " ".join(str(error).split())[:300]
-    if password:
-        detail = detail.replace(password, "***")
-    detail = mask_url(detail)
+    detail = redacted(error, password)
     code = getattr(error, "code", None)
     if code in _CREDENTIALS:
         return errors.ConfigError(f"{where}: the server refused the credentials; check the user and password in the URL")

@@ -59,7 +59,7 @@ from ..base import (
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps
-from ..url import StoreURL, mask_url
+from ..url import StoreURL, redacted
 
 __all__ = ["MongoConversationStore", "MongoStateStore"]
 
@@ -97,10 +97,7 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
         return errors.InputError(f"{where}: ids, keys and text must be valid Unicode (no lone surrogates)")
     if not isinstance(error, (px.PyMongoError, BSONError)):
         return None
-    detail = " ".join(str(error).split())[:300]
-    if password:
-        detail = detail.replace(password, "***")
-    detail = mask_url(detail)
+    detail = redacted(error, password)
     code = getattr(error, "code", None)
     if isinstance(error, px.OperationFailure) and code in (18, 13, 8000):
         return errors.ConfigError(f"{where}: the server refused the credentials or the action; check the user, password and authSource ({detail})")

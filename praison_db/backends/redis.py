@@ -66,7 +66,7 @@ from ..base import (
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps
-from ..url import StoreURL, mask_url
+from ..url import StoreURL, redacted
 
 __all__ = ["RedisConversationStore", "RedisStateStore"]
 
@@ -120,10 +120,7 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
         return errors.InputError(f"{where}: ids, keys and text must be valid Unicode (no lone surrogates)")
     if not isinstance(error, rx.RedisError):
         return None
-    detail = " ".join(str(error).split())[:300]
-    if password:
-        detail = detail.replace(password, "***")
-    detail = mask_url(detail)
+    detail = redacted(error, password)
     if isinstance(error, (rx.AuthenticationError, rx.NoPermissionError, rx.AuthorizationError)) or (
         isinstance(error, rx.ResponseError) and detail.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
     ):

@@ -48,7 +48,7 @@ from ..base import (
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps, utcnow
-from ..url import StoreURL, mask_url
+from ..url import StoreURL, redacted
 from . import sql_schema
 from .sql_schema import Tables, build_tables
 
@@ -158,10 +158,7 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
     if not isinstance(error, (sa_exc.SQLAlchemyError, OSError)):
         return None
     orig = getattr(error, "orig", None) or error
-    detail = " ".join(str(orig).split())[:300]
-    if password:
-        detail = detail.replace(password, "***")
-    detail = mask_url(detail)
+    detail = redacted(orig, password)
     lowered = detail.lower()
     if isinstance(error, sa_exc.IntegrityError):
         return errors.IntegrityError(f"{where}: {detail}")

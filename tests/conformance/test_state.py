@@ -47,6 +47,15 @@ def test_values_keep_their_types(state):
     assert state.get("tuple") == [1, 2]
 
 
+def test_big_integers_and_digit_strings(state):
+    state.set("huge", 2**70)
+    state.set("digits", "5")
+    assert state.get("huge") == 2**70 and state.get("digits") == "5"
+    with pytest.raises(InputError):
+        state.incr("digits")  # a string of digits is text, not a number
+    assert state.get("digits") == "5"
+
+
 def test_get_default_exists_delete(state):
     assert state.get("missing") is None and state.get("missing", 5) == 5
     state.set("k", None)
