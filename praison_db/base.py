@@ -558,7 +558,7 @@ class ConversationStore(_Store, ABC):
         if name is not None and not isinstance(name, str):
             raise InputError("name must be a string or None")
         now = utcnow()
-        return Session.model_construct(
+        return Session.trusted(
             session_id=check_id(session_id),
             user_id=check_optional_id(user_id, "user_id"),
             agent_id=check_optional_id(agent_id, "agent_id"),

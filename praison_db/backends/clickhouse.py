@@ -243,7 +243,7 @@ def _utc(value: datetime) -> datetime:
 
 
 def _session_from_row(row: Sequence[Any]) -> Session:
-    return Session.model_construct(
+    return Session.trusted(
         session_id=row[0],
         user_id=row[1],
         agent_id=row[2],
@@ -272,7 +272,7 @@ def _session_row(s: Session, version: int) -> list[Any]:
 
 
 def _message_from_row(row: Sequence[Any]) -> Message:
-    return Message.model_construct(
+    return Message.trusted(
         session_id=row[0],
         seq=int(row[1]),
         id=row[2],

@@ -373,7 +373,7 @@ class JsonConversationStore(ConversationStore):
             skip = (lambda r: r["seq"] >= before_seq) if before_seq is not None else None
             records = _tail_lines(messages_path, limit, stop, skip)
             records.reverse()
-        return [Message.model_construct(**{**r, "created_at": datetime.fromisoformat(r["created_at"])}) for r in records]
+        return [Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])}) for r in records]
 
     @staticmethod
     def _read_all(path: Path) -> list[dict[str, Any]]:

@@ -219,7 +219,7 @@ def _session_doc(s: Session) -> dict[str, Any]:
 
 
 def _session_from_doc(d: Mapping[str, Any]) -> Session:
-    return Session.model_construct(
+    return Session.trusted(
         session_id=d["_id"],
         user_id=d.get("user_id"),
         agent_id=d.get("agent_id"),
@@ -253,7 +253,7 @@ def _message_doc(m: Message) -> dict[str, Any]:
 
 
 def _message_from_doc(d: Mapping[str, Any]) -> Message:
-    return Message.model_construct(
+    return Message.trusted(
         id=d["id"],
         session_id=d["session_id"],
         seq=int(d["seq"]),

@@ -376,7 +376,7 @@ def _session_fields(s: Session) -> list[str]:
 
 
 def _session_from_hash(session_id: str, h: Mapping[bytes, bytes]) -> Session:
-    return Session.model_construct(
+    return Session.trusted(
         session_id=session_id,
         user_id=_text(h.get(b"user_id")),
         agent_id=_text(h.get(b"agent_id")),
@@ -409,7 +409,7 @@ def _message_body(m: Message) -> str:
 
 def _message_from_body(session_id: str, seq: int, raw: bytes) -> Message:
     d = loads(raw)
-    return Message.model_construct(
+    return Message.trusted(
         id=d["id"],
         session_id=session_id,
         seq=seq,
