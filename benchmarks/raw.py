@@ -213,12 +213,15 @@ class RawSql:
 
     def version(self) -> str:
         queries = {
-            "sqlite": ("SELECT 'SQLite ' || sqlite_version()", "PRAGMA journal_mode", "PRAGMA synchronous"),
+            "sqlite": (
+                "SELECT 'SQLite ' || sqlite_version()", "PRAGMA journal_mode",
+                "SELECT CASE synchronous WHEN 2 THEN 'FULL' WHEN 3 THEN 'EXTRA' ELSE synchronous END FROM pragma_synchronous",
+            ),
             "postgresql": ("SELECT 'PostgreSQL ' || current_setting('server_version')", "SHOW synchronous_commit", "SHOW fsync"),
             "mysql": ("SELECT CONCAT('MariaDB/MySQL ', VERSION())", "SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
         }[self.kind]
         labels = {
-            "sqlite": ("journal_mode", "synchronous (2 = FULL)"),
+            "sqlite": ("journal_mode", "synchronous"),
             "postgresql": ("synchronous_commit", "fsync"),
             "mysql": ("innodb_flush_log_at_trx_commit", "sync_binlog"),
         }[self.kind]

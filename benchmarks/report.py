@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
@@ -44,6 +45,17 @@ def _filesystem(path: str) -> str:
     return kind
 
 
+def _checkout() -> str:
+    """The praison_db code measured: its git commit (with '+changes' when the work tree differs)."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "praison_db"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"commit {commit}{' +changes' if dirty else ''}" if commit else "unknown"
+
+
 def machine_info() -> dict[str, Any]:
     versions = {}
     for name in LIBRARIES:
@@ -62,6 +74,7 @@ def machine_info() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "temp_dir": f"{tmp} on {_filesystem(tmp)}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "praison_db": _checkout(),
         "libraries": versions,
     }
 
@@ -218,7 +231,7 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
         lines.extend(["", "Notes:", "", *notes])
 
     lines.extend(["", "## Machine", ""])
-    for key in ("cpu", "cores", "ram", "os", "python", "temp_dir", "load_average_at_start", "load_average_at_end"):
+    for key in ("praison_db", "cpu", "cores", "ram", "os", "python", "temp_dir", "load_average_at_start", "load_average_at_end"):
         if key in machine:
             lines.append(f"- {key.replace('_', ' ')}: {machine[key]}")
     lines.append("- libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()))
@@ -231,9 +244,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = results["sizes"]["growth_points"]
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, r) in enumerate(_ok(results).items()):
         for side, style in ((PRAISON, "-"), (RAW, "--")):
@@ -244,11 +258,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.plot(xs, ys, style, marker="o", color=colors[i % len(colors)], label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(points, [f"{n:,}" for n in points])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _time(v)))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("messages already in the session")
-    ax.set_ylabel("median time of one durable append (µs)")
+    ax.set_ylabel("median time of one durable append")
     ax.set_title("Append cost against session length (solid: praison_db, dashed: raw driver)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
