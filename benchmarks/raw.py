@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from praison_db.backends.jsonfile import session_file_stem
+from praison_db.backends.jsonfile import _fsync_dir, session_file_stem  # naming and folder fsync: plain helpers
 from praison_db.facade import open_store
 
 __all__ = ["RawSql", "RawJson", "RawRedis", "RawMongo", "RawClickHouse"]
@@ -236,14 +236,6 @@ class RawSql:
 
 
 # ---- JSON files ----
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_durably(path: Path, data: bytes, mode: str = "wb") -> None:
