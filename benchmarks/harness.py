@@ -47,7 +47,7 @@ SIZES = {
     "full": Sizes(
         appends=1000, growth_points=(100, 1_000, 10_000, 100_000), growth_samples=200, growth_pair=(100, 10_000),
         bulk_messages=100_000, bulk_repeats=3, resume_reads=1000, list_sessions=100_000, list_reads=200,
-        state_keys=10_000, rounds=10, budget_s=240,
+        state_keys=10_000, rounds=10, budget_s=120,
     ),
 }
 

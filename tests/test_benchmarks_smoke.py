@@ -65,3 +65,13 @@ def test_smoke_server_backends(tmp_path: Path) -> None:
 def test_bad_arguments_are_refused(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks.run", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "error" in done.stderr
+
+
+def test_a_backend_without_its_store_module_is_reported_not_run() -> None:
+    from benchmarks.backends import Backend
+    from benchmarks.run import run_backend
+
+    missing = Backend("nosuch", lambda: None, ("praison_db.backends.nosuch",))  # type: ignore[arg-type,return-value]
+    assert run_backend(missing, None) == {  # type: ignore[arg-type]
+        "status": "not available", "reason": "praison_db.backends.nosuch is not in this checkout"
+    }
