@@ -49,8 +49,12 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def time(self, key: str, makes: dict[str, Make], total: int, rounds: int | None = None) -> dict[str, Any]:
+    def time(self, key: str, makes: dict[str, Make], total: int, rounds: int | None = None) -> dict[str, list[float]]:
         samples = interleaved(makes, total, rounds or self.sizes.rounds, self.sizes.budget_s)
+        self.record(key, samples, total)
+        return samples
+
+    def record(self, key: str, samples: dict[str, list[float]], total: int) -> None:
         entry: dict[str, Any] = {**summarize(samples), "requested": total}
         if PRAISON in entry and RAW in entry:
             entry["ratio"] = entry[PRAISON]["median_us"] / entry[RAW]["median_us"]
@@ -61,7 +65,6 @@ class Run:
         ratio = f" ({entry['ratio']:.2f}x)" if "ratio" in entry else ""
         medians = ", ".join(f"{side} {entry[side]['median_us']:,.0f} µs" for side in self.sides if side in entry)
         log(f"[{self.name}] {key}: {medians}{ratio}")
-        return samples
 
     def appends(self, sids: dict[str, str], start: int) -> dict[str, Make]:
         def make(side: Any, sid: str) -> Make:
@@ -100,10 +103,20 @@ class Run:
             side.create_session(sids[name])
         self.time("append", self.appends(sids, 1), self.sizes.appends)
 
-    def growth(self, points: list[int], sids: dict[str, str] | None = None) -> None:
+    def growth(self, big: dict[str, str]) -> None:
+        """Appends at every session length, all interleaved: a slow minute of the disk falls on every length alike.
+
+        The longest length is the bulk-imported session (``big``); the others are imported here.
+        """
+        points = self.sizes.growth_points
+        makes: dict[str, Make] = {}
         for n in points:
-            here = sids or self.filled(f"grow{n}", n)
-            self.time(f"append@{n}", self.appends(here, n + 1), self.sizes.growth_samples)
+            sids = big if n == self.sizes.bulk_messages else self.filled(f"grow{n}", n)
+            makes.update({f"{name}@{n}": make for name, make in self.appends(sids, n + 1).items()})
+        total = self.sizes.growth_samples
+        samples = interleaved(makes, total, self.sizes.rounds, self.sizes.budget_s)
+        for n in points:
+            self.record(f"append@{n}", {name: samples[f"{name}@{n}"] for name in self.sides}, total)
 
     def bulk_import(self) -> dict[str, str]:
         """Item 5; returns one imported session per side, for resume and for growth at the largest length."""
@@ -173,12 +186,9 @@ def run_backend(backend: Backend, sizes: Sizes) -> dict[str, Any]:
             result["metrics"], result["notes"] = run.metrics, run.notes
             log(f"[{backend.name}] {result.get('server', 'in-process')}")
             run.append()
-            biggest = sizes.bulk_messages
-            run.growth([n for n in sizes.growth_points if n != biggest])
             big = run.bulk_import()
-            run.resume(big)
-            if biggest in sizes.growth_points:
-                run.growth([biggest], big)
+            run.resume(big)  # before growth appends to the same session: exactly bulk_messages long
+            run.growth(big)
             run.list()
             if backend.state:
                 run.state()
