@@ -15,7 +15,7 @@ from typing import Any
 from .harness import LIST_N, PRAISON, RAW, RESUME_N
 
 LIBRARIES = (
-    "praison-db", "sqlalchemy", "pydantic", "filelock", "psycopg", "psycopg-binary", "pymysql", "redis", "pymongo",
+    "sqlalchemy", "pydantic", "filelock", "psycopg", "psycopg-binary", "pymysql", "redis", "pymongo",
     "clickhouse-connect", "chdb", "secantusdb", "matplotlib",
 )
 
@@ -46,14 +46,14 @@ def _filesystem(path: str) -> str:
 
 
 def _checkout() -> str:
-    """The praison_db code measured: its git commit (with '+changes' when the work tree differs)."""
+    """The praison_db code measured: its git commit (with '+changes' when praison_db/ differs from it)."""
     here = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "praison_db"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
     except OSError:
         return "unknown"
-    return f"commit {commit}{' +changes' if dirty else ''}" if commit else "unknown"
+    return f"praison_db at commit {commit}{' +changes' if dirty else ''}" if commit else "unknown"
 
 
 def machine_info() -> dict[str, Any]:
@@ -74,7 +74,7 @@ def machine_info() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "temp_dir": f"{tmp} on {_filesystem(tmp)}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "praison_db": _checkout(),
+        "code": _checkout(),
         "libraries": versions,
     }
 
@@ -231,7 +231,7 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
         lines.extend(["", "Notes:", "", *notes])
 
     lines.extend(["", "## Machine", ""])
-    for key in ("praison_db", "cpu", "cores", "ram", "os", "python", "temp_dir", "load_average_at_start", "load_average_at_end"):
+    for key in ("code", "cpu", "cores", "ram", "os", "python", "temp_dir", "load_average_at_start", "load_average_at_end"):
         if key in machine:
             lines.append(f"- {key.replace('_', ' ')}: {machine[key]}")
     lines.append("- libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()))
@@ -274,7 +274,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"].setdefault("load_average_at_end", [round(x, 2) for x in os.getloadavg()])
     png, md, data = out / "append_growth.png", out / "README.md", out / "results.json"
     plot(results, png)
     # analysis.md is written by hand after a full run: why each target was missed.

@@ -3,6 +3,7 @@
     python -m benchmarks.run                      # smoke: seconds, proves it works (benchmarks/results/smoke/)
     python -m benchmarks.run --size full          # the numbers in benchmarks/results/ (minutes)
     python -m benchmarks.run --backends sqlite,json --out /tmp/bench
+    python -m benchmarks.run --render benchmarks/results/results.json   # redraw README.md and the plot only
 
 Writes README.md (tables), results.json (every number) and append_growth.png into the output folder.
 What each number means: benchmarks/README.md.
@@ -11,6 +12,7 @@ What each number means: benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -207,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="smoke", help="smoke: seconds (CI); full: the published numbers")
     parser.add_argument("--backends", default="", help=f"comma-separated subset of {','.join(BY_NAME)} (default: all reachable)")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="measure nothing: redraw the table and plot of a results.json")
     args = parser.parse_args(argv)
+    if args.render:
+        written = write_report(json.loads(args.render.read_text(encoding="utf-8")), args.out or args.render.parent)
+        log(f"wrote {', '.join(str(p) for p in written)}")
+        return 0
     names = [n.strip() for n in args.backends.split(",") if n.strip()] or [b.name for b in BACKENDS]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
