@@ -74,11 +74,16 @@ class Run:
 
         return {name: make(side, sids[name]) for name, side in self.sides.items()}
 
+    @staticmethod
+    def bind(name: str, side: Any, method: str, args: tuple[Any, ...]) -> Callable[[], Any]:
+        """``side.method(*args)``, taking an argument given as a dict keyed by side name from that dict."""
+        return partial(getattr(side, method), *(a[name] if isinstance(a, dict) else a for a in args))
+
     def calls(self, method: str, *args: Any) -> dict[str, Make]:
-        """The same call on each side, ``args`` per side when given as a dict keyed by side."""
+        """The same call on each side (see ``bind``)."""
 
         def make(name: str, side: Any) -> Make:
-            bound = partial(getattr(side, method), *(a[name] if isinstance(a, dict) else a for a in args))
+            bound = self.bind(name, side, method, args)
             return lambda i: bound
 
         return {name: make(name, side) for name, side in self.sides.items()}
@@ -93,7 +98,7 @@ class Run:
 
     def check(self, what: str, method: str, *args: Any, expect: int) -> None:
         for name, side in self.sides.items():
-            got = len(getattr(side, method)(*(a[name] if isinstance(a, dict) else a for a in args)))
+            got = len(self.bind(name, side, method, args)())
             if got != expect:
                 raise AssertionError(f"{what}: the {name} side returned {got} items, expected {expect}")
 
