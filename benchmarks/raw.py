@@ -7,7 +7,8 @@ Every raw side stores the same rows (same ids, timestamps, JSON text) with the s
   ``synchronous=FULL``, PostgreSQL and MariaDB at their durable defaults.
 - JSON files: praison_db's file layout; append = open, write one line, fsync; the newest N = read the file's tail.
 - Redis (redis-py): one Lua script per append, like praison_db's; Lists and a sorted set of activity.
-- MongoDB (pymongo): ``find_one_and_update`` of the counter + ``insert_one``, in one transaction, like praison_db.
+- MongoDB (pymongo): ``find_one_and_update`` of the counter + ``insert_one``, in one transaction, like praison_db;
+  the newest N is the seq range after the session's length, which the raw side keeps in-process.
 - ClickHouse (clickhouse-connect): INSERTs only, the seq known in-process; same tables and fsync settings.
 
 What a raw side does not do is what praison_db adds: validation, models, error translation, SQLAlchemy, locks.
@@ -461,6 +462,7 @@ class RawMongo:
         self.messages.create_index([("session_id", 1), ("seq", 1)], unique=True)
         self.sessions.create_index([("updated_us", -1), ("_id", -1)])
         self._after = pymongo.ReturnDocument.AFTER
+        self._count: dict[str, int] = {}  # each session's length, known in-process: the newest N is a seq range
 
     @staticmethod
     def _session(session_id: str, count: int, created_us: int, updated_us: int) -> dict[str, Any]:
@@ -489,15 +491,20 @@ class RawMongo:
             )
             message = _fresh_message(session_id, doc["message_count"], text, now)
             self.messages.insert_one(self._message(message, us), session=s)
+        self._count[session_id] = doc["message_count"]
 
     def import_session(self, session_id: str, msgs: list[dict[str, Any]]) -> None:
         docs = [self._message(m, _us(datetime.fromisoformat(m["created_at"]))) for m in msgs]
         with self.client.start_session() as s, s.start_transaction():
             self.sessions.insert_one(self._session(session_id, len(docs), docs[0]["created_us"], docs[-1]["created_us"]), session=s)
             self.messages.insert_many(docs, session=s)
+        self._count[session_id] = len(docs)
 
     def newest(self, session_id: str, n: int) -> list[Any]:
-        return list(self.messages.find({"session_id": session_id}, sort=[("seq", -1)], limit=n))[::-1]
+        # A seq range reads exactly n index entries on any server; some (SecantusDB) sort a whole session for
+        # sort + limit.
+        last = self._count[session_id]
+        return list(self.messages.find({"session_id": session_id, "seq": {"$gt": last - n, "$lte": last}}, sort=[("seq", 1)]))
 
     def add_sessions(self, n: int) -> None:
         docs = [self._session(f"list-{i:07d}", 0, _us(t), _us(t)) for i, t in enumerate(_session_times(n))]

@@ -119,6 +119,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
 
 
+def _label(name: str, result: dict[str, Any]) -> str:
+    """The backend's name, starred when it ran with smaller sizes (explained under Notes)."""
+    return f"{name}*" if "smaller" in result else name
+
+
 def _ok(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: r for name, r in results["backends"].items() if r.get("metrics")}
 
@@ -163,7 +168,7 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
     for name, r in ok.items():
         m = r["metrics"]
         rows.append([
-            name, _mark(m.get("append", {}).get("ratio"), TARGETS["append"]),
+            _label(name, r), _mark(m.get("append", {}).get("ratio"), TARGETS["append"]),
             _mark(growth_ratio(m, PRAISON, pair), TARGETS["growth"]),
             *(_mark(m.get(k, {}).get("ratio"), TARGETS[k]) for k in ("resume", "list", "import")),
             *(_mark(m.get(k, {}).get("ratio"), None) for k in ("state_set", "state_get")),
@@ -180,7 +185,7 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
             ratio = f"{e['ratio']:.2f}x" if "ratio" in e else "n/a"
             p90 = " / ".join(_time(e[s]["p90_us"]) for s in (PRAISON, RAW) if s in e)
             n = " / ".join(str(e[s]["n"]) for s in (PRAISON, RAW) if s in e)
-            body.append([name, _median(r["metrics"], key, PRAISON), _median(r["metrics"], key, RAW), ratio, p90, n])
+            body.append([_label(name, r), _median(r["metrics"], key, PRAISON), _median(r["metrics"], key, RAW), ratio, p90, n])
         lines.extend(_table(["backend", "praison_db", "raw driver", "ratio", "p90 (praison_db / raw)", "calls"], body))
 
     section("1. Durable single-message append", "append",
@@ -197,7 +202,7 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
         for side in (PRAISON, RAW):
             if any(side in r["metrics"].get(f"append@{n}", {}) for n in points):
                 g = growth_ratio(r["metrics"], side, pair)
-                body.append([name, side, *(_median(r["metrics"], f"append@{n}", side) for n in points),
+                body.append([_label(name, r), side, *(_median(r["metrics"], f"append@{n}", side) for n in points),
                              f"{g:.2f}" if g is not None else "—"])
     lines.extend(_table(["backend", "side", *(f"N = {n:,}" for n in points), "growth"], body))
     lines.extend(["", f"![append cost against session length]({plot_name})"])
@@ -226,7 +231,8 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
         body.append([name, status, r.get("raw_driver", "—"), r.get("server", "—"), f"{r['seconds']:.0f} s" if "seconds" in r else "—"])
     lines.extend(_table(["backend", "status", "raw driver", "server (durability settings)", "run time"], body))
-    notes = [f"- {name}: {n}" for name, r in ok.items() for n in r.get("notes", [])]
+    notes = [f"- {name}*: {r['smaller']}" for name, r in ok.items() if "smaller" in r]
+    notes += [f"- {name}: {n}" for name, r in ok.items() for n in r.get("notes", [])]
     if notes:
         lines.extend(["", "Notes:", "", *notes])
 

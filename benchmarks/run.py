@@ -16,9 +16,9 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,12 @@ class Run:
         self.time("state_get", gets, self.sizes.state_keys)
 
 
+def scaled_down(sizes: Sizes, caps: Mapping[str, int]) -> Sizes:
+    """``sizes`` with the given fields capped; session lengths beyond the bulk import are dropped."""
+    smaller = replace(sizes, **{k: min(v, getattr(sizes, k)) for k, v in caps.items()})
+    return replace(smaller, growth_points=tuple(n for n in smaller.growth_points if n <= smaller.bulk_messages))
+
+
 def run_backend(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     reason = backend.unavailable()
     if reason:
@@ -189,6 +195,12 @@ def run_backend(backend: Backend, sizes: Sizes) -> dict[str, Any]:
                 sides[RAW] = location.raw()
                 stack.callback(sides[RAW].close)
                 result["server"] = sides[RAW].version()
+            smaller = scaled_down(sizes, location.smaller)
+            if smaller != sizes:
+                sizes = smaller
+                result["sizes"] = asdict(sizes)
+                caps = ", ".join(f"{k}={v:,}" for k, v in location.smaller.items())
+                result["smaller"] = f"run with {caps}: {location.why_smaller}"
             run = Run(backend.name, sides, sizes, location)
             result["metrics"], result["notes"] = run.metrics, run.notes
             log(f"[{backend.name}] {result.get('server', 'in-process')}")
