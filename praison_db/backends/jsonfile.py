@@ -54,7 +54,8 @@ __all__ = ["JsonConversationStore", "JsonStateStore", "DefaultSessionStore", "se
 log = logging.getLogger("praison_db")
 
 _OPTIONS = {"lock_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for another process's lock")}
-_BLOCK = 64 * 1024
+# Tails are read backwards a block at a time, small first (most reads need one or two lines), then doubling.
+_FIRST_BLOCK, _MAX_BLOCK = 4 * 1024, 1024 * 1024
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -116,8 +117,10 @@ def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None) -> li
         pos = end
         carry = b""
         first = True
+        block = _FIRST_BLOCK
         while pos > 0 and len(out) < want:
-            size = min(_BLOCK, pos)
+            size = min(block, pos)
+            block = min(block * 2, _MAX_BLOCK)
             pos -= size
             f.seek(pos)
             chunk = f.read(size) + carry
@@ -160,6 +163,7 @@ class JsonConversationStore(ConversationStore):
         self._lock_timeout = lock_timeout
         self._locks = self.directory / ".locks"
         self._locks.mkdir(parents=True, exist_ok=True)
+        self._lock_objects: dict[Path, FileLock] = {}
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> JsonConversationStore:
@@ -174,7 +178,12 @@ class JsonConversationStore(ConversationStore):
 
     @contextmanager
     def _locked(self, lock_path: Path) -> Iterator[None]:
-        lock = FileLock(lock_path, timeout=self._lock_timeout)
+        lock = self._lock_objects.get(lock_path)
+        if lock is None:
+            # Lock objects are reused (making one costs more than an append's write); the cache stays bounded.
+            if len(self._lock_objects) >= 1024:
+                self._lock_objects.pop(next(iter(self._lock_objects)))
+            lock = self._lock_objects[lock_path] = FileLock(lock_path, timeout=self._lock_timeout)
         try:
             lock.acquire()
         except Timeout:
@@ -336,8 +345,10 @@ class JsonConversationStore(ConversationStore):
             return 0
         pos = end
         data = b""
+        block = _FIRST_BLOCK
         while pos > 0:
-            size = min(_BLOCK, pos)
+            size = min(block, pos)
+            block = min(block * 2, _MAX_BLOCK)
             pos -= size
             f.seek(pos)
             data = f.read(size) + data

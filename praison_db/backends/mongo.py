@@ -510,8 +510,11 @@ class MongoStateStore(_MongoStore, StateStore):
         return store
 
     def _get_many(self, keys: list[str]) -> dict[str, Any]:
-        docs = self.state.find({"_id": {"$in": list(set(keys))}, **_live(time.time())})
-        return {d["_id"]: _decode(d) for d in docs}
+        # Look up by _id alone and check expiry here: an $or on the expiry next to the _id lookup can make a
+        # server scan the collection instead of using the _id index.
+        now = time.time()
+        docs = self.state.find({"_id": {"$in": list(set(keys))}})
+        return {d["_id"]: _decode(d) for d in docs if d.get("x") is None or d["x"] > now}
 
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
         docs = [{"_id": k, **_value_fields(v), **_expiry_fields(expires_at)} for k, v in items.items()]

@@ -270,7 +270,12 @@ class SqlDatabase(SharedConnection):
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        """A connection for reads, which are single statements: on PostgreSQL in autocommit mode (psycopg switches
+        it without a round trip), saving the BEGIN and ROLLBACK around every read."""
+        conn = self.engine.connect()
+        if self.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn:
             with conn.begin():
                 yield conn
 
@@ -471,20 +476,35 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             row = conn.execute(select(self.t.sessions).where(self.t.sessions.c.session_id == session_id)).first()
         return _session_from_row(row) if row else None
 
-    def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
+    def _list_statement(self, user: bool, agent: bool, kind: bool, after: bool) -> Any:
+        """The listing query for one combination of filters, built once, with the values as bound parameters."""
+        cache = self.__dict__.setdefault("_list_statements", {})
+        shape = (user, agent, kind, after)
+        if shape not in cache:
+            cache[shape] = self._build_list_statement(*shape)
+        return cache[shape]
+
+    def _build_list_statement(self, user: bool, agent: bool, kind: bool, after: bool) -> Any:
         s = self.t.sessions.c
         query = select(self.t.sessions)
-        if flt.user_id is not None:
-            query = query.where(s.user_id == flt.user_id)
-        if flt.agent_id is not None:
-            query = query.where(s.agent_id == flt.agent_id)
-        if flt.session_type is not None:
-            query = query.where(s.session_type == flt.session_type)
+        if user:
+            query = query.where(s.user_id == bindparam("user_id"))
+        if agent:
+            query = query.where(s.agent_id == bindparam("agent_id"))
+        if kind:
+            query = query.where(s.session_type == bindparam("session_type"))
+        if after:
+            at, sid = bindparam("after_at", type_=s.updated_at.type), bindparam("after_id")
+            query = query.where(or_(s.updated_at < at, and_(s.updated_at == at, s.session_id < sid)))
+        return query.order_by(s.updated_at.desc(), s.session_id.desc()).limit(bindparam("n"))
+
+    def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
+        query = self._list_statement(flt.user_id is not None, flt.agent_id is not None, flt.session_type is not None, after is not None)
+        params = {"user_id": flt.user_id, "agent_id": flt.agent_id, "session_type": flt.session_type, "n": limit}
         if after is not None:
-            query = query.where(or_(s.updated_at < after[0], and_(s.updated_at == after[0], s.session_id < after[1])))
-        query = query.order_by(s.updated_at.desc(), s.session_id.desc()).limit(limit)
+            params.update(after_at=after[0], after_id=after[1])
         with self.db.read() as conn:
-            return [_session_from_row(r) for r in conn.execute(query)]
+            return [_session_from_row(r) for r in conn.execute(query, params)]
 
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
         s = self.t.sessions.c
@@ -609,11 +629,24 @@ def _prefix_range(column: Any, prefix: str) -> Any:
 class SqlStateStore(_SqlStore, StateStore):
     """StateStore in the ``<prefix>state`` table: JSON text values, expiry as a Unix time checked on every read."""
 
-    def _get_many(self, keys: list[str]) -> dict[str, Any]:
+    @functools.cached_property
+    def _get_statements(self) -> tuple[Any, Any]:
+        """(one key, several keys), built once; expiry is checked against a bound ``now``."""
         st = self.t.state
+        live = or_(st.c.expires_at.is_(None), st.c.expires_at > bindparam("now"))
+        one = select(st.c.key, st.c.value).where(st.c.key == bindparam("key"), live)
+        many = select(st.c.key, st.c.value).where(st.c.key.in_(bindparam("keys", expanding=True)), live)
+        return one, many
+
+    def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        one, many = self._get_statements
+        now = time.time()
         with self.db.read() as conn:
-            rows = conn.execute(select(st.c.key, st.c.value).where(st.c.key.in_(set(keys)), _live(st, time.time())))
-            return {r.key: loads(r.value) for r in rows}
+            if len(keys) == 1:
+                rows = conn.execute(one, {"key": keys[0], "now": now})
+            else:
+                rows = conn.execute(many, {"keys": list(set(keys)), "now": now})
+            return {key: loads(value) for key, value in rows}
 
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
         with self.db.write() as conn:
