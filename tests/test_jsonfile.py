@@ -82,6 +82,31 @@ def test_listing_reads_headers_and_last_lines_only(store, monkeypatch):
     assert parsed <= 3  # one last line per session, not 600 messages
 
 
+def test_listing_the_newest_page_skips_old_sessions(store, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    old = datetime.now(timezone.utc) - timedelta(days=2)
+    for i in range(40):  # sessions last written two days ago, as their file times say
+        store.create_session(f"old{i}")
+        data = store.export_session(f"old{i}")
+        store.delete_session(f"old{i}")
+        data["session"]["created_at"] = data["session"]["updated_at"] = (old + timedelta(seconds=i)).isoformat()
+        store.import_session(data)
+        stamp = int((old + timedelta(seconds=i)).timestamp() * 1e9)
+        for suffix in (".session.json", ".jsonl"):
+            os.utime(store.directory / f"{session_file_stem(f'old{i}')}{suffix}", ns=(stamp, stamp))
+    store.create_session("new1")
+    store.create_session("new2")
+    loaded = []
+    real = store._load_stem
+    monkeypatch.setattr(store, "_load_stem", lambda stem: loaded.append(stem) or real(stem))
+    assert [s.session_id for s in store.list_sessions(limit=2)] == ["new2", "new1"]
+    assert len(loaded) <= 3  # the two new ones, and at most one old one to prove nothing older can win
+    page = store.list_sessions(limit=5)
+    assert [s.session_id for s in page] == ["new2", "new1", "old39", "old38", "old37"]
+    assert [s.session_id for s in store.list_sessions(limit=50)][-1] == "old0"
+
+
 def test_newest_n_reads_from_the_end(store, monkeypatch):
     store.create_session("big")
     store.add_messages("big", [{"role": "user", "content": f"m{j}"} for j in range(2000)])

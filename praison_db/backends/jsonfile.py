@@ -59,6 +59,14 @@ _FIRST_BLOCK, _MAX_BLOCK = 4 * 1024, 1024 * 1024
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+# File times come from the kernel's coarse clock and may trail the time stamped into the data by a tick (1-10 ms).
+_MTIME_SLACK_NS = 50_000_000
+
+
+def _ns(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1_000
+
+
 def session_file_stem(session_id: str) -> str:
     """File name stem for a session id: readable, collision-free, and confined to the directory."""
     digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
@@ -232,6 +240,10 @@ class JsonConversationStore(ConversationStore):
             f.flush()
             os.fsync(f.fileno())
         _write_atomic(header_path, self._header_text(session))
+        stamped = _ns(max([session.updated_at, *(m.created_at for m in messages[-1:])] if messages else [session.updated_at]))
+        if stamped > os.stat(header_path).st_mtime_ns:
+            # An import stamped ahead of this machine's clock: keep "activity <= file time", which listing relies on.
+            os.utime(header_path, ns=(stamped, stamped))
 
     @staticmethod
     def _line(message: Message) -> bytes:
@@ -260,24 +272,52 @@ class JsonConversationStore(ConversationStore):
         header_path, messages_path, _ = self._paths(session_id)
         return self._load(header_path, messages_path)
 
+    def _load_stem(self, stem: str) -> Session | None:
+        try:
+            return self._load(self.directory / f"{stem}.session.json", self.directory / f"{stem}.jsonl")
+        except (ValueError, KeyError) as e:
+            log.warning("praison_db: skipped unreadable session file %s.session.json: %s", stem, e)
+            return None
+
+    def _stems(self) -> list[str]:
+        with os.scandir(self.directory) as entries:
+            return [e.name[: -len(".session.json")] for e in entries if e.name.endswith(".session.json")]
+
     def _all_sessions(self) -> Iterator[Session]:
         """Every session, reading only headers and the last line of each messages file."""
-        with os.scandir(self.directory) as entries:
-            names = [e.name for e in entries if e.name.endswith(".session.json")]
-        for name in names:
-            stem = name[: -len(".session.json")]
-            try:
-                session = self._load(self.directory / name, self.directory / f"{stem}.jsonl")
-            except (ValueError, KeyError) as e:
-                log.warning("praison_db: skipped unreadable session file %s: %s", name, e)
-                continue
+        for stem in self._stems():
+            session = self._load_stem(stem)
             if session is not None:
                 yield session
 
     def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
-        rows = [s for s in self._all_sessions() if flt.matches(s) and (after is None or activity_key(s) < after)]
-        rows.sort(key=activity_key, reverse=True)
-        return rows[:limit]
+        # Every write to a session touches one of its two files, so a session's activity (updated_at) is no later
+        # than the newer of their modification times, give or take the coarse clock of file times (_MTIME_SLACK).
+        # Sessions are read in that order, and reading stops once no unread session can beat the page's last one:
+        # a page of the newest sessions costs a stat per session plus a read of only those it needs.
+        candidates = []
+        for stem in self._stems():
+            try:
+                header = os.stat(self.directory / f"{stem}.session.json").st_mtime_ns
+            except FileNotFoundError:
+                continue
+            try:
+                messages = os.stat(self.directory / f"{stem}.jsonl").st_mtime_ns
+            except FileNotFoundError:
+                messages = 0
+            candidates.append((max(header, messages), stem))
+        candidates.sort(reverse=True)
+        page: list[Session] = []
+        for bound_ns, stem in candidates:
+            if len(page) >= limit and bound_ns + _MTIME_SLACK_NS < _ns(page[-1].updated_at):
+                break
+            session = self._load_stem(stem)
+            if session is None or not flt.matches(session) or (after is not None and activity_key(session) >= after):
+                continue
+            page.append(session)
+            page.sort(key=activity_key, reverse=True)
+            del page[limit:]
+        return page
 
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
         header_path, messages_path, lock_path = self._paths(session_id)
