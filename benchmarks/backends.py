@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,14 +183,9 @@ def _redis() -> Iterator[Location]:
             sep = "&" if "?" in REDIS_URL else "?"
             yield Location(f"{REDIS_URL}{sep}prefix={run}p", tmp, partial(raw.RawRedis, REDIS_URL, f"{run}r"))
     finally:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{run}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
+        from praison_db.backends.redis import unlink_matching
+
+        unlink_matching(client, f"{run}*")
         client.close()
 
 

@@ -105,15 +105,10 @@ def redis_server() -> Iterator[str]:
     try:
         yield REDIS_URL
     finally:
+        from praison_db.backends.redis import unlink_matching
+
         with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=30) as client:
-            batch: list[bytes] = []
-            for key in client.scan_iter(match=f"r{RUN}*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    client.unlink(*batch)
-                    batch.clear()
-            if batch:
-                client.unlink(*batch)
+            unlink_matching(client, f"r{RUN}*")
 
 
 def mongo_database_url(base: str, uid: str) -> str:

@@ -295,18 +295,22 @@ class JsonConversationStore(ConversationStore):
         # than the newer of their modification times, give or take the coarse clock of file times (_MTIME_SLACK).
         # Sessions are read in that order, and reading stops once no unread session can beat the page's last one:
         # a page of the newest sessions costs a stat per session plus a read of only those it needs.
-        candidates = []
-        for stem in self._stems():
-            try:
-                header = os.stat(self.directory / f"{stem}.session.json").st_mtime_ns
-            except FileNotFoundError:
-                continue
-            try:
-                messages = os.stat(self.directory / f"{stem}.jsonl").st_mtime_ns
-            except FileNotFoundError:
-                messages = 0
-            candidates.append((max(header, messages), stem))
-        candidates.sort(reverse=True)
+        headers: dict[str, int] = {}
+        messages: dict[str, int] = {}
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".session.json"):
+                    target, stem = headers, name[: -len(".session.json")]
+                elif name.endswith(".jsonl"):
+                    target, stem = messages, name[: -len(".jsonl")]
+                else:
+                    continue
+                try:
+                    target[stem] = entry.stat().st_mtime_ns
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+        candidates = sorted(((max(t, messages.get(stem, 0)), stem) for stem, t in headers.items()), reverse=True)
         page: list[Session] = []
         for bound_ns, stem in candidates:
             if len(page) >= limit and bound_ns + _MTIME_SLACK_NS < _ns(page[-1].updated_at):

@@ -287,6 +287,25 @@ return {lo, redis.call('LRANGE', KEYS[1], lo, hi)}
 """
 
 
+def scan_batches(client: redis.Redis, pattern: str) -> Iterator[list[bytes]]:
+    """Key names matching a glob ``pattern``, a SCAN batch at a time (never KEYS: the server is never blocked)."""
+    cursor = 0
+    while True:
+        cursor, found = client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+        if found:
+            yield found
+        if cursor == 0:
+            return
+
+
+def unlink_matching(client: redis.Redis, pattern: str) -> int:
+    """Delete every key matching ``pattern``, a batch at a time; returns how many were removed.
+
+    UNLINK frees memory off the main thread and counts only keys it removed (not expired or already gone ones).
+    """
+    return sum(client.unlink(*batch) for batch in scan_batches(client, pattern))
+
+
 class _Connection(SharedConnection):
     """One redis-py client shared by the conversation and state stores of a URL; closed with the last of them."""
 
@@ -674,14 +693,7 @@ class RedisStateStore(_RedisStore, StateStore):
         return bool(pipe.execute()[0])
 
     def _scan(self, prefix: str) -> Iterator[list[bytes]]:
-        pattern = _glob_escape(self._base + prefix) + "*"
-        cursor = 0
-        while True:
-            cursor, found = self.r.scan(cursor, match=pattern, count=_SCAN_COUNT)
-            if found:
-                yield found
-            if cursor == 0:
-                return
+        return scan_batches(self.r, _glob_escape(self._base + prefix) + "*")
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
         # SCAN may return a key twice and in no particular order: collect the names (not the values), then hand them
@@ -694,5 +706,4 @@ class RedisStateStore(_RedisStore, StateStore):
         return iter(sorted(seen))
 
     def _clear(self, prefix: str) -> int:
-        # UNLINK frees memory off the main thread and counts only keys it removed (not expired or already removed).
-        return sum(self.r.unlink(*batch) for batch in self._scan(prefix))
+        return unlink_matching(self.r, _glob_escape(self._base + prefix) + "*")

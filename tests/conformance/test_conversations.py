@@ -70,7 +70,7 @@ def test_get_missing_and_user_scoping(conv):
 
 
 def test_ids_that_look_alike_are_distinct(conv):
-    ids = ["a/b", "a_b", "../x", "x", "A", "a", "a ", "Ünïcødé-会话-🙂", "." , "..", "con", "x" * 255]
+    ids = ["a/b", "a_b", "../x", "x", "A", "a", "a ", "Ünïcødé-会话-🙂", ".", "..", "v1.2.3", "con", "x" * 255]
     for i, session_id in enumerate(ids):
         conv.create_session(session_id, name=str(i))
         conv.add_message(session_id, "user", f"content {i}")
@@ -78,6 +78,7 @@ def test_ids_that_look_alike_are_distinct(conv):
         s = conv.get_session(session_id)
         assert s is not None and s.session_id == session_id and s.name == str(i), session_id
         assert [m.content for m in conv.get_messages(session_id)] == [f"content {i}"]
+    assert sorted(s.session_id for s in conv.iter_sessions()) == sorted(ids)
 
 
 def test_update_session(conv):
