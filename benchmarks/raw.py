@@ -309,10 +309,14 @@ class RawJson:
         return [json.loads(line) for line in lines[-n - 1 : -1]]
 
     def add_sessions(self, n: int) -> None:
-        # Oldest first, so that file times and updated_at agree on the order.
-        for i, t in reversed(list(enumerate(_session_times(n)))):
+        # Each header gets the file time it would have had if written at its activity time, as when a store writes
+        # it: both sides (praison_db's listing and the raw one) rely on file times agreeing with activity.
+        for i, t in enumerate(_session_times(n)):
             sid = f"list-{i:07d}"
-            self._paths(sid)[0].write_bytes(self._header(sid, t.isoformat(), t.isoformat()))
+            path = self._paths(sid)[0]
+            path.write_bytes(self._header(sid, t.isoformat(), t.isoformat()))
+            stamp = int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1_000
+            os.utime(path, ns=(stamp, stamp))
         _fsync_dir(self.dir)
 
     def list_recent(self, n: int) -> list[Any]:
