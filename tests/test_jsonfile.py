@@ -20,6 +20,14 @@ def store(tmp_path):
         yield s
 
 
+def count_parses(monkeypatch) -> list[bytes]:
+    """Record every JSON line the store parses (to show what a read touches)."""
+    parsed: list[bytes] = []
+    real = jsonfile._parse_line
+    monkeypatch.setattr(jsonfile, "_parse_line", lambda line: parsed.append(line) or real(line))
+    return parsed
+
+
 def messages_file(store: JsonConversationStore, session_id: str) -> Path:
     return store.directory / f"{session_file_stem(session_id)}.jsonl"
 
@@ -68,18 +76,10 @@ def test_listing_reads_headers_and_last_lines_only(store, monkeypatch):
     for i in range(3):
         store.create_session(f"l{i}")
         store.add_messages(f"l{i}", [{"role": "user", "content": f"m{j}"} for j in range(200)])
-    parsed = 0
-    real = jsonfile._parse_line
-
-    def counting(line: bytes):
-        nonlocal parsed
-        parsed += 1
-        return real(line)
-
-    monkeypatch.setattr(jsonfile, "_parse_line", counting)
+    parsed = count_parses(monkeypatch)
     sessions = store.list_sessions()
     assert [s.message_count for s in sessions] == [200, 200, 200]
-    assert parsed <= 3  # one last line per session, not 600 messages
+    assert len(parsed) <= 3  # one last line per session, not 600 messages
 
 
 def test_listing_the_newest_page_skips_old_sessions(store, monkeypatch):
@@ -110,17 +110,9 @@ def test_listing_the_newest_page_skips_old_sessions(store, monkeypatch):
 def test_newest_n_reads_from_the_end(store, monkeypatch):
     store.create_session("big")
     store.add_messages("big", [{"role": "user", "content": f"m{j}"} for j in range(2000)])
-    parsed = 0
-    real = jsonfile._parse_line
-
-    def counting(line: bytes):
-        nonlocal parsed
-        parsed += 1
-        return real(line)
-
-    monkeypatch.setattr(jsonfile, "_parse_line", counting)
+    parsed = count_parses(monkeypatch)
     assert [m.seq for m in store.get_messages("big", limit=20)] == list(range(1981, 2001))
-    assert parsed == 20
+    assert len(parsed) == 20
 
 
 def test_half_created_session_is_invisible_and_recreated_cleanly(store):
