@@ -23,7 +23,7 @@ PRAISON, RAW = "praison_db", "raw"
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work one run does. ``full`` answers the issue's questions; ``smoke`` proves the program works."""
+    """How much work one run does. ``full`` gives the published numbers; ``smoke`` proves the program works."""
 
     appends: int  # 1. durable single-message appends, one session
     growth_points: tuple[int, ...]  # 2. session lengths at which append cost is sampled (the plot)
