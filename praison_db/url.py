@@ -11,7 +11,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .errors import ConfigError
@@ -146,9 +145,3 @@ def parse_url(text: str | os.PathLike[str] | StoreURL) -> StoreURL:
         text,
         password,
     )
-
-
-def split_options(url: StoreURL, known: Mapping[str, Any]) -> tuple[dict[str, str], StoreURL]:
-    """Take praison_db's own options (the keys of ``known``) out of the query string; the rest stays for the driver."""
-    ours = {k: v for k, v in url.query.items() if k in known}
-    return ours, url.without_query(*ours)

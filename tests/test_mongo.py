@@ -73,17 +73,6 @@ def test_restricted_field_names_round_trip_and_integers_are_bson_integers(url, r
         assert state.get("dollar") == {"$set": {"a.b": 1}, "x.y": [None]}
 
 
-def test_ttl_does_not_depend_on_the_local_time_zone(url, monkeypatch):
-    with open_store(url, "state") as state:
-        for zone in ("Pacific/Kiritimati", "America/Anchorage", "UTC"):
-            monkeypatch.setenv("TZ", zone)
-            time.tzset()
-            state.set("t", 1, ttl=100)
-            assert 95 < state.ttl("t") <= 100, zone
-    monkeypatch.undo()
-    time.tzset()
-
-
 def test_database_from_the_url_and_collection_prefixes_keep_apart(url, raw):
     with open_store(f"{url}?collection_prefix=app_a_", "conversations") as a, open_store(
         f"{url}?collection_prefix=app_b_", "conversations"

@@ -113,17 +113,6 @@ def test_state_keys_with_glob_characters_are_literal(url):
         assert state.clear("a?") == 1 and state.clear("a]") == 1 and state.get("ab") == "ab"
 
 
-def test_ttl_does_not_depend_on_the_local_time_zone(url, monkeypatch):
-    with open_store(url, "state") as state:
-        for zone in ("Pacific/Kiritimati", "America/Anchorage", "UTC"):
-            monkeypatch.setenv("TZ", zone)
-            time.tzset()
-            state.set("t", 1, ttl=100)
-            assert 95 < state.ttl("t") <= 100, zone
-    monkeypatch.undo()
-    time.tzset()
-
-
 # ---- the activity index walk ----
 
 

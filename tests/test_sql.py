@@ -240,3 +240,16 @@ def test_column_types_do_not_truncate(server_url):
                          "AND table_name = :t AND column_name = 'content'"), {"t": store.t.messages.name}
                 ).scalar()
             assert charset == "utf8mb4"
+
+
+def test_expired_state_rows_are_removed_on_open(sql_url):
+    from tests.servers import wait_past
+
+    with open_store(sql_url, "state") as state:
+        deadline = time.time() + 0.2
+        state.set("short", 1, ttl=0.2)
+        state.set("long", 2)
+    wait_past(deadline)
+    with open_store(sql_url, "state") as state:
+        with state.db.read() as conn:  # the rows themselves, expired or not
+            assert sorted(conn.execute(state.t.state.select().with_only_columns(state.t.state.c.key)).scalars()) == ["long"]

@@ -545,7 +545,9 @@ class ClickHouseConversationStore(ConversationStore):
     def _current(self, session_id: str, *, last_seq: bool = False) -> _Current | None:
         """The newest version of a session (FINAL merges the versions at read time), by primary key."""
         t = self._tables
-        extra = f", (SELECT max(seq) FROM {t.messages} WHERE session_id = {{sid:String}})" if last_seq else ", 0"
+        # The newest seq by reading the primary key backwards (one granule), not max() over the whole session.
+        newest = f"SELECT seq FROM {t.messages} WHERE session_id = {{sid:String}} ORDER BY seq DESC LIMIT 1"
+        extra = f", ifNull(({newest}), 0)" if last_seq else ", 0"
         rows = self._rows(f"SELECT {_S_SELECT}{extra} FROM {t.sessions} FINAL WHERE session_id = {{sid:String}}", sid=session_id)
         if not rows:
             return None

@@ -629,6 +629,15 @@ def _prefix_range(column: Any, prefix: str) -> Any:
 class SqlStateStore(_SqlStore, StateStore):
     """StateStore in the ``<prefix>state`` table: JSON text values, expiry as a Unix time checked on every read."""
 
+    def __init__(self, database: SqlDatabase) -> None:
+        super().__init__(database)
+        # Reads already ignore expired rows; removing them on open keeps the table from growing without bound.
+        try:
+            self.purge_expired()
+        except Exception as e:
+            self.db.release()
+            raise (_classify(e, self.db.where, self.db.password) or e) from e
+
     @functools.cached_property
     def _get_statements(self) -> tuple[Any, Any]:
         """(one key, several keys), built once; expiry is checked against a bound ``now``."""

@@ -96,6 +96,16 @@ def test_ttl_and_expire(state):
     assert state.expire("missing", 10) is False
 
 
+def test_ttl_does_not_depend_on_the_local_time_zone(state, monkeypatch):
+    for zone in ("Pacific/Kiritimati", "America/Anchorage", "UTC"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        state.set("t", 1, ttl=100)
+        assert 95 < state.ttl("t") <= 100, zone
+    monkeypatch.undo()
+    time.tzset()
+
+
 def test_expired_key_is_gone_on_every_read_path(state):
     state.set("keep", "k")
     start = time.time()
