@@ -32,7 +32,7 @@ from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFou
 from .facade import PraisonDB
 from .facade import db as open_db
 from .llm import ChatModel, normalize_reply, resolve_llm
-from .models import check_id, new_id
+from .models import MessageDraft, check_id, new_id
 
 __all__ = ["Agent"]
 
@@ -289,6 +289,11 @@ class Agent:
             **{k: message[k] for k in _MESSAGE_FIELDS if message.get(k) is not None},
         }
         record.setdefault("content", None)
+        # Refuse bad input now, not after it has waited in the spool for the store to refuse it.
+        MessageDraft.build(
+            record["role"], record["content"], id=record["id"], name=record.get("name"),
+            tool_calls=record.get("tool_calls"), tool_call_id=record.get("tool_call_id"),
+        )
         try:
             self._flush()
             self._write(record)
