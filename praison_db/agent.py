@@ -7,6 +7,12 @@ model is called; the reply (and any tool turns) before ``chat()`` returns.
 With ``db(strict=False)`` a storage failure does not stop the agent: the message is kept in ``agent.unsaved`` and
 in a JSON Lines spool file under ``<session_dir>/unsaved/``, and written (in order, before anything newer) on the
 next successful write, by this Agent or by the next one opened on the same session. Nothing is dropped silently.
+
+Every message gets its id when the Agent creates it, and every write (the first and each retry) passes that id, so a
+write that landed although the caller saw a failure, or a spooled message written by two Agents, is stored once.
+A spooled message the store later refuses as invalid is set aside in ``<session_dir>/unsaved/<name>.rejected.jsonl``
+(and ``agent.rejected``) instead of blocking the messages behind it. A session deleted, pruned or expired while an
+Agent uses it is created again by the next write.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ from typing import Any
 from filelock import FileLock
 
 from .backends.jsonfile import session_file_stem
-from .errors import ConfigError, Error, InputError, SessionExists
+from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound
 from .facade import PraisonDB
 from .facade import db as open_db
 from .llm import ChatModel, normalize_reply, resolve_llm
-from .models import check_id, new_id
+from .models import MessageDraft, check_id, new_id
 
 __all__ = ["Agent"]
 
@@ -103,6 +109,7 @@ class Agent:
 
         self._history: list[dict[str, Any]] = []
         self._unsaved: list[dict[str, Any]] = []
+        self._rejected: list[dict[str, Any]] = []
         self._started = False
         self._ready: set[str] = set()  # session ids known to exist in the store
         self._spools_read: set[str] = set()
@@ -123,9 +130,17 @@ class Agent:
 
     @property
     def unsaved(self) -> list[dict[str, Any]]:
-        """Messages not yet in the store (only with ``strict=False``), oldest first, each with its ``session_id``."""
+        """Messages not yet in the store (only with ``strict=False``), oldest first, each with its ``session_id``
+        and ``id``."""
         with self._lock:
             return [dict(m) for m in self._unsaved]
+
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        """Kept messages the store refused as invalid when they were written later, each with the ``error``; they
+        are also in ``<session_dir>/unsaved/<name>.rejected.jsonl``."""
+        with self._lock:
+            return [dict(m) for m in self._rejected]
 
     def chat(self, text: str) -> str:
         """Send a user message and return the reply; both are stored before this returns.
@@ -268,8 +283,17 @@ class Agent:
 
     def _save(self, message: dict[str, Any]) -> None:
         """Store one message (after any unsaved ones) and add it to the history; keep it locally if that fails."""
-        record = {"session_id": self._session_id, **{k: message[k] for k in _MESSAGE_FIELDS if message.get(k) is not None}}
+        record = {
+            "session_id": self._session_id,
+            "id": new_id(),  # made once: every retry of this write passes it, so the store keeps one copy
+            **{k: message[k] for k in _MESSAGE_FIELDS if message.get(k) is not None},
+        }
         record.setdefault("content", None)
+        # Refuse bad input now, not after it has waited in the spool for the store to refuse it.
+        MessageDraft.build(
+            record["role"], record["content"], id=record["id"], name=record.get("name"),
+            tool_calls=record.get("tool_calls"), tool_call_id=record.get("tool_call_id"),
+        )
         try:
             self._flush()
             self._write(record)
@@ -288,39 +312,77 @@ class Agent:
         self._ready.add(session_id)
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._ensure_session(record["session_id"])
+        session_id = record["session_id"]
+        self._ensure_session(session_id)
+        try:
+            self._add(record)
+        except SessionNotFound:
+            # Deleted, pruned or expired since this Agent saw it: the conversation goes on in a new session.
+            self._ready.discard(session_id)
+            log.warning("praison_db: session %r no longer exists; creating it again", session_id)
+            self._ensure_session(session_id)
+            self._add(record)
+
+    def _add(self, record: dict[str, Any]) -> None:
         self.db.conversations.add_message(
             record["session_id"],
             record["role"],
             record.get("content"),
+            id=record["id"],
             name=record.get("name"),
             tool_calls=record.get("tool_calls"),
             tool_call_id=record.get("tool_call_id"),
         )
 
     def _flush(self) -> None:
-        """Write the unsaved messages in order; stop (raising) at the first failure, keeping the rest."""
+        """Write the unsaved messages in order; stop (raising) at the first failure, keeping the rest.
+
+        A message the store refuses as invalid cannot succeed later either: it is set aside, and the rest go on.
+        """
         if not self._unsaved:
             return
-        written: set[str] = set()
+        written: dict[str, set[str]] = {}
         try:
             while self._unsaved:
-                self._write(self._unsaved[0])
-                written.add(self._unsaved.pop(0)["session_id"])
+                record = self._unsaved[0]
+                try:
+                    self._write(record)
+                except InputError as e:
+                    self._reject(record, e)
+                self._unsaved.pop(0)
+                written.setdefault(record["session_id"], set()).add(record["id"])
         finally:
-            for sid in written:
-                self._rewrite_spool(sid)
+            for sid, ids in written.items():
+                self._remove_from_spool(sid, ids)
         log.info("praison_db: wrote the messages that had been kept locally")
+
+    def _reject(self, record: dict[str, Any], error: Error) -> None:
+        entry = {**record, "error": str(error)}
+        self._rejected.append(entry)
+        path = self._rejected_path(record["session_id"])
+        try:
+            self._append_line(path, entry)
+            where = f"agent.rejected and {path}"
+        except Exception as file_error:  # noqa: BLE001 - still in memory; say so
+            where = f"agent.rejected only (the file failed: {file_error})"
+        log.warning(
+            "praison_db: the store refused the kept %s message %r of session %r: %s; set aside in %s",
+            record["role"], record["id"], record["session_id"], error, where,
+        )
+
+    @staticmethod
+    def _append_line(path: Path, record: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock", timeout=10), open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _keep(self, record: dict[str, Any], error: Error) -> None:
         self._unsaved.append(record)
         path = self._spool_path(record["session_id"])
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(f"{path}.lock", timeout=10), open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            self._append_line(path, record)
             where = f"agent.unsaved and {path}"
         except Exception as spool_error:  # noqa: BLE001 - the message is still in memory; say so
             where = f"agent.unsaved only (the spool file failed: {spool_error})"
@@ -337,41 +399,62 @@ class Agent:
     def _spool_path(self, session_id: str) -> Path:
         return self._spool_dir() / f"{session_file_stem(session_id)}.jsonl"
 
+    def _rejected_path(self, session_id: str) -> Path:
+        return self._spool_dir() / f"{session_file_stem(session_id)}.rejected.jsonl"
+
     def _read_spool(self, session_id: str) -> list[dict[str, Any]]:
         path = self._spool_path(session_id)
         if not path.exists():
             return []
-        records = []
         try:
             with FileLock(f"{path}.lock", timeout=10):
-                lines = path.read_text(encoding="utf-8").splitlines()
+                records = _spooled(path, session_id)
+                if any("id" not in r for r in records):
+                    # Written by a version that gave no ids: give them ids now, once, so retries stay idempotent.
+                    for r in records:
+                        r.setdefault("id", new_id())
+                    _write_spool(path, records)
         except Exception as e:  # noqa: BLE001
             log.warning("praison_db: cannot read the unsaved messages in %s: %s", path, e)
             return []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash while spooling
-            if isinstance(record, dict) and record.get("session_id") == session_id and record.get("role"):
-                records.append(record)
         if records:
             log.info("praison_db: found %d unsaved messages of session %r in %s", len(records), session_id, path)
         return records
 
-    def _rewrite_spool(self, session_id: str) -> None:
+    def _remove_from_spool(self, session_id: str, ids: set[str]) -> None:
+        """Drop written messages from the spool file, keeping what other Agents on this session spooled meanwhile."""
         path = self._spool_path(session_id)
-        remaining = [u for u in self._unsaved if u["session_id"] == session_id]
         try:
             with FileLock(f"{path}.lock", timeout=10):
-                if remaining:
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text("".join(json.dumps(u, ensure_ascii=False) + "\n" for u in remaining), encoding="utf-8")
-                    os.replace(tmp, path)
-                else:
-                    path.unlink(missing_ok=True)
-        except Exception as e:  # noqa: BLE001 - already stored: at worst the next reader writes a duplicate
+                if not path.exists():
+                    return
+                _write_spool(path, [r for r in _spooled(path, session_id) if r.get("id") not in ids])
+        except Exception as e:  # noqa: BLE001 - already stored, and ids make the next writer's retry a no-op
             log.warning("praison_db: could not update %s: %s", path, e)
+
+
+def _spooled(path: Path, session_id: str) -> list[dict[str, Any]]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a crash while spooling
+        if isinstance(record, dict) and record.get("session_id") == session_id and record.get("role"):
+            records.append(record)
+    return records
+
+
+def _write_spool(path: Path, records: list[dict[str, Any]]) -> None:
+    if not records:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _as_message(record: dict[str, Any]) -> dict[str, Any]:

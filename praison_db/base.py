@@ -438,6 +438,7 @@ class ConversationStore(_Store, ABC):
         role: str,
         content: str | None,
         *,
+        id: str | None = None,
         name: str | None = None,
         tool_calls: list[dict[str, Any]] | None = None,
         tool_call_id: str | None = None,
@@ -445,22 +446,43 @@ class ConversationStore(_Store, ABC):
     ) -> Message:
         """Append one message; durable when this returns.
 
+        Args:
+            id: the message's id (1-255 characters, no NUL), unique in the session; None generates one. If the
+                session already holds a message with this id, nothing is stored and that message is returned, so
+                a retried append never stores a turn twice.
+
         Raises:
             SessionNotFound: create the session first (``get_or_create_session``).
-            InputError: unknown role, non-string content, non-JSON metadata or tool_calls.
+            InputError: unknown role, non-string content, non-JSON metadata or tool_calls, a bad id.
         """
         check_id(session_id)
-        draft = MessageDraft.build(role, content, name=name, tool_calls=tool_calls, tool_call_id=tool_call_id, metadata=metadata)
-        return self._append(session_id, [draft], utcnow())[0]
+        draft = MessageDraft.build(
+            role, content, id=id, name=name, tool_calls=tool_calls, tool_call_id=tool_call_id, metadata=metadata
+        )
+        return self._add(session_id, [draft])[0]
 
     @_operation
     def add_messages(self, session_id: str, messages: Iterable[Mapping[str, Any] | Message]) -> list[Message]:
-        """Append several messages in order, in one transaction where the backend has them (all or nothing)."""
+        """Append several messages in order, in one transaction where the backend has them (all or nothing).
+
+        An item may carry an ``"id"``: one the session already holds is returned as stored and not appended again,
+        and an id repeated within the batch is stored once. The others get contiguous seqs, in order.
+        """
         check_id(session_id)
         drafts = [MessageDraft.coerce(m) for m in messages]
         if not drafts:
             return []
-        return self._append(session_id, drafts, utcnow())
+        return self._add(session_id, drafts)
+
+    def _add(self, session_id: str, drafts: list[MessageDraft]) -> list[Message]:
+        """Give every draft an id, pass each id once to ``_append``, and answer every draft with its message."""
+        drafts = [d if d.id is not None else d.with_id(new_id()) for d in drafts]
+        first: dict[str, MessageDraft] = {}
+        for d in drafts:
+            first.setdefault(d.id, d)  # type: ignore[arg-type]
+        stored = self._append(session_id, list(first.values()), utcnow())
+        by_id = {m.id: m for m in stored}
+        return [by_id[d.id] for d in drafts]  # type: ignore[index]
 
     def add_user_message(self, session_id: str, content: str, **kwargs: Any) -> Message:
         return self.add_message(session_id, "user", content, **kwargs)
@@ -541,6 +563,10 @@ class ConversationStore(_Store, ABC):
         except Exception as e:
             raise InputError(f"import_session: the export is not valid: {str(e).splitlines()[0]}") from None
         check_id(session.session_id)
+        if len({m.id for m in messages}) != len(messages):
+            raise InputError("import_session: message ids must be unique within the session")
+        for m in messages:
+            check_id(m.id, "message id")
         seqs = [m.seq for m in messages]
         if seqs != list(range(1, len(messages) + 1)) or any(m.session_id != session.session_id for m in messages):
             raise InputError("import_session: messages must belong to the session and have seqs 1..n in order")
@@ -599,7 +625,13 @@ class ConversationStore(_Store, ABC):
 
     @abstractmethod
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
-        """Assign the next seqs, store, bump updated_at and message_count; SessionNotFound if missing."""
+        """Store the drafts (each has an id; no id twice) and return their messages in order; SessionNotFound if missing.
+
+        A draft whose id the session already holds is answered with the stored message and not stored again; the
+        others get the next seqs, and updated_at/message_count move only if something was stored. The store
+        itself must enforce this (a unique index, or a check under the lock that serialises appends), so that
+        concurrent appends of one id store it once.
+        """
 
     @abstractmethod
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]: ...

@@ -202,10 +202,14 @@ def new_id() -> str:
 
 
 class MessageDraft(BaseModel):
-    """A validated message that has no seq/id/created_at yet; the store assigns those when it appends."""
+    """A validated message that has no seq/created_at yet; the store assigns those when it appends.
+
+    ``id`` is the caller's (it makes a retried append a no-op) or None until the shared base generates one.
+    """
 
     model_config = ConfigDict(frozen=True)
 
+    id: str | None = None
     role: Role
     content: str | None = None
     name: str | None = None
@@ -219,6 +223,7 @@ class MessageDraft(BaseModel):
         role: object,
         content: object,
         *,
+        id: object = None,
         name: object = None,
         tool_calls: object = None,
         tool_call_id: object = None,
@@ -229,6 +234,7 @@ class MessageDraft(BaseModel):
         if tool_call_id is not None and not isinstance(tool_call_id, str):
             raise InputError("tool_call_id must be a string or None")
         return cls.model_construct(
+            id=check_optional_id(id, "message id"),
             role=check_role(role),
             content=check_content(content),
             name=name,
@@ -251,15 +257,19 @@ class MessageDraft(BaseModel):
         return cls.build(
             item["role"],
             item.get("content"),
+            id=item.get("id"),
             name=item.get("name"),
             tool_calls=item.get("tool_calls"),
             tool_call_id=item.get("tool_call_id"),
             metadata=item.get("metadata"),
         )
 
-    def stamp(self, session_id: str, seq: int, created_at: datetime, id: str | None = None) -> Message:
+    def with_id(self, id: str) -> MessageDraft:
+        return self.model_copy(update={"id": id})
+
+    def stamp(self, session_id: str, seq: int, created_at: datetime) -> Message:
         return Message.trusted(
-            id=id or new_id(),
+            id=self.id or new_id(),
             session_id=session_id,
             seq=seq,
             role=self.role,

@@ -668,9 +668,24 @@ class ClickHouseConversationStore(ConversationStore):
             current = self._current(session_id, last_seq=True)
             if current is None:
                 raise missing_session(session_id)
+            # No unique key in ClickHouse: under the session's lock, ids the session already holds are looked up.
+            known = {
+                m.id: m
+                for m in map(
+                    _message_from_row,
+                    self._rows(
+                        f"SELECT {_M_SELECT} FROM {t.messages} WHERE session_id = {{sid:String}} AND id IN {{ids:Array(String)}}",
+                        sid=session_id,
+                        ids=[d.id for d in drafts],
+                    ),
+                )
+            }
+            drafts_new = [d for d in drafts if d.id not in known]
+            if not drafts_new:
+                return [known[d.id] for d in drafts]  # type: ignore[index]
             # The messages are the truth for seqs (not message_count, which a crash could leave behind).
             first = current.last_seq + 1
-            stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(drafts)]
+            stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(drafts_new)]
             last = stored[-1].seq
             self._insert_messages(stored)
             # No unique key in ClickHouse: look for another process's append with the same seqs.
@@ -687,7 +702,8 @@ class ClickHouseConversationStore(ConversationStore):
                 )
             session = current.session.model_copy(update={"message_count": last, "updated_at": now})
             self._insert_session_version(session, _next_version(current.version, now))
-        return stored
+        known.update((m.id, m) for m in stored)
+        return [known[d.id] for d in drafts]  # type: ignore[index]
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         if before_seq is not None and before_seq <= 1:

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,27 @@ def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None) -> li
     return out
 
 
+_ID_INDEXES = 256  # sessions whose message ids are kept in memory per store
+
+
+@dataclass
+class _IdIndex:
+    """Message id -> (offset, length) of its line, for the first ``offset`` bytes of one messages file."""
+
+    file_id: tuple[int, int]
+    offset: int = 0
+    tail: bytes = b""  # the last line read: if it is no longer where it was, the file is not the one indexed
+    ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def still_fits(self, f: Any, file_id: tuple[int, int], size: int) -> bool:
+        if file_id != self.file_id or size < self.offset:
+            return False
+        if not self.tail:
+            return self.offset == 0
+        f.seek(self.offset - len(self.tail))
+        return f.read(len(self.tail)) == self.tail
+
+
 class JsonConversationStore(ConversationStore):
     """The DefaultSessionStore: one append-only JSON Lines file per session, locked across processes."""
 
@@ -172,6 +194,7 @@ class JsonConversationStore(ConversationStore):
         self._locks = self.directory / ".locks"
         self._locks.mkdir(parents=True, exist_ok=True)
         self._lock_objects: dict[Path, FileLock] = {}
+        self._id_indexes: dict[Path, _IdIndex] = {}
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> JsonConversationStore:
@@ -375,12 +398,55 @@ class JsonConversationStore(ConversationStore):
                 raise missing_session(session_id)
             with open(messages_path, "r+b" if messages_path.exists() else "w+b") as f:
                 last_seq = self._repair_tail(f)
-                stored = [d.stamp(session_id, last_seq + 1 + i, now) for i, d in enumerate(drafts)]
-                f.seek(0, os.SEEK_END)
-                f.write(b"".join(self._line(m) for m in stored))
-                f.flush()
-                os.fsync(f.fileno())
-            return stored
+                index = self._id_index(f, messages_path)
+                known = {d.id: self._read_at(f, index.ids[d.id]) for d in drafts if d.id in index.ids}
+                fresh = [d for d in drafts if d.id not in known]
+                if fresh:
+                    stored = [d.stamp(session_id, last_seq + 1 + i, now) for i, d in enumerate(fresh)]
+                    lines = [self._line(m) for m in stored]
+                    end = f.seek(0, os.SEEK_END)
+                    f.write(b"".join(lines))
+                    f.flush()
+                    os.fsync(f.fileno())
+                    # Indexed only once durable: an id never points at a line a failed write may not have left.
+                    for m, line in zip(stored, lines):
+                        index.ids[m.id] = (end, len(line))
+                        end += len(line)
+                    index.offset, index.tail = end, lines[-1]
+                    known.update((m.id, m) for m in stored)
+            return [known[d.id] for d in drafts]  # type: ignore[index]
+
+    def _id_index(self, f: Any, path: Path) -> _IdIndex:
+        """The ids in the messages file ``f`` (whose tail is repaired), kept per file and brought up to date by
+        reading only what was appended since the last look: O(1) per append in the session's length."""
+        st = os.fstat(f.fileno())
+        file_id = (st.st_dev, st.st_ino)
+        index = self._id_indexes.pop(path, None)
+        if index is not None and not index.still_fits(f, file_id, st.st_size):
+            index = None  # the file was replaced or cut (deleted and created again): read it afresh
+        if index is None:
+            index = _IdIndex(file_id)
+        if len(self._id_indexes) >= _ID_INDEXES:
+            self._id_indexes.pop(next(iter(self._id_indexes)))
+        self._id_indexes[path] = index  # most recently used last
+        if index.offset < st.st_size:
+            f.seek(index.offset)
+            data = f.read(st.st_size - index.offset)
+            pos = index.offset
+            for raw in data.split(b"\n")[:-1]:
+                record = _parse_line(raw) if raw else None
+                if record is not None and isinstance(record.get("id"), str):
+                    index.ids[record["id"]] = (pos, len(raw) + 1)
+                pos += len(raw) + 1
+            index.offset = pos
+            index.tail = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :] if data else index.tail
+        return index
+
+    @staticmethod
+    def _read_at(f: Any, where: tuple[int, int]) -> Message:
+        f.seek(where[0])
+        r = json.loads(f.read(where[1]))
+        return Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])})
 
     def _repair_tail(self, f: Any) -> int:
         """Cut a torn last line off (a crash mid-write) and return the last stored seq."""

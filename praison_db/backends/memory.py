@@ -40,6 +40,7 @@ class _Data:
     lock: threading.RLock = field(default_factory=threading.RLock)
     sessions: dict[str, Session] = field(default_factory=dict)
     messages: dict[str, list[Message]] = field(default_factory=dict)
+    ids: dict[str, dict[str, Message]] = field(default_factory=dict)  # session -> message id -> message
     state: dict[str, tuple[str, float | None]] = field(default_factory=dict)
 
 
@@ -75,6 +76,7 @@ class MemoryConversationStore(ConversationStore):
                 return False
             self._d.sessions[session.session_id] = session
             self._d.messages[session.session_id] = []
+            self._d.ids[session.session_id] = {}
             return True
 
     def _get_or_insert_session(self, session: Session) -> Session:
@@ -107,6 +109,7 @@ class MemoryConversationStore(ConversationStore):
                 return False
             del self._d.sessions[session_id]
             self._d.messages.pop(session_id, None)
+            self._d.ids.pop(session_id, None)
             return True
 
     def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
@@ -119,6 +122,7 @@ class MemoryConversationStore(ConversationStore):
             for sid in doomed:
                 del self._d.sessions[sid]
                 self._d.messages.pop(sid, None)
+                self._d.ids.pop(sid, None)
             return len(doomed)
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
@@ -126,13 +130,22 @@ class MemoryConversationStore(ConversationStore):
             session = self._d.sessions.get(session_id)
             if session is None:
                 raise missing_session(session_id)
-            start = session.message_count + 1
-            stored = [d.stamp(session_id, start + i, now) for i, d in enumerate(drafts)]
-            self._d.messages[session_id].extend(stored)
-            self._d.sessions[session_id] = session.model_copy(
-                update={"message_count": session.message_count + len(stored), "updated_at": now}
-            )
-            return stored
+            known = self._d.ids[session_id]
+            seq = session.message_count
+            out: list[Message] = []
+            fresh: list[Message] = []
+            for d in drafts:
+                message = known.get(d.id)  # type: ignore[arg-type]
+                if message is None:
+                    seq += 1
+                    message = d.stamp(session_id, seq, now)
+                    fresh.append(message)
+                out.append(message)
+            if fresh:
+                self._d.messages[session_id].extend(fresh)
+                known.update((m.id, m) for m in fresh)
+                self._d.sessions[session_id] = session.model_copy(update={"message_count": seq, "updated_at": now})
+            return out
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         with self._d.lock:
@@ -150,6 +163,7 @@ class MemoryConversationStore(ConversationStore):
                 return False
             self._d.sessions[session.session_id] = session
             self._d.messages[session.session_id] = list(messages)
+            self._d.ids[session.session_id] = {m.id: m for m in messages}
             return True
 
 

@@ -30,6 +30,7 @@ A server down or unreachable raises StoreUnavailable after ``serverSelectionTime
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -267,6 +268,8 @@ def _message_from_doc(d: Mapping[str, Any]) -> Message:
     )
 
 
+log = logging.getLogger("praison_db")
+_ID_RACE_ATTEMPTS = 5
 _ACTIVITY = [("updated_us", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 
 
@@ -285,6 +288,13 @@ class MongoConversationStore(_MongoStore, ConversationStore):
         self.sessions.create_index([("user_id", 1), *_ACTIVITY], name="user_activity")
         self.sessions.create_index([("agent_id", 1), *_ACTIVITY], name="agent_activity")
         self.messages.create_index([("session_id", 1), ("seq", 1)], unique=True, name="session_seq")
+        # A message id is stored once per session, whoever races to add it.
+        try:
+            self.messages.create_index([("session_id", 1), ("id", 1)], unique=True, name="session_id_unique")
+        except px.DuplicateKeyError:
+            # Data from an older version with an id twice in a session (only imports could do that): keep working;
+            # appends still look the ids up first, only the race between two writers of one id is not closed.
+            log.warning("praison_db: %s has a message id twice in a session; ids are not enforced unique", conn.where)
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> MongoConversationStore:
@@ -372,26 +382,43 @@ class MongoConversationStore(_MongoStore, ConversationStore):
     # ---- messages ----
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
-        n = len(drafts)
+        ids = [d.id for d in drafts]
 
         def work(s: ClientSession | None) -> list[Message]:
-            # The counter bump is the seq allocation: atomic on the session document, and the transaction's write
-            # lock on it queues concurrent appenders to this session only.
-            doc = self.sessions.find_one_and_update(
-                {"_id": session_id},
-                {"$inc": {"message_count": n}, "$max": {"updated_us": _us(now)}},
-                projection={"message_count": 1},
-                return_document=ReturnDocument.AFTER,
-                session=s,
-            )
-            if doc is None:
+            found = self.messages.find({"session_id": session_id, "id": {"$in": ids}}, {"_id": 0}, session=s)
+            known = {m.id: m for m in map(_message_from_doc, found)}
+            fresh = [d for d in drafts if d.id not in known]
+            if fresh:
+                n = len(fresh)
+                # The counter bump is the seq allocation: atomic on the session document, and the transaction's
+                # write lock on it queues concurrent appenders to this session only.
+                doc = self.sessions.find_one_and_update(
+                    {"_id": session_id},
+                    {"$inc": {"message_count": n}, "$max": {"updated_us": _us(now)}},
+                    projection={"message_count": 1},
+                    return_document=ReturnDocument.AFTER,
+                    session=s,
+                )
+                if doc is None:
+                    raise missing_session(session_id)
+                first = int(doc["message_count"]) - n + 1
+                stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(fresh)]
+                self.messages.insert_many([_message_doc(m) for m in stored], session=s)
+                known.update((m.id, m) for m in stored)
+            elif self.sessions.find_one({"_id": session_id}, {"_id": 1}, session=s) is None:
                 raise missing_session(session_id)
-            first = int(doc["message_count"]) - n + 1
-            stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(drafts)]
-            self.messages.insert_many([_message_doc(m) for m in stored], session=s)
-            return stored
+            return [known[d.id] for d in drafts]  # type: ignore[index]
 
-        return self.conn.transaction(work)
+        for attempt in range(_ID_RACE_ATTEMPTS):
+            try:
+                return self.conn.transaction(work)
+            except px.DuplicateKeyError:
+                # Another writer stored one of these ids since we looked (the unique index refused ours). In a
+                # transaction nothing of ours was kept: look again. Without transactions the counter bump stays,
+                # leaving a seq gap, as a crash mid-append can on a standalone server.
+                if attempt + 1 == _ID_RACE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         query: dict[str, Any] = {"session_id": session_id}

@@ -15,6 +15,7 @@ Key layout (``p`` is the prefix; ids are used verbatim, they are the last part o
 - ``p:s:<session_id>``  hash: user_id, agent_id, session_type, name, metadata (JSON), created_at and updated_at
   (integer microseconds since the epoch), message_count, ttl_ms.
 - ``p:m:<session_id>``  list of message JSON; the message with seq ``n`` is at index ``n - 1``.
+- ``p:i:<session_id>``  hash: message id -> seq; the append script checks it, so an id is stored once per session.
 - ``p:activity``, ``p:u:<user_id>``, ``p:g:<agent_id>``  sorted sets of session ids scored by updated_at (µs):
   list-by-activity walks one of them, newest first, without touching other keys.
 - ``p:expiring``  sorted set of sessions with a TTL, scored by their expiry (ms): lets a later call remove the index
@@ -167,6 +168,7 @@ local function touch(p, sid, up, ttl, now_ms)
   if ttl > 0 then
     redis.call('PEXPIRE', S, ttl)
     redis.call('PEXPIRE', M, ttl)
+    redis.call('PEXPIRE', p .. ':i:' .. sid, ttl)
     redis.call('ZADD', p .. ':expiring', string.format('%.0f', now_ms + ttl), member(sid, owner[1], owner[2]))
   end
 end
@@ -188,17 +190,42 @@ touch(p, sid, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
 return {1}
 """
 
-# ARGV: prefix, sid, now_us, ttl_ms, now_ms, body, ...  -> the new message_count, or nil if the session is missing.
+# ARGV: prefix, sid, now_us, ttl_ms, now_ms, n, id x n, body x n  -> nil if the session is missing, else one entry
+# per message: its seq, then '' for a message stored now or the stored body for an id the session already held.
 _LUA_APPEND = _LUA_COMMON + r"""
 local p, sid = ARGV[1], ARGV[2]
-local S = p .. ':s:' .. sid
+local S, M, I = p .. ':s:' .. sid, p .. ':m:' .. sid, p .. ':i:' .. sid
 if redis.call('EXISTS', S) == 0 then return false end
-local count = redis.call('HINCRBY', S, 'message_count', #ARGV - 5)
-push(p .. ':m:' .. sid, 6)
+local n = tonumber(ARGV[6])
+local count = tonumber(redis.call('HGET', S, 'message_count'))
+if count > 0 and redis.call('EXISTS', I) == 0 then
+  -- messages written before ids were indexed: index them once
+  local old = redis.call('LRANGE', M, 0, -1)
+  for i = 1, #old do redis.call('HSET', I, cjson.decode(old[i])['id'], i) end
+end
+local out, fresh = {}, {}
+for i = 1, n do
+  local seq = redis.call('HGET', I, ARGV[6 + i])
+  if seq then
+    out[#out + 1] = tonumber(seq)
+    out[#out + 1] = redis.call('LINDEX', M, tonumber(seq) - 1)
+  else
+    count = count + 1
+    redis.call('HSET', I, ARGV[6 + i], count)
+    fresh[#fresh + 1] = ARGV[6 + n + i]
+    out[#out + 1] = count
+    out[#out + 1] = ''
+  end
+end
+if #fresh == 0 then return out end
+for i = 1, #fresh, 1000 do
+  redis.call('RPUSH', M, unpack(fresh, i, math.min(i + 999, #fresh)))
+end
+redis.call('HSET', S, 'message_count', count)
 local up = later(S, ARGV[3])
 redis.call('HSET', S, 'updated_at', up)
 touch(p, sid, up, tonumber(ARGV[4]), tonumber(ARGV[5]))
-return count
+return out
 """
 
 # ARGV: prefix, sid, now_us, ttl_ms, now_ms, (field, 's'|'d', value)...  -> HGETALL after, or nil if missing.
@@ -222,7 +249,10 @@ local S = p .. ':s:' .. sid
 if redis.call('EXISTS', S) == 1 then return 0 end
 local n = tonumber(ARGV[5])
 redis.call('HSET', S, unpack(ARGV, 6, 5 + n))
-if #ARGV > 5 + n then push(p .. ':m:' .. sid, 6 + n) end
+if #ARGV > 5 + n then
+  push(p .. ':m:' .. sid, 6 + n)
+  for i = 6 + n, #ARGV do redis.call('HSET', p .. ':i:' .. sid, cjson.decode(ARGV[i])['id'], i - 5 - n) end
+end
 touch(p, sid, redis.call('HGET', S, 'updated_at'), tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 1
 """
@@ -240,9 +270,9 @@ for i = 4, #ARGV do
   if not h[3] then
     redis.call('ZREM', KEYS[1], sid)
     redis.call('ZREM', p .. ':activity', sid)
-    redis.call('UNLINK', p .. ':m:' .. sid)
+    redis.call('UNLINK', p .. ':m:' .. sid, p .. ':i:' .. sid)
   elseif (user == '' or h[1] == user) and (cutoff == '' or tonumber(h[3]) < tonumber(cutoff)) then
-    redis.call('UNLINK', S, p .. ':m:' .. sid)
+    redis.call('UNLINK', S, p .. ':m:' .. sid, p .. ':i:' .. sid)
     unindex(p, sid, h[1], h[2])
     deleted = deleted + 1
   elseif user ~= '' and KEYS[1] == p .. ':u:' .. user then
@@ -263,7 +293,7 @@ for _, m in ipairs(due) do
   local sid, uid, aid = string.sub(m, 1, a - 1), string.sub(m, a + 1, b - 1), string.sub(m, b + 1)
   local left = redis.call('PTTL', p .. ':s:' .. sid)
   if left == -2 then
-    redis.call('UNLINK', p .. ':m:' .. sid)
+    redis.call('UNLINK', p .. ':m:' .. sid, p .. ':i:' .. sid)
     unindex(p, sid, uid, aid)
   elseif left == -1 then
     redis.call('ZREM', X, m)
@@ -599,13 +629,17 @@ class RedisConversationStore(_RedisStore, ConversationStore):
     # ---- messages ----
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
-        # ids and timestamps are made here; the script assigns the seqs (the list position) atomically.
-        stored = [d.stamp(session_id, 0, now) for d in drafts]
-        count = self._append_script(args=self._script_head(session_id, now) + [_message_body(m) for m in stored])
-        if count is None:
+        # Timestamps are made here; the script checks the ids against the session's id -> seq hash and assigns the
+        # seqs of the new ones (their list positions), atomically.
+        drafted = [d.stamp(session_id, 0, now) for d in drafts]
+        head = self._script_head(session_id, now) + [str(len(drafted))]
+        flat = self._append_script(args=head + [m.id for m in drafted] + [_message_body(m) for m in drafted])
+        if flat is None:
             raise missing_session(session_id)
-        first = int(count) - len(stored) + 1
-        return [m.model_copy(update={"seq": first + i}) for i, m in enumerate(stored)]
+        out = []
+        for m, seq, body in zip(drafted, flat[::2], flat[1::2]):
+            out.append(m.model_copy(update={"seq": int(seq)}) if body == b"" else _message_from_body(session_id, int(seq), body))
+        return out
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         args = ["" if v is None else str(v) for v in (limit, before_seq, after_seq)]

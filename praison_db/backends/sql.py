@@ -548,23 +548,55 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         return bump, count, insert(self.t.messages)
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
-        bump, read_count, insert_messages = self._append_statements
-        n = len(drafts)
+        try:
+            return self._append_new(session_id, drafts, now)
+        except sa_exc.IntegrityError:
+            # The unique (session_id, id) index refused an id the session already holds (a retried append): that
+            # transaction rolled back whole; sort the drafts into stored and new under the session's row lock.
+            return self._append_known(session_id, drafts, now)
+
+    def _bump(self, conn: Connection, session_id: str, n: int, now: datetime) -> int:
+        """Add ``n`` to the session's message_count (taking its row lock); the new count."""
+        bump, read_count, _ = self._append_statements
         params = {"sid": session_id, "n": n, "now": now}
+        # The counter row is the lock: concurrent appenders to one session queue here, others don't wait.
+        if conn.dialect.update_returning:
+            count = conn.execute(bump, params).scalar()
+            if count is None:
+                raise missing_session(session_id)
+            return int(count)
+        if conn.execute(bump, params).rowcount == 0:
+            raise missing_session(session_id)
+        return int(conn.execute(read_count, params).scalar_one())
+
+    def _append_new(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
+        insert_messages = self._append_statements[2]
+        n = len(drafts)
         with self.db.write() as conn:
-            # The counter row is the lock: concurrent appenders to one session queue here, others don't wait.
-            if conn.dialect.update_returning:
-                count = conn.execute(bump, params).scalar()
-                if count is None:
-                    raise missing_session(session_id)
-            else:
-                if conn.execute(bump, params).rowcount == 0:
-                    raise missing_session(session_id)
-                count = conn.execute(read_count, params).scalar_one()
+            count = self._bump(conn, session_id, n, now)
             stored = [d.stamp(session_id, count - n + 1 + i, now) for i, d in enumerate(drafts)]
             rows = [_message_row(m) for m in stored]
             conn.execute(insert_messages, rows[0] if n == 1 else rows)
         return stored
+
+    def _append_known(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
+        s, m = self.t.sessions.c, self.t.messages.c
+        with self.db.write() as conn:
+            # Locking reads: the row lock queues us behind other appenders, and the messages read is the latest
+            # committed state (not an older snapshot) on every isolation level.
+            found = conn.execute(select(s.message_count).where(s.session_id == session_id).with_for_update()).first()
+            if found is None:
+                raise missing_session(session_id)
+            ids = [d.id for d in drafts]
+            query = select(self.t.messages).where(m.session_id == session_id, m.id.in_(ids)).with_for_update()
+            known = {row.id: _message_from_row(row) for row in conn.execute(query)}
+            fresh = [d for d in drafts if d.id not in known]
+            if fresh:
+                count = self._bump(conn, session_id, len(fresh), now)
+                stored = [d.stamp(session_id, count - len(fresh) + 1 + i, now) for i, d in enumerate(fresh)]
+                conn.execute(self._append_statements[2], [_message_row(x) for x in stored])
+                known.update((x.id, x) for x in stored)
+        return [known[d.id] for d in drafts]  # type: ignore[index]
 
     @functools.cached_property
     def _newest(self) -> Any:

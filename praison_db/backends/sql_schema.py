@@ -13,6 +13,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    func,
+    inspect,
+    select,
+    update,
     BigInteger,
     Column,
     DateTime,
@@ -123,7 +127,7 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
         # The primary key (session_id, seq) is the index behind "newest N" and makes seqs unique per session.
         Column("session_id", key(255), ForeignKey(sessions.c.session_id, ondelete="CASCADE"), primary_key=True),
         Column("seq", BigInteger, primary_key=True, autoincrement=False),
-        Column("id", String(64), nullable=False),
+        Column("id", key(255), nullable=False),
         Column("role", String(16), nullable=False),
         Column("content", _LONG_TEXT),
         Column("name", Text),
@@ -131,6 +135,8 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
         Column("tool_call_id", Text),
         Column("metadata", _JSON, nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
+        # Message ids are unique per session: this index is what makes a retried append store nothing.
+        Index(f"{prefix}messages_id", "session_id", "id", unique=True),
         **table_args,
     )
     state = Table(
@@ -159,6 +165,28 @@ def _v1_create(conn: Connection, tables: Tables) -> None:
     tables.metadata.create_all(conn, tables=[tables.sessions, tables.messages, tables.state], checkfirst=True)
 
 
+def _v2_message_ids(conn: Connection, tables: Tables) -> None:
+    """Message ids: up to 255 exact-match characters, unique within their session."""
+    m = tables.messages
+    index = next(i for i in m.indexes if i.unique)
+    if any(i["name"] == index.name for i in inspect(conn).get_indexes(m.name)):
+        return  # created with the current schema, or a re-run after a crash
+    # Imports could once store one id twice in a session: keep the first, give the others a unique suffix.
+    doubled = select(m.c.session_id, m.c.id).group_by(m.c.session_id, m.c.id).having(func.count() > 1)
+    for session_id, message_id in list(conn.execute(doubled)):
+        seqs = conn.execute(select(m.c.seq).where(m.c.session_id == session_id, m.c.id == message_id).order_by(m.c.seq)).scalars()
+        for seq in list(seqs)[1:]:
+            conn.execute(update(m).where(m.c.session_id == session_id, m.c.seq == seq).values(id=f"{message_id}:{seq}"))
+    name = conn.dialect.identifier_preparer.format_table(m)
+    column_type = m.c.id.type.compile(dialect=conn.dialect)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ALTER TABLE {name} ALTER COLUMN id TYPE {column_type}")
+    elif conn.dialect.name in ("mysql", "mariadb"):
+        conn.exec_driver_sql(f"ALTER TABLE {name} MODIFY id {column_type} NOT NULL")
+    # SQLite does not enforce VARCHAR lengths and compares text bytewise: only the index is new.
+    index.create(conn)
+
+
 # Append-only: MIGRATIONS[i] brings a database from version i to i + 1. Never edit a released entry; add one.
 # Each must be safe to re-run after a crash half-way (DDL is not transactional on MySQL).
-MIGRATIONS: list[Migration] = [_v1_create]
+MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids]
