@@ -6,7 +6,16 @@ URLs: ``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite:///:memory:``, a bar
 Other query parameters (``sslmode``, ``connect_timeout``, ...) go to the driver.
 
 Options: ``table_prefix`` (default ``praison_``), ``pool_size``, ``max_overflow``, ``pool_recycle`` (seconds),
-``connect_timeout`` (seconds), ``auto_upgrade`` (apply pending schema migrations on open; default true), ``echo``.
+``connect_timeout`` (seconds, default 10: reaching the server and its handshake), ``read_timeout`` (seconds, default
+30: the longest wait for any answer from the server; past it the connection is dropped and the call raises
+StoreUnavailable, so a frozen or silent server never hangs a caller), ``auto_upgrade`` (apply pending schema
+migrations on open; default true), ``echo``. ``read_timeout`` is enforced by the client (PyMySQL socket timeouts,
+psycopg 3 waits), so it also holds when the server is stopped mid-call and cannot cancel anything itself.
+
+MySQL/MariaDB: sessions run in strict SQL mode (``STRICT_ALL_TABLES``: the server refuses a value it would
+otherwise truncate) with ``innodb_lock_wait_timeout`` below ``read_timeout``; deadlocks and lock-wait timeouts are
+retried with bounded backoff in every write transaction; a statement larger than the server's
+``max_allowed_packet`` (read once per connection) is refused with InputError before it is sent.
 
 Guarantees: every append is one transaction that bumps the session's counter row (a row lock on PostgreSQL and
 MySQL, ``BEGIN IMMEDIATE`` on SQLite) and inserts the messages, so seqs are unique and gap-free across processes;
@@ -70,7 +79,10 @@ OPTIONS: dict[str, Option] = {
     "pool_size": Option(_int, 5, "connections kept open (PostgreSQL, MySQL)"),
     "max_overflow": Option(_int, 10, "extra connections allowed under load"),
     "pool_recycle": Option(_int, 1800, "seconds after which a pooled connection is replaced"),
+    # 10 s to connect rides out a busy server or a slow TLS handshake; 30 s for any answer is far above a healthy
+    # statement here (a 16 MB message included) and short enough that a strict=False Agent carries on.
     "connect_timeout": Option(POSITIVE_SECONDS, 10.0, "seconds to wait for the server when connecting"),
+    "read_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for any answer from the server (PostgreSQL, MySQL)"),
     "auto_upgrade": Option(BOOL, True, "apply pending schema migrations on open"),
     "echo": Option(BOOL, False, "log every SQL statement"),
 }
@@ -222,6 +234,10 @@ class SqlDatabase(SharedConnection):
                 kwargs["connect_args"] = {"connect_timeout": max(1, round(opts["connect_timeout"]))}
         try:
             engine = create_engine(sa_url, **kwargs)
+            if drivername.startswith(("mysql", "mariadb")):
+                _install_mysql_hooks(engine, opts["connect_timeout"], opts["read_timeout"], self.where)
+            elif drivername == "postgresql+psycopg":
+                _install_psycopg_hooks(engine, opts["read_timeout"])
         except ModuleNotFoundError as e:
             fix = f"pip install 'praison-db[{extra}]'" if extra else f"pip install {module}"
             if module == "psycopg2":
@@ -347,6 +363,90 @@ def _mysql_collation(conn: Connection) -> str:
     if getattr(conn.dialect, "is_mariadb", False):
         return "utf8mb4_nopad_bin"
     return "utf8mb4_0900_bin"  # MySQL 8: binary and NO PAD
+
+
+def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: float, where: str) -> None:
+    """Bounded waits, strict mode and the packet limit on every new PyMySQL connection."""
+    import pymysql
+
+    # Lock waits end on the server (a retryable 1205) well before the client stops waiting for an answer.
+    lock_wait = max(1, int(read_timeout / 2))
+    init = (
+        "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'), "
+        f"SESSION innodb_lock_wait_timeout = {lock_wait}"
+    )
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        # PyMySQL bounds the handshake by its read timeout, not connect_timeout: a port that accepts and never
+        # answers would otherwise block for the read timeout (or forever without one). Connect with the connect
+        # timeout for both, then switch to the read timeout for the life of the connection.
+        params = {**cparams, "read_timeout": connect_timeout, "write_timeout": connect_timeout, "defer_connect": True}
+        params.setdefault("init_command", init)
+        conn = pymysql.connections.Connection(*cargs, **params)
+        conn.connect()
+        conn._read_timeout = conn._write_timeout = read_timeout  # PyMySQL reads these before every socket call
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@max_allowed_packet")
+            conn.praison_max_packet = int(cur.fetchone()[0])  # type: ignore[attr-defined]
+        return conn
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check_packet(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        limit = getattr(cursor.connection, "praison_max_packet", None)
+        if not limit or not parameters:
+            return
+        for row in parameters if executemany else [parameters]:
+            values = row.values() if isinstance(row, dict) else row
+            # Cheap upper bound first (4 bytes a character, doubled by escaping); the exact size only when close.
+            if len(statement) + 8 * sum(len(v) for v in values if isinstance(v, (str, bytes))) < limit - 1024:
+                continue
+            size = len(cursor.mogrify(statement, row).encode("utf-8", "surrogateescape")) + 1
+            if size > limit:
+                raise errors.InputError(
+                    f"{where}: this write needs a {size:,}-byte statement but the server's max_allowed_packet is "
+                    f"{limit:,} bytes; raise it (max_allowed_packet=64M under [mysqld], or SET GLOBAL "
+                    "max_allowed_packet=67108864) or store less"
+                )
+
+
+class _BoundedWait:
+    """Mixed into psycopg's Connection: every wait for the server ends after ``read_timeout`` seconds.
+
+    psycopg waits for the server without a deadline unless given one; a server frozen mid-call would block the
+    caller until it wakes. Past the deadline the connection is closed (its state is unknown), which SQLAlchemy
+    sees as a disconnect and replaces it.
+    """
+
+    read_timeout: float = 30.0
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        import psycopg
+
+        try:
+            return super().wait(gen, interval=interval, timeout=self.read_timeout if timeout is None else timeout)  # type: ignore[misc]
+        except psycopg.errors._WaitTimeout:
+            if timeout is not None:
+                raise
+            self.pgconn.finish()  # type: ignore[attr-defined]
+            raise psycopg.OperationalError(f"no answer from the server within {self.read_timeout:g} s (read_timeout)") from None
+
+
+@functools.cache
+def _bounded_psycopg_class() -> Any:
+    import psycopg
+
+    return type("BoundedConnection", (_BoundedWait, psycopg.Connection), {})
+
+
+def _install_psycopg_hooks(engine: Engine, read_timeout: float) -> None:
+    cls = _bounded_psycopg_class()
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        conn = cls.connect(*cargs, **cparams)  # psycopg bounds the connection itself by connect_timeout
+        conn.read_timeout = read_timeout
+        return conn
 
 
 def _install_sqlite_hooks(engine: Engine, *, memory: bool) -> None:
