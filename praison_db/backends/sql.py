@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -137,22 +138,31 @@ def _upsert(dialect: str, table: Any, columns: list[str]) -> Any:
 
 
 @contextmanager
-def _schema_lock(conn: Connection, name: str) -> Iterator[None]:
-    """Serialise migrations between processes: an advisory lock, a named lock, or SQLite's write lock."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
-        yield
-    elif dialect in ("mysql", "mariadb"):
-        got = conn.execute(text("SELECT GET_LOCK(:n, 60)"), {"n": name[:64]}).scalar()
-        if got != 1:
-            raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema")
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
-    else:
-        yield  # the transaction began with BEGIN IMMEDIATE
+def _schema_transaction(engine: Engine, name: str) -> Iterator[Connection]:
+    """A write transaction that one process at a time runs, the lock held until after it commits.
+
+    Releasing the lock before the commit would let the next process read the old version and apply the same
+    migration again (a duplicate key on the version table). PostgreSQL: a transaction-scoped advisory lock, released
+    by the commit itself. MySQL: a named lock, taken before BEGIN and released after COMMIT. SQLite: the write lock of
+    BEGIN IMMEDIATE, held to the commit.
+    """
+    with engine.connect().execution_options(praison_write=True) as conn:
+        if conn.dialect.name in ("mysql", "mariadb"):
+            got = conn.execute(text("SELECT GET_LOCK(:n, 60)"), {"n": name[:64]}).scalar()
+            conn.commit()
+            if got != 1:
+                raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
+                conn.commit()
+            return
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
+            yield conn
 
 
 _RETRYABLE_CODES = {"40001", "40P01", 1213, 1205}  # serialization failure, deadlock, lock wait timeout
@@ -162,6 +172,36 @@ def _is_retryable(error: sa_exc.DBAPIError) -> bool:
     orig = error.orig
     code = getattr(orig, "sqlstate", None) or (orig.args[0] if getattr(orig, "args", None) else None)
     return code in _RETRYABLE_CODES
+
+
+_CONFLICT_ATTEMPTS = 12
+
+
+def _conflict_backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (0-based): exponential with jitter, capped, so colliding writers spread out."""
+    return random.uniform(0.5, 1.0) * min(0.25, 0.004 * 2**attempt)
+
+
+def retry_conflicts(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-run a store method whose write transaction lost a deadlock or a lock wait (bounded, with backoff).
+
+    The database rolled the whole transaction back, so running the method again is safe; it must open its own
+    transaction(s) and have no other side effects.
+    """
+
+    @functools.wraps(method)
+    def retried(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < _CONFLICT_ATTEMPTS and _is_retryable(e):
+                    time.sleep(_conflict_backoff(attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    return retried
 
 
 def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
@@ -341,7 +381,7 @@ class SqlDatabase(SharedConnection):
     def upgrade(self, tables: Tables) -> list[int]:
         """Apply every pending migration in order, each recorded in the version table. Idempotent."""
         applied: list[int] = []
-        with self.write() as conn, _schema_lock(conn, f"praison_db:{self.prefix}"):
+        with _schema_transaction(self.engine, f"praison_db:{self.prefix}") as conn:
             tables.metadata.create_all(conn, tables=[tables.version], checkfirst=True)
             current = conn.execute(select(func.coalesce(func.max(tables.version.c.version), 0))).scalar_one()
             for index in range(current, len(sql_schema.MIGRATIONS)):
@@ -558,6 +598,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
 
     # ---- sessions ----
 
+    @retry_conflicts
     def _insert_session(self, session: Session) -> bool:
         with self.db.write() as conn:
             result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
@@ -606,6 +647,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         with self.db.read() as conn:
             return [_session_from_row(r) for r in conn.execute(query, params)]
 
+    @retry_conflicts
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
         s = self.t.sessions.c
         with self.db.write() as conn:
@@ -615,16 +657,21 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             row = conn.execute(select(self.t.sessions).where(s.session_id == session_id)).first()
         return _session_from_row(row)
 
+    @retry_conflicts
     def _delete_session(self, session_id: str, user_id: str | None) -> bool:
         s = self.t.sessions.c
         cond = s.session_id == session_id
         if user_id is not None:
             cond = and_(cond, s.user_id == user_id)
         with self.db.write() as conn:
+            # Lock the session row first, as an append does: the same lock order means no deadlock between them.
+            if conn.execute(select(s.session_id).where(cond).with_for_update()).first() is None:
+                return False
             owned = select(s.session_id).where(cond)
             conn.execute(delete(self.t.messages).where(self.t.messages.c.session_id.in_(owned.scalar_subquery())))
             return conn.execute(delete(self.t.sessions).where(cond)).rowcount > 0
 
+    @retry_conflicts
     def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
         s = self.t.sessions.c
         cond = s.user_id == user_id if user_id is not None else s.updated_at < idle_before
@@ -647,6 +694,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         count = select(s.message_count).where(s.session_id == bindparam("sid"))
         return bump, count, insert(self.t.messages)
 
+    @retry_conflicts
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
         bump, read_count, insert_messages = self._append_statements
         n = len(drafts)
@@ -702,6 +750,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             ).scalar()
         return int(count or 0)
 
+    @retry_conflicts
     def _import(self, session: Session, messages: list[Message]) -> bool:
         with self.db.write() as conn:
             result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
@@ -757,6 +806,7 @@ class SqlStateStore(_SqlStore, StateStore):
                 rows = conn.execute(many, {"keys": list(set(keys)), "now": now})
             return {key: loads(value) for key, value in rows}
 
+    @retry_conflicts
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
         with self.db.write() as conn:
             conn.execute(
@@ -764,6 +814,7 @@ class SqlStateStore(_SqlStore, StateStore):
                 [{"key": k, "value": v, "expires_at": expires_at} for k, v in items.items()],
             )
 
+    @retry_conflicts
     def _delete(self, key: str) -> bool:
         st = self.t.state
         with self.db.write() as conn:
@@ -795,6 +846,7 @@ class SqlStateStore(_SqlStore, StateStore):
         with self.db.read() as conn:
             return conn.execute(select(st.c.expires_at).where(st.c.key == key, _live(st, time.time()))).scalar()
 
+    @retry_conflicts
     def _expire(self, key: str, expires_at: float | None) -> bool:
         st = self.t.state
         with self.db.write() as conn:
@@ -816,6 +868,7 @@ class SqlStateStore(_SqlStore, StateStore):
                 return
             last = page[-1]
 
+    @retry_conflicts
     def _clear(self, prefix: str) -> int:
         st = self.t.state
         now = time.time()
@@ -825,6 +878,7 @@ class SqlStateStore(_SqlStore, StateStore):
             conn.execute(delete(st).where(cond))
             return live
 
+    @retry_conflicts
     def purge_expired(self) -> int:
         """Physically remove expired keys (they are already invisible to every read). Returns how many."""
         st = self.t.state
