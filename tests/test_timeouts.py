@@ -130,3 +130,20 @@ def test_a_frozen_postgresql_does_not_hang_a_state_store() -> None:
                 state.incr("k")
             assert state.get("k") == 1
             assert state.incr("k") == 2
+
+
+@pytest.mark.slow
+def test_a_non_strict_agent_keeps_talking_while_its_database_is_frozen(tmp_path: Any) -> None:
+    from praison_db import Agent, db
+
+    with private_servers.private_postgres() as server:
+        with db(database_url=f"{server.url}?{SQL_FAST}", session_dir=tmp_path / "sessions", strict=False) as store:
+            agent = Agent(db=store, session_id="frozen")
+            agent.chat("My name is Alice")
+            with server.frozen(), within(4 * BOUND):
+                reply = agent.chat("My favourite colour is blue")  # each write fails within its bound
+            assert "blue" in reply
+            assert [u["role"] for u in agent.unsaved] == ["user", "assistant"]
+            assert agent.chat("What's my favourite colour?") == "Your favourite colour is blue."
+            assert agent.unsaved == []
+            assert [m.seq for m in store.conversations.get_messages("frozen")] == [1, 2, 3, 4, 5, 6]
