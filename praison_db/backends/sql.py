@@ -156,8 +156,9 @@ def _schema_transaction(engine: Engine, name: str) -> Iterator[Connection]:
                 with conn.begin():
                     yield conn
             finally:
-                conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
-                conn.commit()
+                if not conn.invalidated:  # a dropped connection has lost the lock with it
+                    conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
+                    conn.commit()
             return
         with conn.begin():
             if conn.dialect.name == "postgresql":
@@ -425,7 +426,8 @@ def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: f
         params.setdefault("init_command", init)
         conn = pymysql.connections.Connection(*cargs, **params)
         conn.connect()
-        conn._read_timeout = conn._write_timeout = read_timeout  # PyMySQL reads these before every socket call
+        # PyMySQL reads these before every socket call.
+        conn._read_timeout, conn._write_timeout = read_timeout, float(cparams.get("write_timeout") or read_timeout)
         with conn.cursor() as cur:
             cur.execute("SELECT @@max_allowed_packet")
             conn.praison_max_packet = int(cur.fetchone()[0])  # type: ignore[attr-defined]
