@@ -31,7 +31,7 @@ def server_url(request, make_url):
     return make_url(request.param)
 
 
-N = len(sql_schema.MIGRATIONS)  # the current schema version
+LATEST = len(sql_schema.MIGRATIONS)
 
 
 def test_schema_version_is_recorded_and_migrate_is_idempotent(sql_url):
@@ -39,14 +39,14 @@ def test_schema_version_is_recorded_and_migrate_is_idempotent(sql_url):
         store.create_session("v")
         version_table = store.t.version.name
         with store.db.read() as conn:
-            assert conn.execute(text(f"SELECT version FROM {version_table}")).scalars().all() == list(range(1, N + 1))
-    assert schema_version(sql_url) == (N, N)
-    assert migrate(sql_url) == (N, N)
-    assert migrate(sql_url) == (N, N)
+            assert conn.execute(text(f"SELECT version FROM {version_table} ORDER BY version")).scalars().all() == list(range(1, LATEST + 1))
+    assert schema_version(sql_url) == (LATEST, LATEST)
+    assert migrate(sql_url) == (LATEST, LATEST)
+    assert migrate(sql_url) == (LATEST, LATEST)
 
 
 def test_a_new_migration_is_applied_on_open_and_data_survives(sql_url, monkeypatch):
-    assert migrate(sql_url) == (0, N)
+    assert migrate(sql_url) == (0, LATEST)
     with open_store(sql_url, "conversations") as store:
         store.create_session("old", user_id="alice")
         store.add_message("old", "user", "written by version 1")
@@ -57,14 +57,14 @@ def test_a_new_migration_is_applied_on_open_and_data_survives(sql_url, monkeypat
             conn.execute(text(f"ALTER TABLE {tables.sessions.name} ADD COLUMN tag VARCHAR(20) DEFAULT 'v2'"))
 
     monkeypatch.setattr(sql_schema, "MIGRATIONS", [*sql_schema.MIGRATIONS, add_tag_column])
-    with pytest.raises(SchemaError, match=rf"schema version {N}, this praison-db needs {N + 1}: run `praison-db migrate"):
+    with pytest.raises(SchemaError, match=rf"schema version {LATEST}, this praison-db needs {LATEST + 1}: run `praison-db migrate"):
         open_store(sql_url, "conversations", auto_upgrade=False)
     with open_store(sql_url, "conversations") as store:
         assert [m.content for m in store.get_messages("old")] == ["written by version 1"]
         assert store.add_message("old", "assistant", "and read by version 2").seq == 2
         with store.db.read() as conn:
             assert conn.execute(text(f"SELECT tag FROM {sessions}")).scalar() == "v2"
-    assert schema_version(sql_url) == (N + 1, N + 1) and migrate(sql_url) == (N + 1, N + 1)
+    assert schema_version(sql_url) == (LATEST + 1, LATEST + 1) and migrate(sql_url) == (LATEST + 1, LATEST + 1)
 
 
 def test_a_newer_schema_is_refused(sql_url):

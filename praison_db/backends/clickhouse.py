@@ -5,8 +5,9 @@ URLs: ``clickhouse://user:pass@host:8123/db`` (HTTP), ``clickhouses://user:pass@
 until the last store on it closes). The database is the URL path (``default`` when absent); chDB creates it.
 
 Options: ``table_prefix`` (default ``praison_``), ``database`` (instead of the URL path), ``fsync`` (default true:
-tables are created with ``fsync_after_insert``), and for servers only ``connect_timeout``, ``query_timeout``
-(seconds), ``verify`` and ``ca_cert`` (TLS).
+tables are created with ``fsync_after_insert``), and for servers only ``connect_timeout`` (seconds, default 10),
+``query_timeout`` (seconds to wait for any answer, default 60: a silent or frozen server raises StoreUnavailable),
+``verify`` and ``ca_cert`` (TLS).
 
 Layout, designed for what ClickHouse is (append-only, no transactions, no cheap row updates):
 
@@ -94,7 +95,9 @@ OPTIONS: dict[str, Option] = {
     "database": Option(lambda v: None if v in (None, "") else _database_name(v), None, "database (default: URL path or 'default')"),
     "fsync": Option(BOOL, True, "create tables that fsync every insert (durable on power loss)"),
     "connect_timeout": Option(POSITIVE_SECONDS, 10.0, "seconds to wait for the server when connecting"),
-    "query_timeout": Option(POSITIVE_SECONDS, 300.0, "seconds to wait for a query's answer"),
+    # A store's queries are key lookups, appends and synchronous lightweight deletes: 60 s leaves room for a busy
+    # merge, and a frozen server costs a caller a minute, not five.
+    "query_timeout": Option(POSITIVE_SECONDS, 60.0, "seconds to wait for a query's answer"),
     "verify": Option(BOOL, True, "verify the server's TLS certificate (clickhouses://)"),
     "ca_cert": Option(_optional_text, None, "CA bundle for the server's TLS certificate"),
 }

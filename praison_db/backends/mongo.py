@@ -25,7 +25,9 @@ Guarantees:
   also checks the exact expiry ``x`` (Unix seconds), so an expired key is gone at once, before the server's sweep.
 - ``delete_user`` and ``prune`` delete in batches of ids with ``$in`` (never document by document).
 
-A server down or unreachable raises StoreUnavailable after ``serverSelectionTimeoutMS`` (default here 10 s).
+Timeouts (each overridable in the URL): a server down or unreachable raises StoreUnavailable after
+``serverSelectionTimeoutMS`` (default here 10 s; ``connectTimeoutMS`` 10 s), and one that stops answering a call
+after ``socketTimeoutMS`` (default here 30 s).
 """
 
 from __future__ import annotations
@@ -69,8 +71,10 @@ T = TypeVar("T")
 OPTIONS: dict[str, Option] = {
     "collection_prefix": Option(check_prefix, "praison_", "prefix of every collection name"),
 }
-# Bounded waits unless the URL says otherwise: a down server is a StoreUnavailable in seconds, not a hang.
-_DEFAULTS: dict[str, Any] = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 10_000}
+# Bounded waits unless the URL says otherwise: a down server is a StoreUnavailable in seconds, not a hang, and a
+# server that stops answering mid-call (socketTimeoutMS; pymongo's own default is to wait forever) too. 30 s is far
+# above any single operation here, a 16 MB message included.
+_DEFAULTS: dict[str, Any] = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 10_000, "socketTimeoutMS": 30_000}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _BATCH = 1000
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")

@@ -9,6 +9,8 @@ Options (query string or keyword arguments):
   refreshes it); state keys written by ``set``/``set_many`` without their own ``ttl`` get it as their default.
 - redis-py's own URL options pass through: ``socket_timeout``, ``socket_connect_timeout``, ``health_check_interval``,
   ``max_connections``, ``client_name``, the ``ssl_*`` options, ... Anything else is a ConfigError listing them.
+  Defaults here: ``socket_connect_timeout=5`` and ``socket_timeout=30`` (seconds), so a silent or frozen server
+  raises StoreUnavailable instead of blocking (redis-py's own default is to wait forever).
 
 Key layout (``p`` is the prefix; ids are used verbatim, they are the last part of every key):
 

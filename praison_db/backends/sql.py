@@ -6,7 +6,16 @@ URLs: ``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite:///:memory:``, a bar
 Other query parameters (``sslmode``, ``connect_timeout``, ...) go to the driver.
 
 Options: ``table_prefix`` (default ``praison_``), ``pool_size``, ``max_overflow``, ``pool_recycle`` (seconds),
-``connect_timeout`` (seconds), ``auto_upgrade`` (apply pending schema migrations on open; default true), ``echo``.
+``connect_timeout`` (seconds, default 10: reaching the server and its handshake), ``read_timeout`` (seconds, default
+30: the longest wait for any answer from the server; past it the connection is dropped and the call raises
+StoreUnavailable, so a frozen or silent server never hangs a caller), ``auto_upgrade`` (apply pending schema
+migrations on open; default true), ``echo``. ``read_timeout`` is enforced by the client (PyMySQL socket timeouts,
+psycopg 3 waits), so it also holds when the server is stopped mid-call and cannot cancel anything itself.
+
+MySQL/MariaDB: sessions run in strict SQL mode (``STRICT_ALL_TABLES``: the server refuses a value it would
+otherwise truncate) with ``innodb_lock_wait_timeout`` below ``read_timeout``; deadlocks and lock-wait timeouts are
+retried with bounded backoff in every write transaction; a statement larger than the server's
+``max_allowed_packet`` (read once per connection) is refused with InputError before it is sent.
 
 Guarantees: every append is one transaction that bumps the session's counter row (a row lock on PostgreSQL and
 MySQL, ``BEGIN IMMEDIATE`` on SQLite) and inserts the messages, so seqs are unique and gap-free across processes;
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -70,7 +80,10 @@ OPTIONS: dict[str, Option] = {
     "pool_size": Option(_int, 5, "connections kept open (PostgreSQL, MySQL)"),
     "max_overflow": Option(_int, 10, "extra connections allowed under load"),
     "pool_recycle": Option(_int, 1800, "seconds after which a pooled connection is replaced"),
+    # 10 s to connect rides out a busy server or a slow TLS handshake; 30 s for any answer is far above a healthy
+    # statement here (a 16 MB message included) and short enough that a strict=False Agent carries on.
     "connect_timeout": Option(POSITIVE_SECONDS, 10.0, "seconds to wait for the server when connecting"),
+    "read_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for any answer from the server (PostgreSQL, MySQL)"),
     "auto_upgrade": Option(BOOL, True, "apply pending schema migrations on open"),
     "echo": Option(BOOL, False, "log every SQL statement"),
 }
@@ -125,22 +138,32 @@ def _upsert(dialect: str, table: Any, columns: list[str]) -> Any:
 
 
 @contextmanager
-def _schema_lock(conn: Connection, name: str) -> Iterator[None]:
-    """Serialise migrations between processes: an advisory lock, a named lock, or SQLite's write lock."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
-        yield
-    elif dialect in ("mysql", "mariadb"):
-        got = conn.execute(text("SELECT GET_LOCK(:n, 60)"), {"n": name[:64]}).scalar()
-        if got != 1:
-            raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema")
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
-    else:
-        yield  # the transaction began with BEGIN IMMEDIATE
+def _schema_transaction(engine: Engine, name: str) -> Iterator[Connection]:
+    """A write transaction that one process at a time runs, the lock held until after it commits.
+
+    Releasing the lock before the commit would let the next process read the old version and apply the same
+    migration again (a duplicate key on the version table). PostgreSQL: a transaction-scoped advisory lock, released
+    by the commit itself. MySQL: a named lock, taken before BEGIN and released after COMMIT. SQLite: the write lock of
+    BEGIN IMMEDIATE, held to the commit.
+    """
+    with engine.connect().execution_options(praison_write=True) as conn:
+        if conn.dialect.name in ("mysql", "mariadb"):
+            got = conn.execute(text("SELECT GET_LOCK(:n, 60)"), {"n": name[:64]}).scalar()
+            conn.commit()
+            if got != 1:
+                raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if not conn.invalidated:  # a dropped connection has lost the lock with it
+                    conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
+                    conn.commit()
+            return
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
+            yield conn
 
 
 _RETRYABLE_CODES = {"40001", "40P01", 1213, 1205}  # serialization failure, deadlock, lock wait timeout
@@ -150,6 +173,36 @@ def _is_retryable(error: sa_exc.DBAPIError) -> bool:
     orig = error.orig
     code = getattr(orig, "sqlstate", None) or (orig.args[0] if getattr(orig, "args", None) else None)
     return code in _RETRYABLE_CODES
+
+
+_CONFLICT_ATTEMPTS = 12
+
+
+def _conflict_backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (0-based): exponential with jitter, capped, so colliding writers spread out."""
+    return random.uniform(0.5, 1.0) * min(0.25, 0.004 * 2**attempt)
+
+
+def retry_conflicts(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-run a store method whose write transaction lost a deadlock or a lock wait (bounded, with backoff).
+
+    The database rolled the whole transaction back, so running the method again is safe; it must open its own
+    transaction(s) and have no other side effects.
+    """
+
+    @functools.wraps(method)
+    def retried(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < _CONFLICT_ATTEMPTS and _is_retryable(e):
+                    time.sleep(_conflict_backoff(attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    return retried
 
 
 def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
@@ -222,6 +275,10 @@ class SqlDatabase(SharedConnection):
                 kwargs["connect_args"] = {"connect_timeout": max(1, round(opts["connect_timeout"]))}
         try:
             engine = create_engine(sa_url, **kwargs)
+            if drivername.startswith(("mysql", "mariadb")):
+                _install_mysql_hooks(engine, opts["connect_timeout"], opts["read_timeout"], self.where)
+            elif drivername == "postgresql+psycopg":
+                _install_psycopg_hooks(engine, opts["read_timeout"])
         except ModuleNotFoundError as e:
             fix = f"pip install 'praison-db[{extra}]'" if extra else f"pip install {module}"
             if module == "psycopg2":
@@ -325,7 +382,7 @@ class SqlDatabase(SharedConnection):
     def upgrade(self, tables: Tables) -> list[int]:
         """Apply every pending migration in order, each recorded in the version table. Idempotent."""
         applied: list[int] = []
-        with self.write() as conn, _schema_lock(conn, f"praison_db:{self.prefix}"):
+        with _schema_transaction(self.engine, f"praison_db:{self.prefix}") as conn:
             tables.metadata.create_all(conn, tables=[tables.version], checkfirst=True)
             current = conn.execute(select(func.coalesce(func.max(tables.version.c.version), 0))).scalar_one()
             for index in range(current, len(sql_schema.MIGRATIONS)):
@@ -347,6 +404,91 @@ def _mysql_collation(conn: Connection) -> str:
     if getattr(conn.dialect, "is_mariadb", False):
         return "utf8mb4_nopad_bin"
     return "utf8mb4_0900_bin"  # MySQL 8: binary and NO PAD
+
+
+def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: float, where: str) -> None:
+    """Bounded waits, strict mode and the packet limit on every new PyMySQL connection."""
+    import pymysql
+
+    # Lock waits end on the server (a retryable 1205) well before the client stops waiting for an answer.
+    lock_wait = max(1, int(read_timeout / 2))
+    init = (
+        "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'), "
+        f"SESSION innodb_lock_wait_timeout = {lock_wait}"
+    )
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        # PyMySQL bounds the handshake by its read timeout, not connect_timeout: a port that accepts and never
+        # answers would otherwise block for the read timeout (or forever without one). Connect with the connect
+        # timeout for both, then switch to the read timeout for the life of the connection.
+        params = {**cparams, "read_timeout": connect_timeout, "write_timeout": connect_timeout, "defer_connect": True}
+        params.setdefault("init_command", init)
+        conn = pymysql.connections.Connection(*cargs, **params)
+        conn.connect()
+        # PyMySQL reads these before every socket call.
+        conn._read_timeout, conn._write_timeout = read_timeout, float(cparams.get("write_timeout") or read_timeout)
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@max_allowed_packet")
+            conn.praison_max_packet = int(cur.fetchone()[0])  # type: ignore[attr-defined]
+        return conn
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check_packet(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        limit = getattr(cursor.connection, "praison_max_packet", None)
+        if not limit or not parameters:
+            return
+        for row in parameters if executemany else [parameters]:
+            values = row.values() if isinstance(row, dict) else row
+            # Cheap upper bound first (4 bytes a character, doubled by escaping); the exact size only when close.
+            if len(statement) + 8 * sum(len(v) for v in values if isinstance(v, (str, bytes))) < limit - 1024:
+                continue
+            size = len(cursor.mogrify(statement, row).encode("utf-8", "surrogateescape")) + 1
+            if size > limit:
+                raise errors.InputError(
+                    f"{where}: this write needs a {size:,}-byte statement but the server's max_allowed_packet is "
+                    f"{limit:,} bytes; raise it (max_allowed_packet=64M under [mysqld], or SET GLOBAL "
+                    "max_allowed_packet=67108864) or store less"
+                )
+
+
+class _BoundedWait:
+    """Mixed into psycopg's Connection: every wait for the server ends after ``read_timeout`` seconds.
+
+    psycopg waits for the server without a deadline unless given one; a server frozen mid-call would block the
+    caller until it wakes. Past the deadline the connection is closed (its state is unknown), which SQLAlchemy
+    sees as a disconnect and replaces it.
+    """
+
+    read_timeout: float = 30.0
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        import psycopg
+
+        try:
+            return super().wait(gen, interval=interval, timeout=self.read_timeout if timeout is None else timeout)  # type: ignore[misc]
+        except psycopg.errors._WaitTimeout:
+            if timeout is not None:
+                raise
+            self.pgconn.finish()  # type: ignore[attr-defined]
+            raise psycopg.OperationalError(f"no answer from the server within {self.read_timeout:g} s (read_timeout)") from None
+
+
+@functools.cache
+def _bounded_psycopg_class() -> Any:
+    import psycopg
+
+    return type("BoundedConnection", (_BoundedWait, psycopg.Connection), {})
+
+
+def _install_psycopg_hooks(engine: Engine, read_timeout: float) -> None:
+    cls = _bounded_psycopg_class()
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        conn = cls.connect(*cargs, **cparams)  # psycopg bounds the connection itself by connect_timeout
+        conn.read_timeout = read_timeout
+        return conn
 
 
 def _install_sqlite_hooks(engine: Engine, *, memory: bool) -> None:
@@ -458,6 +600,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
 
     # ---- sessions ----
 
+    @retry_conflicts
     def _insert_session(self, session: Session) -> bool:
         with self.db.write() as conn:
             result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
@@ -506,6 +649,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         with self.db.read() as conn:
             return [_session_from_row(r) for r in conn.execute(query, params)]
 
+    @retry_conflicts
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
         s = self.t.sessions.c
         with self.db.write() as conn:
@@ -515,16 +659,21 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             row = conn.execute(select(self.t.sessions).where(s.session_id == session_id)).first()
         return _session_from_row(row)
 
+    @retry_conflicts
     def _delete_session(self, session_id: str, user_id: str | None) -> bool:
         s = self.t.sessions.c
         cond = s.session_id == session_id
         if user_id is not None:
             cond = and_(cond, s.user_id == user_id)
         with self.db.write() as conn:
+            # Lock the session row first, as an append does: the same lock order means no deadlock between them.
+            if conn.execute(select(s.session_id).where(cond).with_for_update()).first() is None:
+                return False
             owned = select(s.session_id).where(cond)
             conn.execute(delete(self.t.messages).where(self.t.messages.c.session_id.in_(owned.scalar_subquery())))
             return conn.execute(delete(self.t.sessions).where(cond)).rowcount > 0
 
+    @retry_conflicts
     def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
         s = self.t.sessions.c
         cond = s.user_id == user_id if user_id is not None else s.updated_at < idle_before
@@ -547,6 +696,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         count = select(s.message_count).where(s.session_id == bindparam("sid"))
         return bump, count, insert(self.t.messages)
 
+    @retry_conflicts
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
         try:
             return self._append_new(session_id, drafts, now)
@@ -634,6 +784,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             ).scalar()
         return int(count or 0)
 
+    @retry_conflicts
     def _import(self, session: Session, messages: list[Message]) -> bool:
         with self.db.write() as conn:
             result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
@@ -689,6 +840,7 @@ class SqlStateStore(_SqlStore, StateStore):
                 rows = conn.execute(many, {"keys": list(set(keys)), "now": now})
             return {key: loads(value) for key, value in rows}
 
+    @retry_conflicts
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
         with self.db.write() as conn:
             conn.execute(
@@ -696,6 +848,7 @@ class SqlStateStore(_SqlStore, StateStore):
                 [{"key": k, "value": v, "expires_at": expires_at} for k, v in items.items()],
             )
 
+    @retry_conflicts
     def _delete(self, key: str) -> bool:
         st = self.t.state
         with self.db.write() as conn:
@@ -727,6 +880,7 @@ class SqlStateStore(_SqlStore, StateStore):
         with self.db.read() as conn:
             return conn.execute(select(st.c.expires_at).where(st.c.key == key, _live(st, time.time()))).scalar()
 
+    @retry_conflicts
     def _expire(self, key: str, expires_at: float | None) -> bool:
         st = self.t.state
         with self.db.write() as conn:
@@ -748,6 +902,7 @@ class SqlStateStore(_SqlStore, StateStore):
                 return
             last = page[-1]
 
+    @retry_conflicts
     def _clear(self, prefix: str) -> int:
         st = self.t.state
         now = time.time()
@@ -757,6 +912,7 @@ class SqlStateStore(_SqlStore, StateStore):
             conn.execute(delete(st).where(cond))
             return live
 
+    @retry_conflicts
     def purge_expired(self) -> int:
         """Physically remove expired keys (they are already invisible to every read). Returns how many."""
         st = self.t.state

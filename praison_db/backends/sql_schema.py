@@ -111,7 +111,7 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
         Column("user_id", key(255)),
         Column("agent_id", key(255)),
         Column("session_type", String(16), nullable=False),
-        Column("name", Text),
+        Column("name", _LONG_TEXT),  # MySQL's TEXT holds 64 KB; a longer name must not be cut
         Column("metadata", _JSON, nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
         Column("updated_at", UTCDateTime, nullable=False),
@@ -130,9 +130,9 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
         Column("id", key(255), nullable=False),
         Column("role", String(16), nullable=False),
         Column("content", _LONG_TEXT),
-        Column("name", Text),
+        Column("name", _LONG_TEXT),
         Column("tool_calls", _JSON),
-        Column("tool_call_id", Text),
+        Column("tool_call_id", _LONG_TEXT),
         Column("metadata", _JSON, nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
         # Message ids are unique per session: this index is what makes a retried append store nothing.
@@ -187,6 +187,28 @@ def _v2_message_ids(conn: Connection, tables: Tables) -> None:
     index.create(conn)
 
 
+def _v3_mysql_long_text(conn: Connection, tables: Tables) -> None:
+    """MySQL/MariaDB: free-text columns created as TEXT (at most 65,535 bytes) become LONGTEXT.
+
+    Elsewhere TEXT has no such limit and nothing changes. Columns already LONGTEXT are left alone, so a re-run (or
+    a database created at this version) costs nothing.
+    """
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return
+    widen = {tables.sessions: ["name"], tables.messages: ["name", "tool_call_id"]}
+    for table, names in widen.items():
+        rows = conn.exec_driver_sql(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND table_name = %s",
+            (table.name,),
+        ).all()
+        types = {str(name).lower(): str(kind).lower() for name, kind in rows}
+        todo = [n for n in names if types.get(n) not in (None, "longtext")]
+        if todo:
+            changes = ", ".join(f"MODIFY COLUMN `{n}` LONGTEXT CHARACTER SET utf8mb4 NULL" for n in todo)
+            conn.exec_driver_sql(f"ALTER TABLE `{table.name}` {changes}")
+
+
 # Append-only: MIGRATIONS[i] brings a database from version i to i + 1. Never edit a released entry; add one.
 # Each must be safe to re-run after a crash half-way (DDL is not transactional on MySQL).
-MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids]
+MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids, _v3_mysql_long_text]
