@@ -623,7 +623,8 @@ class ClickHouseConversationStore(ConversationStore):
             current = self._current(session_id)
             if current is None:
                 return None
-            updated = current.session.model_copy(update={**changes, "updated_at": now})
+            # max(): an imported session can be dated ahead of this clock; activity never moves it back.
+            updated = current.session.model_copy(update={**changes, "updated_at": max(now, current.session.updated_at)})
             self._insert_session_version(updated, _next_version(current.version, now))
             return updated
 
@@ -685,7 +686,7 @@ class ClickHouseConversationStore(ConversationStore):
                     f"seqs {first}..{last} of session {session_id!r} were also written by another process appending "
                     "at the same time; ClickHouse stores need one writer process per session"
                 )
-            session = current.session.model_copy(update={"message_count": last, "updated_at": now})
+            session = current.session.model_copy(update={"message_count": last, "updated_at": max(now, current.session.updated_at)})
             self._insert_session_version(session, _next_version(current.version, now))
         return stored
 

@@ -96,7 +96,8 @@ class MemoryConversationStore(ConversationStore):
             current = self._d.sessions.get(session_id)
             if current is None:
                 return None
-            updated = current.model_copy(update={**changes, "updated_at": now})
+            # max(): an imported session can carry an updated_at ahead of this clock; activity never moves it back.
+            updated = current.model_copy(update={**changes, "updated_at": max(now, current.updated_at)})
             self._d.sessions[session_id] = updated
             return updated
 
@@ -130,7 +131,7 @@ class MemoryConversationStore(ConversationStore):
             stored = [d.stamp(session_id, start + i, now) for i, d in enumerate(drafts)]
             self._d.messages[session_id].extend(stored)
             self._d.sessions[session_id] = session.model_copy(
-                update={"message_count": session.message_count + len(stored), "updated_at": now}
+                update={"message_count": session.message_count + len(stored), "updated_at": max(now, session.updated_at)}
             )
             return stored
 
