@@ -190,30 +190,132 @@ def test_threads_in_one_process_get_contiguous_seqs(ch_url):
             store.close()
 
 
-def test_a_colliding_writer_is_told_not_silently_duplicated(ch_url):
-    """What happens when the one-writer-per-session rule is broken: never a silent duplicate.
-
-    A second process is simulated by a store with its own lock table (as a separate process would have), both
-    appending to one session from two threads. Any seq written twice must have made at least one of its two
-    appends raise IntegrityError.
-    """
+def _writers(ch_url: str) -> tuple[Any, Any]:
+    """Two stores on the same tables that do not share the in-process lock: what two processes are."""
     from praison_db.backends.clickhouse import _SessionLocks
 
-    ch_url += "&fsync=false"
-    first = open_store(ch_url, "conversations")
-    second = open_store(ch_url, "conversations")
+    first = open_store(ch_url + "&fsync=false", "conversations")
+    second = open_store(ch_url + "&fsync=false", "conversations")
     second._locks = _SessionLocks()  # what a separate process has: locks of its own
+    return first, second
+
+
+def _raw_rows(store: Any, session_id: str) -> list[tuple[int, str]]:
+    """Every stored row of a session, duplicates included (no LIMIT BY): what is physically left behind."""
+    t = store._tables
+    return [(int(r[0]), r[1]) for r in store._rows(f"SELECT seq, content FROM {t.messages} WHERE session_id = {{sid:String}} ORDER BY seq, content", sid=session_id)]
+
+
+def test_colliding_writers_one_wins_and_the_loser_leaves_nothing(ch_url):
+    """Two writers take the same seq: the one whose rows became visible first keeps it; the other raises
+    IntegrityError, and neither reads nor the table show its message afterwards."""
+    first, second = _writers(ch_url)
+    try:
+        first.create_session("contested")
+        first.add_message("contested", "user", "one")
+        real_insert = second._insert_messages
+
+        def first_gets_in_between(messages: Any, writer: Any) -> None:
+            # second has read the last seq (1) and is about to insert seq 2: first appends seq 2 right now.
+            assert first.add_message("contested", "user", "first wins").seq == 2
+            real_insert(messages, writer)
+
+        second._insert_messages = first_gets_in_between
+        with pytest.raises(IntegrityError) as info:
+            second.add_message("contested", "user", "second loses")
+        assert "nothing was stored" in str(info.value) and "\n" not in str(info.value)
+        del second._insert_messages
+
+        for store in (first, second):
+            assert [(m.seq, m.content) for m in store.get_messages("contested")] == [(1, "one"), (2, "first wins")]
+            assert store.count_messages("contested") == 2
+        assert _raw_rows(first, "contested") == [(1, "one"), (2, "first wins")]
+        assert second.add_message("contested", "user", "retried").seq == 3
+        assert [m.content for m in first.get_messages("contested", limit=2)] == ["first wins", "retried"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_reads_show_the_winner_while_the_losers_rows_are_still_there(ch_url):
+    first, second = _writers(ch_url)
+    try:
+        first.create_session("window")
+        real_insert, real_settle = second._insert_messages, second._settle
+        seen: list[list[tuple[int, Any]]] = []
+
+        def first_gets_in_between(messages: Any, writer: Any) -> None:
+            first.add_messages("window", [{"role": "user", "content": "w1"}, {"role": "user", "content": "w2"}])
+            real_insert(messages, writer)
+
+        def read_before_settling(*args: Any) -> None:
+            # Both writers' rows are in the table now, seqs 1 and 2 twice each.
+            assert len(_raw_rows(first, "window")) == 4
+            for store in (first, second):
+                seen.append([(m.seq, m.content) for m in store.get_messages("window")])
+                seen.append([(m.seq, m.content) for m in store.get_messages("window", limit=1)])
+                seen.append([(m["seq"], m["content"]) for m in store.export_session("window")["messages"]])
+            real_settle(*args)
+
+        second._insert_messages, second._settle = first_gets_in_between, read_before_settling
+        with pytest.raises(IntegrityError):
+            second.add_messages("window", [{"role": "user", "content": "l1"}, {"role": "user", "content": "l2"}])
+        assert seen == [[(1, "w1"), (2, "w2")], [(2, "w2")], [(1, "w1"), (2, "w2")]] * 2
+        assert _raw_rows(first, "window") == [(1, "w1"), (2, "w2")]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_first_visible_writer_wins_whoever_checks_first(ch_url):
+    """Both writers read the last seq, both insert, and the one that inserted second checks first: it must lose, and
+    the one that inserted first keeps its message though it checks last."""
+    first, second = _writers(ch_url)
+    try:
+        first.create_session("order")
+        second_insert, first_insert = second._insert_messages, first._insert_messages
+        outcome: list[BaseException] = []
+
+        def second_inserts_then_first(messages: Any, writer: Any) -> None:
+            # Called in first's append, after it read the last seq (0): second's seq 1 lands, then first's.
+            second_insert(*pending)
+            first_insert(messages, writer)
+
+        def first_appends_meanwhile(messages: Any, writer: Any) -> None:
+            # Called in second's append, after it read the last seq (0); its insert happens inside first's append.
+            pending.extend([messages, writer])
+            try:
+                first.add_message("order", "user", "inserted second")
+            except IntegrityError as e:
+                outcome.append(e)
+
+        pending: list[Any] = []
+        first._insert_messages, second._insert_messages = second_inserts_then_first, first_appends_meanwhile
+        assert second.add_message("order", "user", "inserted first").seq == 1
+        assert len(outcome) == 1  # first checked while both rows were there, and lost to the earlier one
+        assert [(m.seq, m.content) for m in first.get_messages("order")] == [(1, "inserted first")]
+        assert _raw_rows(first, "order") == [(1, "inserted first")]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_colliding_writers_under_load_never_leave_a_duplicate(ch_url):
+    """Two writers without a shared lock, 60 appends each at the same moment: every seq is stored once, every
+    message stored is one whose append returned, and every append that raised left nothing."""
+    first, second = _writers(ch_url)
     first.create_session("contested")
-    outcomes: dict[str, list[tuple[str, int | None]]] = {"first": [], "second": []}
+    outcomes: dict[str, list[tuple[str, str, int | None]]] = {"first": [], "second": []}
     start = threading.Barrier(2)
 
     def work(name: str, store: Any) -> None:
         start.wait()
         for i in range(60):
+            content = f"{name}-{i}"
             try:
-                outcomes[name].append(("ok", store.add_message("contested", "user", f"{name}-{i}").seq))
+                outcomes[name].append(("ok", content, store.add_message("contested", "user", content).seq))
             except IntegrityError:
-                outcomes[name].append(("error", None))
+                outcomes[name].append(("error", content, None))
 
     threads = [threading.Thread(target=work, args=(n, s)) for n, s in (("first", first), ("second", second))]
     try:
@@ -221,16 +323,45 @@ def test_a_colliding_writer_is_told_not_silently_duplicated(ch_url):
             t.start()
         for t in threads:
             t.join(timeout=600)
-        stored = Counter(m.seq for m in first.get_messages("contested"))
-        duplicated = [seq for seq, n in stored.items() if n > 1]
-        errors = sum(1 for results in outcomes.values() for kind, _ in results if kind == "error")
-        ok_seqs = [seq for results in outcomes.values() for kind, seq in results if kind == "ok"]
-        assert len(ok_seqs) == len(set(ok_seqs)), "two appends both returned the same seq"
-        assert errors >= len(duplicated)
-        print(f"\ncolliding writers: {len(duplicated)} duplicated seqs, {errors} IntegrityErrors raised")
+        results = [r for rs in outcomes.values() for r in rs]
+        assert len(results) == 120
+        ok = {content: seq for kind, content, seq in results if kind == "ok"}
+        failed = {content for kind, content, _ in results if kind == "error"}
+        raw = _raw_rows(first, "contested")
+        assert len(raw) == len({seq for seq, _ in raw}), "a seq is stored twice"
+        assert sorted(raw) == sorted((seq, content) for content, seq in ok.items())
+        assert [m.seq for m in first.get_messages("contested")] == list(range(1, len(ok) + 1))
+        assert not failed & {content for _, content in raw}
+        print(f"\ncolliding writers: {len(ok)} appends stored, {len(failed)} lost a collision and stored nothing")
     finally:
         first.close()
         second.close()
+
+
+def test_tables_from_schema_version_1_are_upgraded_and_old_duplicates_read_once(chdb_url):
+    """Tables created before writer ids: opening migrates them (schema version 2), and duplicate seqs that an older
+    version left behind read as one message each."""
+    from praison_db.backends.clickhouse import MIGRATIONS
+
+    with open_store(chdb_url, "conversations") as store:
+        t = store._tables
+        store._command(f"DROP TABLE {t.messages}")
+        store._command(f"DROP TABLE {t.version}")
+        store._command(f"DROP TABLE {t.sessions}")
+        MIGRATIONS[0](store._client, t, False)
+        store._command(f"CREATE TABLE {t.version} (version UInt32, applied_at DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY version")
+        store._command(f"INSERT INTO {t.version} VALUES (1, now64(6))")
+        store._command(f"INSERT INTO {t.sessions} (session_id, session_type, metadata, created_at, updated_at, message_count, version) VALUES ('old', 'agent', '{{}}', now64(6), now64(6), 2, 1)")
+        columns = "(session_id, seq, id, role, content, metadata, created_at)"
+        store._command(f"INSERT INTO {t.messages} {columns} VALUES ('old', 1, 'a', 'user', 'one', '{{}}', now64(6))")
+        for content in ("two", "duplicate two"):  # two old writers at seq 2
+            store._command(f"INSERT INTO {t.messages} {columns} VALUES ('old', 2, '{content}', 'user', '{content}', '{{}}', now64(6))")
+    with open_store(chdb_url, "conversations") as store:
+        assert int(store._rows(f"SELECT max(version) FROM {store._tables.version}")[0][0]) == len(MIGRATIONS) == 2
+        got = [(m.seq, m.content) for m in store.get_messages("old")]
+        assert got[0] == (1, "one") and len(got) == 2 and got[1] in ((2, "two"), (2, "duplicate two"))
+        assert store.get_messages("old", limit=1) == store.get_messages("old")[1:]
+        assert store.add_message("old", "user", "new").seq == 3
 
 
 # ---- volume ----

@@ -4,14 +4,17 @@ contract itself is in tests/conformance, run on MongoDB (SecantusDB in-process) 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pymongo
 import pytest
 
-from praison_db import ConfigError, StoreUnavailable
+from praison_db import ConfigError, IntegrityError, StoreUnavailable
 from praison_db.facade import open_store
 from tests import servers
 from tests.backends import BACKENDS
@@ -87,7 +90,8 @@ def test_database_from_the_url_and_collection_prefixes_keep_apart(url, raw):
     assert {"app_a_sessions", "app_a_messages", "app_b_sessions", "app_b_messages"} <= names
     assert raw["app_b_messages"].find_one({"session_id": "same-id"})["content"] == "from b"
     indexes = {i["name"]: i for i in raw["app_a_messages"].list_indexes()}
-    assert indexes["session_seq"]["unique"] is True
+    assert indexes["session_inc_seq"]["unique"] is True and "session_seq" not in indexes
+    assert dict(indexes["session_inc_seq"]["key"]) == {"session_id": 1, "inc": 1, "seq": 1}
 
 
 def test_default_database_is_praison(url):
@@ -163,3 +167,175 @@ def test_newest_n_reads_an_index_range_and_copes_with_gaps(url, raw):
         assert [m.seq for m in conv.get_messages("g", limit=2, before_seq=10**6)] == [8, 10]
         assert [m.seq for m in conv.get_messages("g", limit=2, before_seq=2**70, after_seq=7)] == [8, 10]
         assert conv.get_messages("g", limit=5, before_seq=1) == []
+
+
+# ---- incarnations: a deleted session's messages never come back ----
+
+
+@pytest.fixture(scope="module")
+def standalone_server() -> Iterator[str]:
+    """A standalone SecantusDB (no replica set, so no transactions), for this module's tests."""
+    try:
+        from secantus import SecantusDBServer
+    except ImportError as e:
+        servers.unavailable("SecantusDB (pip install 'secantusdb==0.7.0b3')", e)
+    with tempfile.TemporaryDirectory(prefix="praison-mongo-standalone-") as tmp:
+        with SecantusDBServer(host="127.0.0.1", port=0, storage_path=tmp, replica_set_name=None) as server:
+            yield server.uri.rstrip("/")
+
+
+@pytest.fixture
+def standalone_url(standalone_server) -> str:
+    return f"{standalone_server}/sa{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["replica-set", "standalone"])
+def any_url(request, url, standalone_server) -> str:
+    return url if request.param == "replica-set" else f"{standalone_server}/sa{uuid.uuid4().hex[:10]}"
+
+
+class _RunsFirst:
+    """The store's messages collection, running ``before`` once ahead of the next insert_many: a delete from another
+    client lands exactly between an append's counter bump and its insert, where it can only land on a server
+    without transactions. Every other call goes straight to the real collection."""
+
+    def __init__(self, real: Any, before: Callable[[], None]) -> None:
+        self._real, self._before = real, before
+
+    def insert_many(self, *args: Any, **kwargs: Any) -> Any:
+        before, self._before = self._before, lambda: None
+        before()
+        return self._real.insert_many(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_a_delete_between_counter_and_insert_does_not_resurrect_messages(standalone_url):
+    with open_store(standalone_url, "conversations") as a, open_store(standalone_url, "conversations") as b:
+        assert a.capabilities.transactions is False
+        a.create_session("raced", user_id="alice")
+        a.add_messages("raced", [{"role": "user", "content": f"old {i}"} for i in range(3)])
+
+        def delete_and_recreate() -> None:
+            assert b.delete_session("raced")
+            b.create_session("raced", user_id="alice")
+
+        a.messages = _RunsFirst(a.messages, delete_and_recreate)
+        late = a.add_message("raced", "user", "late")  # took seq 4 of the old session, which is gone by the insert
+        assert late.seq == 4
+
+        for store in (a, b):
+            assert store.get_messages("raced") == [] and store.get_messages("raced", limit=5) == []
+            assert store.count_messages("raced") == 0 and store.get_session("raced").message_count == 0
+        fresh = b.add_messages("raced", [{"role": "user", "content": f"new {i}"} for i in range(6)])
+        assert [m.seq for m in fresh] == [1, 2, 3, 4, 5, 6]
+        assert [m.content for m in a.get_messages("raced")] == [f"new {i}" for i in range(6)]
+        assert [m.content for m in a.get_messages("raced", limit=3, before_seq=6)] == ["new 2", "new 3", "new 4"]
+        assert [m.seq for m in a.get_messages("raced", after_seq=3)] == [4, 5, 6]
+        assert b.export_session("raced")["messages"][3]["content"] == "new 3"
+        # The appender removed what it wrote into the deleted incarnation: nothing is left behind.
+        raw = pymongo.MongoClient(standalone_url)
+        try:
+            contents = sorted(d["content"] for d in raw.get_default_database()["praison_messages"].find({"session_id": "raced"}))
+        finally:
+            raw.close()
+        assert contents == [f"new {i}" for i in range(6)]
+
+
+def test_deletes_racing_appends_from_two_clients(standalone_url):
+    """One client appends while another deletes, re-creates and appends to the session, 150 rounds: no append fails
+    with anything but SessionNotFound, and afterwards the session reads back whole, contiguous, with nothing left
+    over."""
+    from praison_db import SessionNotFound
+
+    with open_store(standalone_url, "conversations") as a, open_store(standalone_url, "conversations") as b:
+        a.create_session("busy")
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def append() -> None:
+            for i in range(2000):  # bounded; normally stopped by the deleter
+                if stop.is_set():
+                    return
+                try:
+                    a.add_messages("busy", [{"role": "user", "content": str(i)}, {"role": "assistant", "content": str(i)}])
+                except SessionNotFound:
+                    pass
+                except BaseException as e:
+                    failures.append(e)
+                    return
+
+        def churn() -> None:
+            try:
+                for _ in range(150):
+                    b.delete_session("busy")
+                    b.get_or_create_session("busy")
+                    # The new incarnation reaches the seqs the other client may just have written into the old one.
+                    b.add_messages("busy", [{"role": "user", "content": "c"}] * 3)
+                    seqs = [m.seq for m in b.get_messages("busy")]
+                    assert seqs == sorted(set(seqs)), seqs  # gaps can show while an append is between its writes
+            except BaseException as e:
+                failures.append(e)
+            finally:
+                stop.set()
+
+        threads = [threading.Thread(target=append), threading.Thread(target=churn)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not failures, repr(failures[0])
+        count = b.count_messages("busy")
+        nxt = b.add_message("busy", "user", "after the race")
+        assert nxt.seq == count + 1
+        assert [m.seq for m in b.get_messages("busy")] == list(range(1, count + 2))
+        raw = pymongo.MongoClient(standalone_url)
+        try:
+            left = raw.get_default_database()["praison_messages"].count_documents({"session_id": "busy"})
+        finally:
+            raw.close()
+        assert left == count + 1
+
+
+def test_duplicate_keys_are_integrity_errors_and_a_failed_append_adds_nothing(any_url):
+    raw_client = pymongo.MongoClient(any_url)
+    raw = raw_client.get_default_database()
+    with open_store(any_url, "conversations") as conv:
+        conv.create_session("dup")
+        conv.add_message("dup", "user", "one")
+        # Another writer's document already sits at the next seq of this incarnation.
+        inc = raw["praison_sessions"].find_one({"_id": "dup"})["inc"]
+        raw["praison_messages"].insert_one({"session_id": "dup", "inc": inc, "seq": 3, "id": "foreign", "role": "user", "content": "x", "created_us": 0})
+        with pytest.raises(IntegrityError) as info:
+            conv.add_messages("dup", [{"role": "user", "content": "two"}, {"role": "user", "content": "three"}])
+        text = str(info.value)
+        assert "duplicate key" in text and "\n" not in text
+        left = sorted(d["id"] for d in raw["praison_messages"].find({"session_id": "dup"}))
+        assert len(left) == 2 and "foreign" in left  # ours of the failed call are gone, the other writer's stays
+        assert [m.content for m in conv.get_messages("dup", limit=1)] != ["two"]
+        if conv.capabilities.transactions:
+            assert conv.count_messages("dup") == 1
+    raw_client.close()
+
+
+def test_sessions_from_before_incarnations_keep_working(url, raw):
+    """Documents written without ``inc`` under the old unique (session_id, seq) index: opening the store replaces the
+    index, and the old session reads, appends and deletes as before."""
+    raw["praison_messages"].create_index([("session_id", 1), ("seq", 1)], unique=True, name="session_seq")
+    raw["praison_sessions"].insert_one(
+        {"_id": "legacy", "user_id": "old", "agent_id": None, "session_type": "agent", "name": None, "metadata": "{}",
+         "created_us": 1, "updated_us": 1, "message_count": 2}
+    )
+    raw["praison_messages"].insert_many(
+        [{"session_id": "legacy", "seq": i, "id": f"m{i}", "role": "user", "content": f"old {i}", "created_us": 1} for i in (1, 2)]
+    )
+    with open_store(url, "conversations") as conv:
+        assert "session_seq" not in {i["name"] for i in raw["praison_messages"].list_indexes()}
+        assert [m.content for m in conv.get_messages("legacy")] == ["old 1", "old 2"]
+        assert conv.add_message("legacy", "user", "new").seq == 3
+        assert [m.content for m in conv.get_messages("legacy", limit=2)] == ["old 2", "new"]
+        assert conv.delete_user("old") == 1
+        assert raw["praison_messages"].count_documents({"session_id": "legacy"}) == 0
+        conv.create_session("legacy")
+        assert conv.get_messages("legacy") == [] and conv.add_message("legacy", "user", "x").seq == 1

@@ -1,4 +1,4 @@
-"""MongoDB: the unique (session_id, id) index, and data from before it that holds an id twice."""
+"""MongoDB: the unique (session_id, incarnation, id) index, and data from before it that holds an id twice."""
 
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ def test_message_ids_have_a_unique_index(url, raw):
         conv.create_session("s")
         conv.add_message("s", "user", "one", id="m1")
         indexes = {i["name"]: i for i in raw["praison_messages"].list_indexes()}
-        assert indexes["session_id_unique"]["key"] == {"session_id": 1, "id": 1} and indexes["session_id_unique"]["unique"]
+        index = indexes["session_inc_id"]
+        assert index["key"] == {"session_id": 1, "inc": 1, "id": 1} and index["unique"]
+        inc = raw["praison_sessions"].find_one({"_id": "s"})["inc"]
         with pytest.raises(pymongo.errors.DuplicateKeyError):  # the server itself refuses a second copy
-            raw["praison_messages"].insert_one({"session_id": "s", "seq": 99, "id": "m1"})
+            raw["praison_messages"].insert_one({"session_id": "s", "inc": inc, "seq": 99, "id": "m1"})
 
 
 def test_older_data_with_an_id_twice_still_opens_and_works(url, raw, caplog):
@@ -41,7 +43,7 @@ def test_older_data_with_an_id_twice_still_opens_and_works(url, raw, caplog):
         conv.create_session("old")
         first = conv.add_message("old", "user", "one", id="twice")
     messages = raw["praison_messages"]
-    messages.drop_index("session_id_unique")  # as an older version left it, with an import that repeated an id
+    messages.drop_index("session_inc_id")  # as an older version left it, with an import that repeated an id
     doc = messages.find_one({"session_id": "old"}, {"_id": 0})
     messages.insert_one({**doc, "seq": 2, "content": "two"})
     raw["praison_sessions"].update_one({"_id": "old"}, {"$set": {"message_count": 2}})

@@ -32,8 +32,14 @@ new version (message_count, updated_at). Hence:
 - across processes (only possible with a ClickHouse server; chDB lets one process open a data folder), appends to
   one session must not overlap in time: one writer process per session at a time. A session may move between
   processes (each append re-reads the last seq), but two processes appending to one session at the same moment
-  can write the same seq. The later of two colliding appends sees the duplicate and raises IntegrityError rather
-  than returning, so the collision is loud, not silent.
+  can write the same seq. Then exactly one of them wins and the other removes what it wrote and raises
+  IntegrityError: every insert carries a random ``writer`` id, and after inserting, a writer reads back the rows at
+  its seqs; the row in the part with the lowest ``_block_number`` wins. MergeTree numbers a table's parts in the
+  order they become visible, so a writer that found no earlier row at its seqs can never lose to one found later.
+  Reads pick the same winner (``LIMIT 1 BY seq``), so no read shows two messages at one seq, not even before the
+  loser's delete. The block number is kept per row through merges (``enable_block_number_column``), which needs a
+  ClickHouse release that has that table setting; the order holds on one server's MergeTree, the engine these
+  tables are created with.
 
 Without transactions, a crash between the two inserts of an append leaves ``message_count``/``updated_at`` one
 step behind until the next append (seqs stay right: they come from the messages). Deletes remove the session row
@@ -48,6 +54,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -189,8 +196,17 @@ def _v1(client: Client, t: _Tables, fsync: bool) -> None:
     )
 
 
+_NO_WRITER = "00000000-0000-0000-0000-000000000000"  # rows written before writer ids existed
+
+
+def _v2(client: Client, t: _Tables, fsync: bool) -> None:
+    """Writer ids and per-row block numbers on messages: what decides between two colliding appends."""
+    client.command(f"ALTER TABLE {t.messages} ADD COLUMN IF NOT EXISTS writer UUID DEFAULT '{_NO_WRITER}'")
+    client.command(f"ALTER TABLE {t.messages} MODIFY SETTING enable_block_number_column = 1")
+
+
 # MIGRATIONS[i] brings the tables from schema version i to i + 1. Append only; each step must be idempotent.
-MIGRATIONS: list[Callable[[Client, _Tables, bool], None]] = [_v1]
+MIGRATIONS: list[Callable[[Client, _Tables, bool], None]] = [_v1, _v2]
 
 
 # ---- locks shared by every store on the same tables in this process ----
@@ -415,8 +431,8 @@ _CAPABILITIES = Capabilities(
     multi_process=False,
     reason=(
         "ClickHouse has no transactions or unique keys: seqs and get_or_create are serialised by a lock inside one "
-        "process, so two processes appending to one session at the same moment can write the same seq (the later "
-        "one raises IntegrityError); chDB also lets only one process open a data folder"
+        "process, so of two processes appending to one session at the same moment one can lose (it stores nothing "
+        "and raises IntegrityError); chDB also lets only one process open a data folder"
     ),
 )
 
@@ -496,14 +512,14 @@ class ClickHouseConversationStore(ConversationStore):
     def _command(self, sql: str, **parameters: Any) -> None:
         self._client.command(sql, parameters=parameters)
 
-    def _insert_messages(self, messages: Sequence[Message]) -> None:
+    def _insert_messages(self, messages: Sequence[Message], writer: uuid.UUID) -> None:
         t = self._tables
         self._client.insert(
             f"{t.prefix}messages",
-            _message_columns(messages),
+            [*_message_columns(messages), [writer] * len(messages)],
             database=t.database,
-            column_names=_M_NAMES,
-            column_type_names=_M_TYPES,  # known types: no DESCRIBE TABLE round trip per insert
+            column_names=[*_M_NAMES, "writer"],
+            column_type_names=[*_M_TYPES, "UUID"],  # known types: no DESCRIBE TABLE round trip per insert
             column_oriented=True,
         )
 
@@ -626,7 +642,8 @@ class ClickHouseConversationStore(ConversationStore):
             current = self._current(session_id)
             if current is None:
                 return None
-            updated = current.session.model_copy(update={**changes, "updated_at": now})
+            # max(): an imported session can be dated ahead of this clock; activity never moves it back.
+            updated = current.session.model_copy(update={**changes, "updated_at": max(now, current.session.updated_at)})
             self._insert_session_version(updated, _next_version(current.version, now))
             return updated
 
@@ -690,23 +707,33 @@ class ClickHouseConversationStore(ConversationStore):
             first = current.last_seq + 1
             stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(drafts_new)]
             last = stored[-1].seq
-            self._insert_messages(stored)
-            # No unique key in ClickHouse: look for another process's append with the same seqs.
-            written = self._rows(
-                f"SELECT count() FROM {t.messages} WHERE session_id = {{sid:String}} AND seq BETWEEN {{a:UInt64}} AND {{b:UInt64}}",
-                sid=session_id,
-                a=first,
-                b=last,
-            )[0][0]
-            if int(written) != len(stored):
-                raise errors.IntegrityError(
-                    f"seqs {first}..{last} of session {session_id!r} were also written by another process appending "
-                    "at the same time; ClickHouse stores need one writer process per session"
-                )
-            session = current.session.model_copy(update={"message_count": last, "updated_at": now})
+            writer = uuid.uuid4()
+            self._insert_messages(stored, writer)
+            self._settle(session_id, first, last, writer)
+            session = current.session.model_copy(update={"message_count": last, "updated_at": max(now, current.session.updated_at)})
             self._insert_session_version(session, _next_version(current.version, now))
         known.update((m.id, m) for m in stored)
         return [known[d.id] for d in drafts]  # type: ignore[index]
+
+    def _settle(self, session_id: str, first: int, last: int, writer: uuid.UUID) -> None:
+        """After inserting seqs first..last as ``writer``: keep them if no other writer's row at those seqs became
+        visible earlier (a lower block number); else delete ours and raise IntegrityError. No unique keys in
+        ClickHouse: this is how a collision with another process is decided, the same way by both writers."""
+        t = self._tables
+        scope = "session_id = {sid:String} AND seq BETWEEN {a:UInt64} AND {b:UInt64}"
+        rows = self._rows(
+            f"SELECT writer, min(_block_number) FROM {t.messages} WHERE {scope} GROUP BY writer", sid=session_id, a=first, b=last
+        )
+        blocks = {w: int(b) for w, b in rows}
+        mine = blocks.pop(writer, None)
+        if mine is not None and all(b > mine for b in blocks.values()):
+            return
+        # Lost (or our rows were deleted meanwhile by another process): leave nothing behind.
+        self._command(f"DELETE FROM {t.messages} WHERE {scope} AND writer = {{w:UUID}}", sid=session_id, a=first, b=last, w=writer)
+        raise errors.IntegrityError(
+            f"seqs {first}..{last} of session {session_id!r} were taken by another process appending at the same time; "
+            "nothing was stored, retry the append (ClickHouse stores need one writer process per session)"
+        )
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         if before_seq is not None and before_seq <= 1:
@@ -722,11 +749,13 @@ class ClickHouseConversationStore(ConversationStore):
             conditions.append("seq > {after:UInt64}")
             params["after"] = after_seq
         sql = f"SELECT {_M_SELECT} FROM {self._tables.messages} WHERE {' AND '.join(conditions)}"
+        # One row per seq: where two writers collided, the winner (lowest block number; see _settle), also while
+        # the loser's rows are still there.
         if limit is None:
-            return [_message_from_row(r) for r in self._rows(sql + " ORDER BY seq", **params)]
+            return [_message_from_row(r) for r in self._rows(sql + " ORDER BY seq, _block_number LIMIT 1 BY seq", **params)]
         # Newest N: read the primary key backwards and stop after N rows, then put them in chronological order.
         params["n"] = min(limit, 2**63)  # any larger limit means "all", and must still fit UInt64
-        rows = self._rows(sql + " ORDER BY seq DESC LIMIT {n:UInt64}", **params)
+        rows = self._rows(sql + " ORDER BY seq DESC, _block_number LIMIT 1 BY seq LIMIT {n:UInt64}", **params)
         return [_message_from_row(r) for r in reversed(rows)]
 
     def _count_messages(self, session_id: str) -> int:
@@ -740,6 +769,6 @@ class ClickHouseConversationStore(ConversationStore):
             self._orphans_removed(session.session_id)
             # Messages first, in one batch insert; the session row last, so the session appears complete or not at all.
             if messages:
-                self._insert_messages(messages)
+                self._insert_messages(messages, uuid.uuid4())
             self._insert_session_version(session, _next_version(0, utcnow()))
         return True

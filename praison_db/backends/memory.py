@@ -98,7 +98,8 @@ class MemoryConversationStore(ConversationStore):
             current = self._d.sessions.get(session_id)
             if current is None:
                 return None
-            updated = current.model_copy(update={**changes, "updated_at": now})
+            # max(): an imported session can carry an updated_at ahead of this clock; activity never moves it back.
+            updated = current.model_copy(update={**changes, "updated_at": max(now, current.updated_at)})
             self._d.sessions[session_id] = updated
             return updated
 
@@ -144,7 +145,7 @@ class MemoryConversationStore(ConversationStore):
             if fresh:
                 self._d.messages[session_id].extend(fresh)
                 known.update((m.id, m) for m in fresh)
-                self._d.sessions[session_id] = session.model_copy(update={"message_count": seq, "updated_at": now})
+                self._d.sessions[session_id] = session.model_copy(update={"message_count": seq, "updated_at": max(now, session.updated_at)})
             return out
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:

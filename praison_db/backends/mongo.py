@@ -9,13 +9,21 @@ collections ``<prefix>sessions``, ``<prefix>messages`` and ``<prefix>state``.
 Guarantees:
 
 - Sessions are documents keyed by ``_id`` = session id, indexed on (updated_us, _id) and (user_id | agent_id,
-  updated_us, _id) so list-by-activity is an index walk. Messages carry (session_id, seq) under a unique index.
+  updated_us, _id) so list-by-activity is an index walk.
+- Every session document carries an incarnation ``inc`` (an ObjectId drawn when it is created or imported), and each
+  of its messages carries the same ``inc``, under a unique index on (session_id, inc, seq). Reads ask for the
+  session's current incarnation only, so messages of a deleted session are never shown in a session re-created
+  under the same id, and cannot collide with its seqs. Documents written before incarnations existed have none
+  (``inc`` missing reads as null) and keep working.
 - An append takes its seqs from one atomic ``$inc`` of the session's ``message_count`` (which also moves
   ``updated_us``, never backwards) and inserts the messages in the same multi-document transaction, so seqs are
   gap-free across processes and a failed append leaves nothing behind. Transactions need a replica set or a sharded
   cluster (Atlas, any production deployment, even a one-node replica set). On a standalone ``mongod`` the counter
   and the insert are two writes: a process dying between them leaves a gap in the seqs, and ``capabilities``
-  says ``transactions=False``.
+  says ``transactions=False``. There, a delete can also run between the two writes; the messages then land in the
+  deleted incarnation (invisible), and the appender, which checks the session after inserting, removes them.
+- A delete removes the session document first and then the messages of that incarnation, so a session is either
+  listed with all its messages or not at all; an import inserts the messages first and the session document last.
 - Timestamps are stored as integer microseconds since the epoch (``created_us``, ``updated_us``): BSON dates keep
   only milliseconds, and the stores promise exact round trips.
 - User-supplied JSON (metadata, tool_calls, state values) is stored as JSON text: BSON cannot hold integers beyond
@@ -41,6 +49,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import pymongo
+from bson import ObjectId
 from bson.errors import BSONError, InvalidDocument
 from pymongo import ReturnDocument
 from pymongo import errors as px
@@ -79,6 +88,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _BATCH = 1000
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")
 _INT64 = range(-(2**63), 2**63)
+_DUPLICATE_KEY = {11000, 11001, 12582}  # the codes MongoDB has used for a unique-index violation
+_INDEX_NOT_FOUND = 27
 
 
 def _us(value: datetime) -> int:
@@ -104,17 +115,37 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
         return None
     detail = redacted(error, password)
     code = getattr(error, "code", None)
+    if _is_duplicate_key(error):
+        return errors.IntegrityError(f"{where}: duplicate key: {detail}")
     if isinstance(error, px.OperationFailure) and code in (18, 13, 8000):
         return errors.ConfigError(f"{where}: the server refused the credentials or the action; check the user, password and authSource ({detail})")
     if isinstance(error, (px.ConnectionFailure, px.ExecutionTimeout, px.WaitQueueTimeoutError, px.WTimeoutError)):
         return errors.StoreUnavailable(f"{where} is unavailable: {detail}")
     if isinstance(error, (px.ConfigurationError, px.InvalidURI, px.InvalidName)):
         return errors.ConfigError(f"{where}: {detail}")
-    if isinstance(error, px.DuplicateKeyError):
-        return errors.IntegrityError(f"{where}: duplicate key: {detail}")
     if isinstance(error, (px.DocumentTooLarge, InvalidDocument)) or code in (10334, 17419, 17420):
         return errors.InputError(f"{where} cannot store this document: {detail}")
     return errors.Error(f"{where}: {detail}")
+
+
+def _is_duplicate_message_id(error: Exception) -> bool:
+    """A unique-index violation on (session_id, inc, id): another writer stored one of our message ids first."""
+    details = getattr(error, "details", None) or {}
+    for write_error in details.get("writeErrors") or [details]:
+        pattern = write_error.get("keyPattern") or {}
+        if "id" in pattern or "index: session_inc_id " in str(write_error.get("errmsg", "")):
+            return True
+    return False
+
+
+def _is_duplicate_key(error: Exception) -> bool:
+    """A unique-index violation, however it arrives: DuplicateKeyError from single writes, BulkWriteError (code 65)
+    from insert_many, or a plain OperationFailure with the code from inside a transaction."""
+    if isinstance(error, px.DuplicateKeyError) or getattr(error, "code", None) in _DUPLICATE_KEY:
+        return True
+    if isinstance(error, px.BulkWriteError):
+        return any(e.get("code") in _DUPLICATE_KEY for e in (error.details or {}).get("writeErrors", []))
+    return False
 
 
 # ---- connection ----
@@ -209,9 +240,10 @@ class _MongoStore:
 # ---- conversations ----
 
 
-def _session_doc(s: Session) -> dict[str, Any]:
+def _session_doc(s: Session, inc: ObjectId) -> dict[str, Any]:
     return {
         "_id": s.session_id,
+        "inc": inc,
         "user_id": s.user_id,
         "agent_id": s.agent_id,
         "session_type": s.session_type,
@@ -237,9 +269,10 @@ def _session_from_doc(d: Mapping[str, Any]) -> Session:
     )
 
 
-def _message_doc(m: Message) -> dict[str, Any]:
+def _message_doc(m: Message, inc: ObjectId | None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "session_id": m.session_id,
+        "inc": inc,
         "seq": m.seq,
         "id": m.id,
         "role": m.role,
@@ -277,6 +310,14 @@ _ID_RACE_ATTEMPTS = 5
 _ACTIVITY = [("updated_us", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 
 
+def _pairs(id_field: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A filter for documents of these (session id, incarnation) pairs, as two ``$in``s (index ranges, where an
+    ``$or`` of many pairs makes some servers scan). The cross product matches no more: an incarnation is an ObjectId
+    drawn for one session id. Only "no incarnation" (null, documents from before incarnations) is shared, and a
+    session created since then always has one."""
+    return {id_field: {"$in": sorted({p[0] for p in pairs})}, "inc": {"$in": list({p[1] for p in pairs})}}
+
+
 class MongoConversationStore(_MongoStore, ConversationStore):
     """ConversationStore on MongoDB: a sessions collection and a messages collection."""
 
@@ -291,10 +332,17 @@ class MongoConversationStore(_MongoStore, ConversationStore):
         self.sessions.create_index(_ACTIVITY, name="activity")
         self.sessions.create_index([("user_id", 1), *_ACTIVITY], name="user_activity")
         self.sessions.create_index([("agent_id", 1), *_ACTIVITY], name="agent_activity")
-        self.messages.create_index([("session_id", 1), ("seq", 1)], unique=True, name="session_seq")
-        # A message id is stored once per session, whoever races to add it.
+        self.messages.create_index([("session_id", 1), ("inc", 1), ("seq", 1)], unique=True, name="session_inc_seq")
         try:
-            self.messages.create_index([("session_id", 1), ("id", 1)], unique=True, name="session_id_unique")
+            # The index before incarnations, unique on (session_id, seq): it would make a re-created session's
+            # seqs collide with messages of a deleted incarnation.
+            self.messages.drop_index("session_seq")
+        except px.OperationFailure as e:
+            if e.code != _INDEX_NOT_FOUND:
+                raise
+        # A message id is stored once per session incarnation, whoever races to add it.
+        try:
+            self.messages.create_index([("session_id", 1), ("inc", 1), ("id", 1)], unique=True, name="session_inc_id")
         except px.DuplicateKeyError:
             # Data from an older version with an id twice in a session (only imports could do that): keep working;
             # appends still look the ids up first, only the race between two writers of one id is not closed.
@@ -319,7 +367,7 @@ class MongoConversationStore(_MongoStore, ConversationStore):
 
     def _insert_session(self, session: Session) -> bool:
         try:
-            self.sessions.insert_one(_session_doc(session))
+            self.sessions.insert_one(_session_doc(session, ObjectId()))
             return True
         except px.DuplicateKeyError:
             return False
@@ -359,28 +407,43 @@ class MongoConversationStore(_MongoStore, ConversationStore):
         doc = self.sessions.find_one_and_update({"_id": session_id}, update, return_document=ReturnDocument.AFTER)
         return _session_from_doc(doc) if doc else None
 
-    def _purge(self, ids: list[str], cond: dict[str, Any], s: ClientSession | None) -> int:
-        """Delete the sessions among ``ids`` still matching ``cond``, then the messages of those that are gone."""
-        deleted = self.sessions.delete_many({"_id": {"$in": ids}, **cond}, session=s).deleted_count
+    def _drop_incarnations(self, pairs: list[tuple[str, Any]], s: ClientSession | None = None) -> None:
+        """Delete the messages of these (session id, incarnation) pairs, whose session documents are gone."""
+        if pairs:
+            self.messages.delete_many(_pairs("session_id", pairs), session=s)
+
+    def _purge(self, found: list[tuple[str, Any]], cond: dict[str, Any], s: ClientSession | None) -> int:
+        """Delete the sessions of these (id, incarnation) pairs that still match ``cond``, then the messages of the
+        incarnations that are gone. By incarnation: a session deleted and re-created by someone else since ``found``
+        was read is not touched."""
+        deleted = self.sessions.delete_many({**_pairs("_id", found), **cond}, session=s).deleted_count
         if deleted:
-            alive = {d["_id"] for d in self.sessions.find({"_id": {"$in": ids}}, {"_id": 1}, session=s)}
-            gone = [i for i in ids if i not in alive]
-            self.messages.delete_many({"session_id": {"$in": gone}}, session=s)
+            alive = {(d["_id"], d.get("inc")) for d in self.sessions.find({"_id": {"$in": [p[0] for p in found]}}, {"inc": 1}, session=s)}
+            self._drop_incarnations([p for p in found if p not in alive], s)
         return deleted
 
     def _delete_session(self, session_id: str, user_id: str | None) -> bool:
         cond = {} if user_id is None else {"user_id": user_id}
-        return self.conn.transaction(lambda s: self._purge([session_id], cond, s)) > 0
+
+        def work(s: ClientSession | None) -> bool:
+            # The session document first: from then on no read shows the session, whatever happens next.
+            doc = self.sessions.find_one_and_delete({"_id": session_id, **cond}, projection={"inc": 1}, session=s)
+            if doc is None:
+                return False
+            self._drop_incarnations([(session_id, doc.get("inc"))], s)
+            return True
+
+        return self.conn.transaction(work)
 
     def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
         cond: dict[str, Any] = {"user_id": user_id} if user_id is not None else {"updated_us": {"$lt": _us(idle_before)}}  # type: ignore[arg-type]
         total = 0
         # Batches of ids from the index; each batch leaves the match (deleted, or refreshed by new activity). The
         # check on a repeated batch only guards against a server that fails to delete without an error.
-        previous: list[str] = []
-        while (ids := [d["_id"] for d in self.sessions.find(cond, {"_id": 1}).limit(_BATCH)]) and ids != previous:
-            total += self.conn.transaction(lambda s: self._purge(ids, cond, s))  # noqa: B023 - called at once
-            previous = ids
+        previous: list[tuple[str, Any]] = []
+        while (found := [(d["_id"], d.get("inc")) for d in self.sessions.find(cond, {"inc": 1}).limit(_BATCH)]) and found != previous:
+            total += self.conn.transaction(lambda s: self._purge(found, cond, s))  # noqa: B023 - called at once
+            previous = found
         return total
 
     # ---- messages ----
@@ -389,15 +452,20 @@ class MongoConversationStore(_MongoStore, ConversationStore):
         ids = [d.id for d in drafts]
 
         def work(s: ClientSession | None) -> list[Message]:
-            found = self.messages.find({"session_id": session_id, "id": {"$in": ids}}, {"_id": 0}, session=s)
+            head = self.sessions.find_one({"_id": session_id}, {"inc": 1}, session=s)
+            if head is None:
+                raise missing_session(session_id)
+            inc = head.get("inc")
+            found = self.messages.find({"session_id": session_id, "inc": inc, "id": {"$in": ids}}, {"_id": 0}, session=s)
             known = {m.id: m for m in map(_message_from_doc, found)}
             fresh = [d for d in drafts if d.id not in known]
             if fresh:
                 n = len(fresh)
                 # The counter bump is the seq allocation: atomic on the session document, and the transaction's
-                # write lock on it queues concurrent appenders to this session only.
+                # write lock on it queues concurrent appenders to this session only. Filtered by incarnation: if
+                # the session was deleted (and maybe re-created) since the lookup, this append's session is gone.
                 doc = self.sessions.find_one_and_update(
-                    {"_id": session_id},
+                    {"_id": session_id, "inc": inc},
                     {"$inc": {"message_count": n}, "$max": {"updated_us": _us(now)}},
                     projection={"message_count": 1},
                     return_document=ReturnDocument.AFTER,
@@ -407,16 +475,19 @@ class MongoConversationStore(_MongoStore, ConversationStore):
                     raise missing_session(session_id)
                 first = int(doc["message_count"]) - n + 1
                 stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(fresh)]
-                self.messages.insert_many([_message_doc(m) for m in stored], session=s)
+                if s is None:
+                    self._insert_unguarded(session_id, inc, stored)
+                else:
+                    self.messages.insert_many([_message_doc(m, inc) for m in stored], session=s)
                 known.update((m.id, m) for m in stored)
-            elif self.sessions.find_one({"_id": session_id}, {"_id": 1}, session=s) is None:
-                raise missing_session(session_id)
             return [known[d.id] for d in drafts]  # type: ignore[index]
 
         for attempt in range(_ID_RACE_ATTEMPTS):
             try:
                 return self.conn.transaction(work)
-            except px.DuplicateKeyError:
+            except (px.DuplicateKeyError, px.BulkWriteError) as e:
+                if not _is_duplicate_message_id(e):
+                    raise  # a seq collision is another writer's document at our seq: IntegrityError, no retry
                 # Another writer stored one of these ids since we looked (the unique index refused ours). In a
                 # transaction nothing of ours was kept: look again. Without transactions the counter bump stays,
                 # leaving a seq gap, as a crash mid-append can on a standalone server.
@@ -424,8 +495,36 @@ class MongoConversationStore(_MongoStore, ConversationStore):
                     raise
         raise AssertionError("unreachable")
 
+    def _insert_unguarded(self, session_id: str, inc: Any, stored: list[Message]) -> None:
+        """The insert half of an append without a transaction (standalone server)."""
+        try:
+            self.messages.insert_many([_message_doc(m, inc) for m in stored])
+        except Exception:
+            # Remove what this call did insert (matched by message id, never another writer's documents); the
+            # counter has moved and stays moved: a gap in the seqs, as documented for standalone servers.
+            ids = [m.id for m in stored]
+            self._quietly(lambda: self.messages.delete_many({"session_id": session_id, "inc": inc, "id": {"$in": ids}}))
+            raise
+        # A delete may have run between the counter bump and the insert: the messages then belong to a deleted
+        # incarnation, which no read shows. A delete removes the session document before the messages, so either
+        # its message removal ran after this insert, or the session is gone by now and this cleans up.
+        if self.sessions.find_one({"_id": session_id, "inc": inc}, {"_id": 1}) is None:
+            self._drop_incarnations([(session_id, inc)])
+
+    @staticmethod
+    def _quietly(work: Callable[[], Any]) -> None:
+        """Best-effort cleanup while another error is being raised: that error is the one to report."""
+        try:
+            work()
+        except (px.PyMongoError, BSONError):
+            pass
+
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
-        query: dict[str, Any] = {"session_id": session_id}
+        head = self.sessions.find_one({"_id": session_id}, {"message_count": 1, "inc": 1})
+        if head is None:
+            return []
+        # Only the current incarnation: messages left by a deleted session of the same id are not this session's.
+        query: dict[str, Any] = {"session_id": session_id, "inc": head.get("inc")}
         seq: dict[str, int] = {}
         if before_seq is not None:
             seq["$lt"] = before_seq
@@ -440,17 +539,11 @@ class MongoConversationStore(_MongoStore, ConversationStore):
         # Newest N. Seqs are contiguous, so they are the index range (hi - N, hi]: exactly N index entries and
         # documents on any server (some servers, SecantusDB among them, sort all of a session's messages for a
         # sort-plus-limit query even with the index).
-        if before_seq is not None:
-            hi = min(before_seq - 1, 2**63 - 1)
-        else:
-            doc = self.sessions.find_one({"_id": session_id}, {"message_count": 1})
-            if doc is None:
-                return []
-            hi = int(doc["message_count"])
+        hi = min(before_seq - 1, 2**63 - 1) if before_seq is not None else int(head["message_count"])
         lo = max(hi - limit, after_seq if after_seq is not None else -(2**63))
         if hi <= lo:
             return []
-        window = {"session_id": session_id, "seq": {"$gt": lo, "$lte": hi}}
+        window = {"session_id": session_id, "inc": head.get("inc"), "seq": {"$gt": lo, "$lte": hi}}
         found = [_message_from_doc(d) for d in self.messages.find(window, {"_id": 0}).sort("seq", 1)]
         if len(found) == hi - lo:
             return found
@@ -465,18 +558,28 @@ class MongoConversationStore(_MongoStore, ConversationStore):
         return int(doc["message_count"]) if doc else 0
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
+        inc = ObjectId()
+
         def work(s: ClientSession | None) -> None:
+            if self.sessions.find_one({"_id": session.session_id}, {"_id": 1}, session=s) is not None:
+                raise _SessionTaken
+            # Messages first, under a new incarnation no read asks for yet; the session document last, so without a
+            # transaction too the session appears complete or not at all.
+            for start in range(0, len(messages), _BATCH):
+                self.messages.insert_many([_message_doc(m, inc) for m in messages[start : start + _BATCH]], session=s)
             try:
-                self.sessions.insert_one(_session_doc(session), session=s)
+                self.sessions.insert_one(_session_doc(session, inc), session=s)
             except px.DuplicateKeyError:
                 raise _SessionTaken from None
-            for start in range(0, len(messages), _BATCH):
-                self.messages.insert_many([_message_doc(m) for m in messages[start : start + _BATCH]], session=s)
 
         try:
             self.conn.transaction(work)
-        except _SessionTaken:
-            return False
+        except Exception as e:
+            if not self.conn.transactions and messages:
+                self._quietly(lambda: self._drop_incarnations([(session.session_id, inc)]))
+            if isinstance(e, _SessionTaken):
+                return False
+            raise
         return True
 
 

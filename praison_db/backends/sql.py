@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, delete, event, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.pool import StaticPool
@@ -591,6 +591,12 @@ def _session_row(s: Session) -> dict[str, Any]:
     return s.model_dump()
 
 
+def _later(column: Any, now: Any) -> Any:
+    """``updated_at`` for an update at ``now``: never earlier than the stored value (an imported session can be dated
+    ahead of this clock). CASE rather than GREATEST/MAX: it means the same on SQLite, PostgreSQL and MySQL."""
+    return case((column > now, column), else_=now)
+
+
 class SqlConversationStore(_SqlStore, ConversationStore):
     """ConversationStore over SQLAlchemy Core (SQLite, PostgreSQL, MySQL/MariaDB)."""
 
@@ -653,7 +659,8 @@ class SqlConversationStore(_SqlStore, ConversationStore):
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
         s = self.t.sessions.c
         with self.db.write() as conn:
-            result = conn.execute(update(self.t.sessions).where(s.session_id == session_id).values(**changes, updated_at=now))
+            stamp = bindparam("now", now, type_=s.updated_at.type)
+            result = conn.execute(update(self.t.sessions).where(s.session_id == session_id).values(**changes, updated_at=_later(s.updated_at, stamp)))
             if result.rowcount == 0:
                 return None
             row = conn.execute(select(self.t.sessions).where(s.session_id == session_id)).first()
@@ -690,7 +697,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         """(counter bump, count read, message insert), built once per store."""
         s = self.t.sessions.c
         bump = update(self.t.sessions).where(s.session_id == bindparam("sid"))
-        bump = bump.values(message_count=s.message_count + bindparam("n"), updated_at=bindparam("now"))
+        bump = bump.values(message_count=s.message_count + bindparam("n"), updated_at=_later(s.updated_at, bindparam("now", type_=s.updated_at.type)))
         if self.db.engine.dialect.update_returning:
             bump = bump.returning(s.message_count)
         count = select(s.message_count).where(s.session_id == bindparam("sid"))
