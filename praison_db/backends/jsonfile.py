@@ -167,11 +167,12 @@ def _check_folders(path: Path, root: Path | None) -> None:
     """Refuse a link at a folder of ours between ``root`` and ``path`` (O_NOFOLLOW covers only the last part)."""
     if root is None:
         return
-    for folder in path.parents:
-        if folder == root or root not in folder.parents:
-            return
-        if _is_link(folder):
-            raise _unsafe(folder, root, "a symbolic link")
+    top = os.fspath(root)
+    folder = os.path.dirname(path)  # strings, not pathlib: this runs on every read
+    while len(folder) > len(top) and folder.startswith(top):
+        if _is_link(Path(folder)):
+            raise _unsafe(Path(folder), root, "a symbolic link")
+        folder = os.path.dirname(folder)
 
 
 def open_private(path: Path, mode: str, *, root: Path | None = None, encoding: str | None = None) -> IO[Any]:
