@@ -25,9 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
-from .backends.jsonfile import session_file_stem
+from .backends.jsonfile import make_private_dir, open_private, private_lock, session_file_stem, write_private
 from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound
 from .facade import PraisonDB
 from .facade import db as open_db
@@ -372,8 +370,8 @@ class Agent:
 
     @staticmethod
     def _append_line(path: Path, record: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.lock", timeout=10), open(path, "a", encoding="utf-8") as f:
+        make_private_dir(path.parent, root=path.parent.parent)
+        with _spool_lock(path), open_private(path, "a", root=path.parent.parent) as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -404,10 +402,10 @@ class Agent:
 
     def _read_spool(self, session_id: str) -> list[dict[str, Any]]:
         path = self._spool_path(session_id)
-        if not path.exists():
+        if not os.path.lexists(path):
             return []
         try:
-            with FileLock(f"{path}.lock", timeout=10):
+            with _spool_lock(path):
                 records = _spooled(path, session_id)
                 if any("id" not in r for r in records):
                     # Written by a version that gave no ids: give them ids now, once, so retries stay idempotent.
@@ -425,17 +423,23 @@ class Agent:
         """Drop written messages from the spool file, keeping what other Agents on this session spooled meanwhile."""
         path = self._spool_path(session_id)
         try:
-            with FileLock(f"{path}.lock", timeout=10):
-                if not path.exists():
+            with _spool_lock(path):
+                if not os.path.lexists(path):
                     return
                 _write_spool(path, [r for r in _spooled(path, session_id) if r.get("id") not in ids])
         except Exception as e:  # noqa: BLE001 - already stored, and ids make the next writer's retry a no-op
             log.warning("praison_db: could not update %s: %s", path, e)
 
 
+def _spool_lock(path: Path) -> Any:
+    return private_lock(Path(f"{path}.lock"), 10, root=path.parent.parent)
+
+
 def _spooled(path: Path, session_id: str) -> list[dict[str, Any]]:
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    with open_private(path, "r", root=path.parent.parent) as f:
+        text = f.read()
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -449,12 +453,7 @@ def _write_spool(path: Path, records: list[dict[str, Any]]) -> None:
     if not records:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _as_message(record: dict[str, Any]) -> dict[str, Any]:

@@ -383,6 +383,7 @@ def _check_store(role: str, store: Any) -> dict[str, Any]:
         "schema": None,
         "probe": None,
         "latency_ms": None,
+        "damaged_files": None,
         "ok": False,
         "error": None,
     }
@@ -412,6 +413,18 @@ def _check_store(role: str, store: Any) -> dict[str, Any]:
         report["ok"] = True
     except Exception as e:  # noqa: BLE001 - every failure becomes one line of the report
         report["error"] = _redact(_error_text(store, e))
+    damaged_files = getattr(store, "damaged_files", None)  # file-backed stores: scan their folder, even after a failure
+    if callable(damaged_files):
+        try:
+            damaged = report["damaged_files"] = damaged_files()
+        except Exception as e:  # noqa: BLE001
+            damaged = []
+            report["ok"], report["error"] = False, report["error"] or _redact(_error_text(store, e))
+        if damaged:
+            shown = "; ".join(f"{d['file']}: {d['problem']}" for d in damaged[:3])
+            more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+            summary = f"{len(damaged)} damaged file{'s' if len(damaged) != 1 else ''} ({shown}{more})"
+            report["ok"], report["error"] = False, report["error"] or _redact(summary)
     return report
 
 
@@ -468,8 +481,18 @@ def _print_doctor(report: dict[str, Any]) -> None:
     row("server", lambda s: Text(s["server_version"] or "-"))
     row("schema", lambda s: "-" if s["schema"] is None else f"{s['schema']['current']} (expected {s['schema']['expected']})")
     row("round trip", lambda s: "-" if s["latency_ms"] is None else f"{s['latency_ms']:.1f} ms ({s['probe']})")
+    row("damaged files", _damaged_cell)
     row("status", lambda s: Text("ok", style="green") if s["ok"] else Text(f"FAILED: {s['error']}", style="red"))
     out.print(table)
+
+
+def _damaged_cell(report: dict[str, Any]) -> Any:
+    damaged = report.get("damaged_files")
+    if damaged is None:
+        return "-"
+    if not damaged:
+        return Text("none", style="green")
+    return Text("\n".join(f"{d['file']}: {d['problem']}" for d in damaged), style="red")
 
 
 # ---- migrate ----

@@ -13,15 +13,25 @@ id (``../x``, ``a/b``, very long) can name a path outside the directory. Appends
 the session's length. ``message_count`` and activity are read from the last line, so the header is rewritten only
 by ``update_session``. A line torn by a crash is ignored when reading and cut off before the next append: a crash
 loses at most the message being written, never the session.
+
+The folder may sit on a disk others can write to, so every file is opened without following a symbolic link at its
+path (``O_NOFOLLOW``): a link planted where a header, messages, lock, state or spool file belongs makes the call
+raise :class:`~praison_db.IntegrityError` naming the file, and nothing is read or written through it. Files this
+module creates are owner-only (0600) and so are the folders it creates (0700), whatever the umask. A header or state
+file that cannot be read as what it should be (empty, truncated, not JSON, wrong shape) also raises IntegrityError
+naming the file; listing skips such a session with a warning, ``delete_session`` still removes it, and
+``damaged_files()`` (shown by ``praison-db doctor``) lists every such file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
@@ -46,11 +56,20 @@ from ..base import (
     missing_session,
     resolve_options,
 )
-from ..errors import Error, StoreUnavailable
+from ..errors import Error, IntegrityError, StoreUnavailable
 from ..models import Message, MessageDraft, Session, dumps
 from ..url import StoreURL
 
-__all__ = ["JsonConversationStore", "JsonStateStore", "DefaultSessionStore", "session_file_stem"]
+__all__ = [
+    "JsonConversationStore",
+    "JsonStateStore",
+    "DefaultSessionStore",
+    "session_file_stem",
+    "open_private",
+    "private_lock",
+    "make_private_dir",
+    "write_private",
+]
 
 log = logging.getLogger("praison_db")
 
@@ -75,6 +94,214 @@ def session_file_stem(session_id: str) -> str:
     return f"{slug}-{digest}"
 
 
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# O_NONBLOCK: a FIFO planted at a file's path would otherwise block the open forever; regular files ignore it.
+_OPEN_FLAGS = _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+_MODES = {
+    "rb": os.O_RDONLY,
+    "r+b": os.O_RDWR | os.O_CREAT,
+    "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "r": os.O_RDONLY,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+}
+
+
+def _why(error: BaseException, what: str) -> str:
+    """What is wrong with a file's content, in a few words."""
+    if isinstance(error, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(error, json.JSONDecodeError):
+        return f"not JSON: {error.msg} (byte {error.pos})"
+    if isinstance(error, RecursionError):
+        return "JSON nested too deeply"
+    errors = getattr(error, "errors", None)  # pydantic's ValidationError
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "the top level"
+        return f"not {what}: {where}: {first.get('msg', 'invalid')}"
+    return f"not {what}"
+
+
+def _shown(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _unsafe(path: Path, root: Path | None, what: str) -> IntegrityError:
+    where = f" in {root}" if root is not None else ""
+    return IntegrityError(
+        f"{_shown(path, root)}{where} is {what}, where praison_db keeps a file of its own; it never reads or writes "
+        "through it: remove it and retry"
+    )
+
+
+def _damaged(path: Path, root: Path | None, why: str) -> IntegrityError:
+    where = f" in {root}" if root is not None else ""
+    return _marked(IntegrityError(f"{_shown(path, root)}{where} is damaged ({why}); restore it from a backup or delete it"), why)
+
+
+def _marked(error: IntegrityError, why: str) -> IntegrityError:
+    # Marks "a regular file with the wrong content" (a session with one can still be deleted), unlike a planted link.
+    error.damaged = why  # type: ignore[attr-defined]
+    return error
+
+
+def _damage(error: IntegrityError) -> str | None:
+    return getattr(error, "damaged", None)
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _check_folders(path: Path, root: Path | None) -> None:
+    """Refuse a link at a folder of ours between ``root`` and ``path`` (O_NOFOLLOW covers only the last part)."""
+    if root is None:
+        return
+    top = os.fspath(root)
+    folder = os.path.dirname(path)  # strings, not pathlib: this runs on every read
+    while len(folder) > len(top) and folder.startswith(top):
+        if _is_link(Path(folder)):
+            raise _unsafe(Path(folder), root, "a symbolic link")
+        folder = os.path.dirname(folder)
+
+
+def open_private(path: Path, mode: str, *, root: Path | None = None, encoding: str | None = None) -> IO[Any]:
+    """Open a store file without following a symbolic link at its path; a file it creates is owner-only (0600).
+
+    ``mode`` is one of ``rb``, ``r+b`` (created if missing), ``wb``, ``ab``, ``r``, ``a``. Raises IntegrityError
+    naming the file (relative to ``root``) when a link or anything but a regular file sits at ``path``, and
+    FileNotFoundError when reading a missing file.
+    """
+    _check_folders(path, root)
+    if not _NOFOLLOW and _is_link(path):  # no O_NOFOLLOW on this OS: check first (a narrow race remains)
+        raise _unsafe(path, root, "a symbolic link")
+    try:
+        fd = os.open(path, _MODES[mode] | _OPEN_FLAGS, PRIVATE_FILE)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        # Linux says ELOOP for a link under O_NOFOLLOW, the BSDs EMLINK or EFTYPE: ask the file system instead.
+        if e.errno == errno.ELOOP or _is_link(path):
+            raise _unsafe(path, root, "a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _unsafe(path, root, "not a regular file")
+        if _MODES[mode] & os.O_CREAT and stat.S_IMODE(st.st_mode) != PRIVATE_FILE and _owned(st):
+            os.fchmod(fd, PRIVATE_FILE)  # the umask may have left group/other bits, or an older file kept them
+        return os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding=encoding or "utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _owned(st: os.stat_result) -> bool:
+    getuid = getattr(os, "getuid", None)
+    return getuid is not None and hasattr(os, "fchmod") and st.st_uid == getuid()
+
+
+def make_private_dir(path: Path, *, root: Path | None = None, own: bool = True) -> None:
+    """Create ``path`` and its missing parents owner-only (0700), whatever the umask.
+
+    With ``own`` (a folder of praison_db's own inside the store), a symbolic link or a file in its place raises
+    IntegrityError; the store folder itself may be a link the user made.
+    """
+    missing: list[Path] = []
+    cursor = path
+    while not os.path.lexists(cursor) and cursor.parent != cursor:
+        missing.append(cursor)
+        cursor = cursor.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, PRIVATE_DIR)
+        except FileExistsError:  # another process made it meanwhile
+            continue
+        os.chmod(folder, PRIVATE_DIR)
+    if own:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise _unsafe(path, root, "a symbolic link")
+        if not stat.S_ISDIR(st.st_mode):
+            raise _unsafe(path, root, "not a folder")
+
+
+@contextmanager
+def private_lock(path: Path, timeout: float, *, root: Path | None = None, lock: FileLock | None = None) -> Iterator[None]:
+    """Hold the cross-process lock file ``path`` (owner-only, never through a symbolic link).
+
+    Raises IntegrityError for a link at ``path`` and filelock's Timeout when another process keeps it ``timeout`` s.
+    """
+    _check_folders(path, root)
+    if _is_link(path):
+        raise _unsafe(path, root, "a symbolic link")
+    lock = lock or FileLock(path, timeout=timeout, mode=PRIVATE_FILE)
+    try:
+        lock.acquire()
+    except OSError as e:
+        if e.errno == errno.ELOOP or _is_link(path):  # planted between the check and the open
+            raise _unsafe(path, root, "a symbolic link") from None
+        raise
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _cover(target: Path | int, stamp_ns: int) -> None:
+    """Move a file's modification time (a path, never through a link, or an open fd) up to ``stamp_ns``, never back."""
+    st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+    if stamp_ns <= st.st_mtime_ns:
+        return
+    if isinstance(target, int):
+        if os.utime in os.supports_fd:
+            os.utime(target, ns=(st.st_atime_ns, stamp_ns))
+    elif os.utime in os.supports_follow_symlinks:
+        os.utime(target, ns=(st.st_atime_ns, stamp_ns), follow_symlinks=False)
+    elif not stat.S_ISLNK(st.st_mode):
+        os.utime(target, ns=(st.st_atime_ns, stamp_ns))
+
+
+def _entry_problem(entry: os.DirEntry[str]) -> str | None:
+    if entry.is_symlink():
+        return "a symbolic link" if os.path.exists(entry.path) else "a dangling symbolic link"
+    if not entry.is_file(follow_symlinks=False):
+        return "not a regular file"
+    return None
+
+
+def _messages_problem(path: Path) -> str | None:
+    """The first line of a messages file that is not the next message, or None when it is sound (or missing)."""
+    try:
+        f = open_private(path, "rb")
+    except FileNotFoundError:
+        return None
+    except IntegrityError:
+        return "a symbolic link" if _is_link(path) else "not a regular file"
+    expected = 1
+    with f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                break  # torn by a crash: the next append cuts it off
+            record = _parse_line(raw)
+            if record is None:
+                return f"line {number} is not a message"
+            if record["seq"] < expected:
+                return f"line {number} has seq {record['seq']}, after seq {expected - 1}"
+            expected = record["seq"] + 1
+    return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -83,10 +310,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader or a crash sees the old or the new file, never half."""
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (owner-only) so that a reader or a crash sees the old or the new file, never half.
+
+    A symbolic link at ``path`` is replaced, never written through.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, PRIVATE_FILE)  # mkstemp's 0600 is still subject to the umask
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -102,14 +334,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
+    """A stored message record, or None for a line that is not one (torn, edited by hand, garbage)."""
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    seq = value.get("seq")
+    return value if type(seq) is int and isinstance(value.get("created_at"), str) else None
 
 
-def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None) -> list[dict[str, Any]]:
+def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None, root: Path | None = None) -> list[dict[str, Any]]:
     """The last ``want`` complete records of a JSON Lines file, newest first, reading backwards from the end.
 
     A torn last line (no newline) is skipped. ``stop(record)`` returning True ends the scan early;
@@ -118,7 +354,7 @@ def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None) -> li
     """
     out: list[dict[str, Any]] = []
     try:
-        f = open(path, "rb")
+        f = open_private(path, "rb", root=root)
     except FileNotFoundError:
         return out
     with f:
@@ -192,7 +428,8 @@ class JsonConversationStore(ConversationStore):
         self.url = f"json://{self.directory}"
         self._lock_timeout = lock_timeout
         self._locks = self.directory / ".locks"
-        self._locks.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory, own=False)
+        make_private_dir(self._locks, root=self.directory)
         self._lock_objects: dict[Path, FileLock] = {}
         self._id_indexes: dict[Path, _IdIndex] = {}
 
@@ -214,59 +451,89 @@ class JsonConversationStore(ConversationStore):
             # Lock objects are reused (making one costs more than an append's write); the cache stays bounded.
             if len(self._lock_objects) >= 1024:
                 self._lock_objects.pop(next(iter(self._lock_objects)))
-            lock = self._lock_objects[lock_path] = FileLock(lock_path, timeout=self._lock_timeout)
+            lock = self._lock_objects[lock_path] = FileLock(lock_path, timeout=self._lock_timeout, mode=PRIVATE_FILE)
         try:
-            lock.acquire()
+            with private_lock(lock_path, self._lock_timeout, root=self.directory, lock=lock):
+                yield
         except Timeout:
             raise StoreUnavailable(
                 f"another process has held the lock of {lock_path.name} for {self._lock_timeout:g} s; try again"
             ) from None
-        try:
-            yield
-        finally:
-            lock.release()
 
     def _translate_error(self, error: Exception) -> Error | None:
         if isinstance(error, OSError):
             return StoreUnavailable(f"cannot use the session directory {self.directory}: {error.strerror or error}")
         return None
 
-    @staticmethod
-    def _read_header(path: Path) -> dict[str, Any] | None:
+    def _read_header(self, path: Path) -> Session | None:
+        """The session a header file holds; None when there is none; IntegrityError naming it when it is damaged."""
         try:
-            return json.loads(path.read_bytes())
+            with open_private(path, "rb", root=self.directory) as f:
+                data = f.read()
         except FileNotFoundError:
             return None
+        try:
+            session = Session.model_validate(json.loads(data))
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or not the shape of a session
+            raise _damaged(path, self.directory, "empty" if not data.strip() else _why(e, "a session header")) from None
+        if session.updated_at.tzinfo is None or f"{session_file_stem(session.session_id)}.session.json" != path.name:
+            raise _damaged(path, self.directory, "it does not hold this session")
+        return session
+
+    def _exists(self, header_path: Path) -> bool:
+        """Whether a session's header is there, refusing a link or a folder in its place."""
+        try:
+            mode = os.lstat(header_path).st_mode
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(mode):
+            raise _unsafe(header_path, self.directory, "a symbolic link")
+        if not stat.S_ISREG(mode):
+            raise _unsafe(header_path, self.directory, "not a regular file")
+        return True
+
+    def _last_record(self, messages_path: Path) -> tuple[int, datetime] | None:
+        last = _tail_lines(messages_path, 1, root=self.directory)
+        if not last:
+            return None
+        try:
+            created = datetime.fromisoformat(last[0]["created_at"])
+        except ValueError:
+            raise _damaged(messages_path, self.directory, "the last message has no valid created_at") from None
+        if created.tzinfo is None:
+            raise _damaged(messages_path, self.directory, "the last message has no time zone")
+        return last[0]["seq"], created
 
     def _load(self, header_path: Path, messages_path: Path) -> Session | None:
-        header = self._read_header(header_path)
-        if header is None:
+        session = self._read_header(header_path)
+        if session is None:
             return None
-        last = _tail_lines(messages_path, 1)
-        session = Session.model_validate(header)
+        last = self._last_record(messages_path)
         if last:
-            updated = max(session.updated_at, datetime.fromisoformat(last[0]["created_at"]))
-            session = session.model_copy(update={"message_count": last[0]["seq"], "updated_at": updated})
+            seq, created = last
+            session = session.model_copy(update={"message_count": seq, "updated_at": max(session.updated_at, created)})
         return session
 
     @staticmethod
     def _header_text(session: Session) -> str:
         return json.dumps(session.model_dump(mode="json", exclude={"message_count"}), ensure_ascii=False)
 
+    def _write_header(self, header_path: Path, session: Session, activity: datetime) -> None:
+        write_private(header_path, self._header_text(session))
+        # Listing relies on "activity <= the newer file time" (see _list_sessions). A session stamped ahead of this
+        # machine's clock (an import, another machine's clock) would break that: move the file time up to it.
+        _cover(header_path, _ns(activity))
+
     def _create_files(self, session: Session, messages: list[Message] | None = None) -> None:
         header_path, messages_path, _ = self._paths(session.session_id)
         # The header is written last: it is the commit point. Leftover messages of a half-created or
         # half-deleted session with this id are discarded first.
-        with open(messages_path, "wb") as f:
+        with open_private(messages_path, "wb", root=self.directory) as f:
             if messages:
                 f.write(b"".join(self._line(m) for m in messages))
             f.flush()
             os.fsync(f.fileno())
-        _write_atomic(header_path, self._header_text(session))
-        stamped = _ns(max([session.updated_at, *(m.created_at for m in messages[-1:])] if messages else [session.updated_at]))
-        if stamped > os.stat(header_path).st_mtime_ns:
-            # An import stamped ahead of this machine's clock: keep "activity <= file time", which listing relies on.
-            os.utime(header_path, ns=(stamped, stamped))
+        self._write_header(header_path, session, max([session.updated_at, *(m.created_at for m in messages or [])]))
 
     @staticmethod
     def _line(message: Message) -> bytes:
@@ -277,7 +544,7 @@ class JsonConversationStore(ConversationStore):
     def _insert_session(self, session: Session) -> bool:
         header_path, _, lock_path = self._paths(session.session_id)
         with self._locked(lock_path):
-            if header_path.exists():
+            if self._exists(header_path):
                 return False
             self._create_files(session)
             return True
@@ -298,13 +565,32 @@ class JsonConversationStore(ConversationStore):
     def _load_stem(self, stem: str) -> Session | None:
         try:
             return self._load(self.directory / f"{stem}.session.json", self.directory / f"{stem}.jsonl")
-        except (ValueError, KeyError) as e:
-            log.warning("praison_db: skipped unreadable session file %s.session.json: %s", stem, e)
+        except (IntegrityError, OSError) as e:
+            # One damaged or unreadable session must not make listing fail for everyone; reading it directly says why.
+            log.warning("praison_db: skipped session file %s.session.json: %s", stem, getattr(e, "strerror", None) or e)
             return None
 
-    def _stems(self) -> list[str]:
+    def _entries(self) -> Iterator[tuple[str, str, int]]:
+        """(kind, stem, modification time) of every header and messages file; anything else in the folder is not ours."""
         with os.scandir(self.directory) as entries:
-            return [e.name[: -len(".session.json")] for e in entries if e.name.endswith(".session.json")]
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".session.json"):
+                    kind, stem = "header", name[: -len(".session.json")]
+                elif name.endswith(".jsonl"):
+                    kind, stem = "messages", name[: -len(".jsonl")]
+                else:
+                    continue
+                # Folders, links (dangling or not) and devices named like ours are ignored: never followed.
+                if not stem or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    yield kind, stem, entry.stat(follow_symlinks=False).st_mtime_ns
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+
+    def _stems(self) -> list[str]:
+        return [stem for kind, stem, _ in self._entries() if kind == "header"]
 
     def _all_sessions(self) -> Iterator[Session]:
         """Every session, reading only headers and the last line of each messages file."""
@@ -314,37 +600,45 @@ class JsonConversationStore(ConversationStore):
                 yield session
 
     def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
-        # Every write to a session touches one of its two files, so a session's activity (updated_at) is no later
-        # than the newer of their modification times, give or take the coarse clock of file times (_MTIME_SLACK).
+        # Every write to a session touches one of its two files, and a write stamped ahead of the file system's clock
+        # moves that file's time up to the stamp (_cover), so a session's activity (updated_at) is no later than the
+        # newer of their modification times, give or take the coarse clock of file times (_MTIME_SLACK).
         # Sessions are read in that order, and reading stops once no unread session can beat the page's last one:
         # a page of the newest sessions costs a stat per session plus a read of only those it needs.
         headers: dict[str, int] = {}
         messages: dict[str, int] = {}
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.endswith(".session.json"):
-                    target, stem = headers, name[: -len(".session.json")]
-                elif name.endswith(".jsonl"):
-                    target, stem = messages, name[: -len(".jsonl")]
-                else:
-                    continue
-                try:
-                    target[stem] = entry.stat().st_mtime_ns
-                except FileNotFoundError:  # deleted meanwhile
-                    continue
+        for kind, stem, mtime in self._entries():
+            (headers if kind == "header" else messages)[stem] = mtime
         candidates = sorted(((max(t, messages.get(stem, 0)), stem) for stem, t in headers.items()), reverse=True)
         page: list[Session] = []
         for bound_ns, stem in candidates:
             if len(page) >= limit and bound_ns + _MTIME_SLACK_NS < _ns(page[-1].updated_at):
                 break
             session = self._load_stem(stem)
-            if session is None or not flt.matches(session) or (after is not None and activity_key(session) >= after):
+            if session is None:
+                continue
+            if _ns(session.updated_at) > bound_ns + _MTIME_SLACK_NS:
+                self._repair_file_time(session)
+            if not flt.matches(session) or (after is not None and activity_key(session) >= after):
                 continue
             page.append(session)
             page.sort(key=activity_key, reverse=True)
             del page[limit:]
         return page
+
+    def _repair_file_time(self, session: Session) -> None:
+        """Restore "activity <= file time" for a session whose files were copied or touched without their times.
+
+        No lock (a listing must not wait for a writer): _cover only ever moves a file time forward, and a writer that
+        replaces the header meanwhile covers its own stamp.
+        """
+        header_path = self._paths(session.session_id)[0]
+        try:
+            _cover(header_path, _ns(session.updated_at))
+        except OSError as e:  # best effort (a read-only folder): the listing itself must not fail for it
+            log.warning("praison_db: could not fix the file time of %s: %s", header_path.name, e.strerror or e)
+        else:
+            log.warning("praison_db: %s was older than its session's activity; moved it forward", header_path.name)
 
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
         header_path, messages_path, lock_path = self._paths(session_id)
@@ -353,14 +647,28 @@ class JsonConversationStore(ConversationStore):
             if current is None:
                 return None
             updated = current.model_copy(update={**changes, "updated_at": max(now, current.updated_at)})
-            _write_atomic(header_path, self._header_text(updated))
+            self._write_header(header_path, updated, updated.updated_at)
             return updated
 
     def _remove(self, session_id: str, user_id: str | None) -> bool:
         header_path, messages_path, lock_path = self._paths(session_id)
         with self._locked(lock_path):
-            header = self._read_header(header_path)
-            if header is None or (user_id is not None and header.get("user_id") != user_id):
+            if _is_link(messages_path):  # refused before anything is removed
+                raise _unsafe(messages_path, self.directory, "a symbolic link")
+            if not self._exists(header_path):
+                return False
+            try:
+                header = self._read_header(header_path)
+            except IntegrityError as e:
+                if _damage(e) is None:
+                    raise
+                if user_id is not None:
+                    raise IntegrityError(
+                        f"{header_path.name} in {self.directory} is damaged, so its owner is unknown; "
+                        "delete the session without user_id"
+                    ) from None
+                header = None  # a damaged session can still be deleted
+            if header is not None and user_id is not None and header.user_id != user_id:
                 return False
             header_path.unlink()  # the session is gone from here on; the messages file is garbage
             messages_path.unlink(missing_ok=True)
@@ -373,18 +681,21 @@ class JsonConversationStore(ConversationStore):
     def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
         count = 0
         for s in list(self._all_sessions()):
-            if user_id is not None and s.user_id == user_id:
-                count += self._remove(s.session_id, user_id)
-            elif idle_before is not None and s.updated_at < idle_before:
-                # Re-check under the lock: an append may have made it active since it was read.
-                header_path, messages_path, lock_path = self._paths(s.session_id)
-                with self._locked(lock_path):
-                    fresh = self._load(header_path, messages_path)
-                    if fresh is None or fresh.updated_at >= idle_before:
-                        continue
-                    header_path.unlink()
-                    messages_path.unlink(missing_ok=True)
-                count += 1
+            try:
+                if user_id is not None and s.user_id == user_id:
+                    count += self._remove(s.session_id, user_id)
+                elif idle_before is not None and s.updated_at < idle_before:
+                    # Re-check under the lock: an append may have made it active since it was read.
+                    header_path, messages_path, lock_path = self._paths(s.session_id)
+                    with self._locked(lock_path):
+                        fresh = self._load(header_path, messages_path)
+                        if fresh is None or fresh.updated_at >= idle_before:
+                            continue
+                        header_path.unlink()
+                        messages_path.unlink(missing_ok=True)
+                    count += 1
+            except IntegrityError as e:  # damaged or planted since listed: leave it, go on with the others
+                log.warning("praison_db: skipped session %r: %s", s.session_id, e)
         if count:
             _fsync_dir(self.directory)
         return count
@@ -394,10 +705,10 @@ class JsonConversationStore(ConversationStore):
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
         header_path, messages_path, lock_path = self._paths(session_id)
         with self._locked(lock_path):
-            if not header_path.exists():
+            if self._read_header(header_path) is None:
                 raise missing_session(session_id)
-            with open(messages_path, "r+b" if messages_path.exists() else "w+b") as f:
-                last_seq = self._repair_tail(f)
+            with open_private(messages_path, "r+b", root=self.directory) as f:
+                last_seq = self._repair_tail(f, messages_path)
                 index = self._id_index(f, messages_path)
                 known = {d.id: self._read_at(f, index.ids[d.id]) for d in drafts if d.id in index.ids}
                 fresh = [d for d in drafts if d.id not in known]
@@ -414,6 +725,10 @@ class JsonConversationStore(ConversationStore):
                         end += len(line)
                     index.offset, index.tail = end, lines[-1]
                     known.update((m.id, m) for m in stored)
+                    # A file server whose clock trails ours stamps the file before the message: see _list_sessions.
+                    stamped = _ns(now)
+                    if os.fstat(f.fileno()).st_mtime_ns + _MTIME_SLACK_NS < stamped:
+                        _cover(f.fileno(), stamped)
             return [known[d.id] for d in drafts]  # type: ignore[index]
 
     def _id_index(self, f: Any, path: Path) -> _IdIndex:
@@ -448,7 +763,7 @@ class JsonConversationStore(ConversationStore):
         r = json.loads(f.read(where[1]))
         return Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])})
 
-    def _repair_tail(self, f: Any) -> int:
+    def _repair_tail(self, f: Any, path: Path) -> int:
         """Cut a torn last line off (a crash mid-write) and return the last stored seq."""
         end = f.seek(0, os.SEEK_END)
         if end == 0:
@@ -478,7 +793,7 @@ class JsonConversationStore(ConversationStore):
             return 0
         record = _parse_line(lines[-1])
         if record is None:  # only possible if the file was edited by hand
-            last = _tail_lines(Path(f.name), 1)
+            last = _tail_lines(path, 1, root=self.directory)
             return last[0]["seq"] if last else 0
         return int(record["seq"])
 
@@ -492,14 +807,17 @@ class JsonConversationStore(ConversationStore):
         else:
             stop = (lambda r: r["seq"] <= after_seq) if after_seq is not None else None
             skip = (lambda r: r["seq"] >= before_seq) if before_seq is not None else None
-            records = _tail_lines(messages_path, limit, stop, skip)
+            records = _tail_lines(messages_path, limit, stop, skip, root=self.directory)
             records.reverse()
-        return [Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])}) for r in records]
-
-    @staticmethod
-    def _read_all(path: Path) -> list[dict[str, Any]]:
         try:
-            data = path.read_bytes()
+            return [Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])}) for r in records]
+        except ValueError:
+            raise _damaged(messages_path, self.directory, "a message has no valid created_at") from None
+
+    def _read_all(self, path: Path) -> list[dict[str, Any]]:
+        try:
+            with open_private(path, "rb", root=self.directory) as f:
+                data = f.read()
         except FileNotFoundError:
             return []
         lines = data.split(b"\n")
@@ -514,21 +832,80 @@ class JsonConversationStore(ConversationStore):
 
     def _count_messages(self, session_id: str) -> int:
         header_path, messages_path, _ = self._paths(session_id)
-        if not header_path.exists():
+        if not self._exists(header_path):
             return 0
-        last = _tail_lines(messages_path, 1)
-        return int(last[0]["seq"]) if last else 0
+        last = self._last_record(messages_path)
+        return last[0] if last else 0
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
         header_path, _, lock_path = self._paths(session.session_id)
         with self._locked(lock_path):
-            if header_path.exists():
+            if self._exists(header_path):
                 return False
             self._create_files(session, messages)
             return True
 
+    # ---- health ----
+
+    def damaged_files(self) -> list[dict[str, str]]:
+        """Files of this folder that the store cannot use, as ``{"file": path relative to the folder, "problem": ...}``.
+
+        Reports links and non-files where the store keeps files (headers, messages, locks, the Agent's spool), headers
+        that do not hold their session, and messages files with lines that are not messages or seqs out of order (a
+        torn last line left by a crash is repaired by the next append and not reported). Reads every messages file.
+        """
+        found: list[dict[str, str]] = []
+
+        def report(path: Path, problem: str) -> None:
+            found.append({"file": _shown(path, self.directory), "problem": problem})
+
+        headers: set[str] = set()
+        with os.scandir(self.directory) as entries:
+            listed = sorted(entries, key=lambda e: e.name)
+        for entry in listed:
+            path = Path(entry.path)
+            if entry.name in (".locks", "unsaved"):
+                if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+                    report(path, "a symbolic link" if entry.is_symlink() else "not a folder")
+                else:
+                    self._check_folder(path, report)
+                continue
+            if not (entry.name.endswith(".session.json") or entry.name.endswith(".jsonl")):
+                continue
+            problem = _entry_problem(entry)
+            if problem:
+                report(path, problem)
+            elif entry.name.endswith(".session.json"):
+                headers.add(entry.name[: -len(".session.json")])
+                try:
+                    self._read_header(path)
+                except IntegrityError as e:
+                    report(path, _damage(e) or str(e))
+        reported = {d["file"] for d in found}
+        for stem in sorted(headers):
+            path = self.directory / f"{stem}.jsonl"
+            problem = None if _shown(path, self.directory) in reported else _messages_problem(path)
+            if problem:
+                report(path, problem)
+        return found
+
+    @staticmethod
+    def _check_folder(folder: Path, report: Any) -> None:
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                problem = _entry_problem(entry)
+                if problem:
+                    report(Path(entry.path), problem)
+
 
 DefaultSessionStore = JsonConversationStore
+
+
+def _is_item(value: Any) -> bool:
+    if not isinstance(value, list) or len(value) != 2:
+        return False
+    expires = value[1]
+    return expires is None or (isinstance(expires, (int, float)) and not isinstance(expires, bool))
 
 
 def _directory(url: StoreURL) -> Path:
@@ -552,9 +929,14 @@ class JsonStateStore(StateStore):
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 30.0) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent, own=False)
         self.url = f"json://{self.path}"
-        self._lock = FileLock(f"{self.path}.lock", timeout=lock_timeout)
+        self._lock_path = Path(f"{self.path}.lock")
+        self._lock_timeout = lock_timeout
+        self._lock_object = FileLock(self._lock_path, timeout=lock_timeout, mode=PRIVATE_FILE)
+
+    def _locked(self) -> Any:
+        return private_lock(self._lock_path, self._lock_timeout, root=self.path.parent, lock=self._lock_object)
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> JsonStateStore:
@@ -571,27 +953,57 @@ class JsonStateStore(StateStore):
     def _read(self) -> dict[str, list[Any]]:
         """key -> [value, expires_at or None], without expired entries."""
         try:
-            items = json.loads(self.path.read_bytes())["items"]
+            with open_private(self.path, "rb", root=self.path.parent) as f:
+                data = f.read()
         except FileNotFoundError:
             return {}
+        try:
+            items = json.loads(data)["items"]
+        except (ValueError, RecursionError, TypeError, KeyError, IndexError) as e:  # not UTF-8, not JSON, no items
+            raise self._damaged("empty" if not data.strip() else _why(e, "a state file")) from None
+        if not isinstance(items, dict) or not all(_is_item(v) for v in items.values()):
+            raise self._damaged("its items are not [value, expiry] pairs")
         now = time.time()
         return {k: v for k, v in items.items() if v[1] is None or v[1] > now}
 
+    def _damaged(self, why: str) -> IntegrityError:
+        return _marked(
+            IntegrityError(
+                f"the state file {self.path} is damaged ({why}); restore it from a backup, or move it aside to start empty"
+            ),
+            why,
+        )
+
+    def damaged_files(self) -> list[dict[str, str]]:
+        """The state file or its lock file when the store cannot use them, as ``{"file": ..., "problem": ...}``."""
+        found = []
+        for path in (self.path, self._lock_path):
+            if _is_link(path):
+                found.append({"file": path.name, "problem": "a symbolic link"})
+            elif path.exists() and not path.is_file():
+                found.append({"file": path.name, "problem": "not a regular file"})
+        if not found:
+            try:
+                self._read()
+            except IntegrityError as e:
+                found.append({"file": self.path.name, "problem": _damage(e) or str(e)})
+        return found
+
     def _write(self, items: dict[str, list[Any]]) -> None:
-        _write_atomic(self.path, json.dumps({"format": "praison_db.state/v1", "items": items}, ensure_ascii=False))
+        write_private(self.path, json.dumps({"format": "praison_db.state/v1", "items": items}, ensure_ascii=False))
 
     def _get_many(self, keys: list[str]) -> dict[str, Any]:
         items = self._read()
         return {k: items[k][0] for k in keys if k in items}
 
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
-        with self._lock:
+        with self._locked():
             current = self._read()
             current.update({k: [json.loads(v), expires_at] for k, v in items.items()})
             self._write(current)
 
     def _delete(self, key: str) -> bool:
-        with self._lock:
+        with self._locked():
             current = self._read()
             if current.pop(key, None) is None:
                 return False
@@ -599,7 +1011,7 @@ class JsonStateStore(StateStore):
             return True
 
     def _incr(self, key: str, amount: int) -> int:
-        with self._lock:
+        with self._locked():
             current = self._read()
             value, expires_at = current.get(key, [MISSING, None])
             new = incremented(key, value, amount)
@@ -612,7 +1024,7 @@ class JsonStateStore(StateStore):
         return item[1] if item else None
 
     def _expire(self, key: str, expires_at: float | None) -> bool:
-        with self._lock:
+        with self._locked():
             current = self._read()
             if key not in current:
                 return False
@@ -624,7 +1036,7 @@ class JsonStateStore(StateStore):
         return iter(sorted(k for k in self._read() if k.startswith(prefix)))
 
     def _clear(self, prefix: str) -> int:
-        with self._lock:
+        with self._locked():
             current = self._read()
             doomed = [k for k in current if k.startswith(prefix)]
             if doomed:
