@@ -25,6 +25,7 @@ from praison_db import Agent, InputError, StoreUnavailable, db
 from praison_db.backends.jsonfile import session_file_stem
 from tests import servers
 from tests.backends import BACKENDS
+from tests.test_agent import _break_json_writes
 
 
 @pytest.fixture(autouse=True)
@@ -208,11 +209,6 @@ def test_a_session_expired_by_redis_ttl_is_created_again(make_url, tmp_path):
 # ---- kept messages the store refuses later ----
 
 
-def _break_json_writes(directory: Path) -> Path:
-    locks = directory / ".locks"
-    shutil.rmtree(locks)
-    locks.write_text("not a folder")
-    return locks
 
 
 def test_invalid_input_is_refused_at_once_even_during_an_outage(tmp_path):
