@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 pytest.importorskip("starlette", reason="the ui extra is not installed: pip install 'praison-db[ui]'")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
 
-from starlette.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():  # newer Starlette suggests httpx2 for its TestClient; httpx is what it runs on here
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient  # noqa: E402
 
 from praison_db import db  # noqa: E402
 from praison_db.facade import PraisonDB  # noqa: E402
