@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from html import unescape
@@ -289,15 +291,36 @@ def test_no_password_on_any_page(tmp_path: Path) -> None:
             assert "postgres:***@" in c.get("/overview").text
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli_env(home: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PRAISON_HOME": str(home)}
+
+
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    root = Path(__file__).resolve().parent.parent
-    return subprocess.run(
-        [sys.executable, "-m", "praison_db.cli", *args],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "PRAISON_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return subprocess.run([sys.executable, "-m", "praison_db.cli", *args], env=_cli_env(home), capture_output=True, text=True, timeout=60)
+
+
+def test_cli_serves_the_store_read_only_on_loopback(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    with db(url) as opened:
+        opened.conversations.create_session("from-cli", user_id="erin")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "praison_db.cli", "ui", "-d", url, "--port", "0", "--read-only"],
+        env=_cli_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
+    try:
+        first = proc.stderr.readline()  # printed once the socket listens
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/) \(read-only\)", first)
+        assert found, first
+        with urllib.request.urlopen(found.group(1) + "session?id=from-cli", timeout=10) as answer:
+            html = answer.read().decode()
+        assert "erin" in html and "/session/delete" not in html
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr.read()
 
 
 def test_cli_refuses_a_remote_host_without_the_flag_and_a_busy_port(tmp_path: Path) -> None:

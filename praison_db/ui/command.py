@@ -25,15 +25,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Fail with one line before opening the store, rather than after uvicorn logs a bind error."""
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, opened before the store so a busy port is one line, not a uvicorn log.
+
+    Connections made from here on wait in the backlog until the server accepts them, so "listening" is printed
+    only when it is true.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another with --port") from e
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another with --port") from e
+    return sock
 
 
 def ui_command(
@@ -57,14 +64,22 @@ def ui_command(
     remote = not is_loopback(host)
     if remote and not allow_remote:
         raise ConfigError(f"--host {host} would expose every conversation to the network without a login; add --allow-remote if you mean it")
-    _check_port_free(host, port)
+    sock = _listen(host, port)
     cfg = ctx.obj
-    with db(database_url or cfg.database_url, state_url or cfg.state_url, session_dir=cfg.session_dir) as store:
-        # A loopback server accepts only loopback Host headers (a rebinding DNS name cannot reach it).
-        app = create_app(store, read_only=read_only, allowed_hosts=None if remote else (*LOOPBACK_HOSTS, host))
-        shown = f"[{host}]" if ":" in host else host
-        where = store.database_url or f"{store.conversations.url} (default JSON store)"
-        print(f"praison-db ui: browsing {where} at http://{shown}:{port}/{' (read-only)' if read_only else ''}; Ctrl+C stops it", file=sys.stderr)
-        if remote:
-            print(f"praison-db ui: WARNING: listening on {host}: anyone who can reach it can read{'' if read_only else ' and delete'} every conversation", file=sys.stderr)
-        uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning", server_header=False)
+    try:
+        with db(database_url or cfg.database_url, state_url or cfg.state_url, session_dir=cfg.session_dir) as store:
+            # A loopback server accepts only loopback Host headers (a rebinding DNS name cannot reach it).
+            app = create_app(store, read_only=read_only, allowed_hosts=None if remote else (*LOOPBACK_HOSTS, host))
+            shown = f"[{host}]" if ":" in host else host
+            where = store.database_url or f"{store.conversations.url} (default JSON store)"
+            bound = sock.getsockname()[1]
+            print(f"praison-db ui: browsing {where} at http://{shown}:{bound}/{' (read-only)' if read_only else ''}; Ctrl+C stops it", file=sys.stderr, flush=True)
+            if remote:
+                print(f"praison-db ui: WARNING: listening on {host}: anyone who can reach it can read{'' if read_only else ' and delete'} every conversation", file=sys.stderr, flush=True)
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", server_header=False, lifespan="off"))
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled; stopping is the normal way out
+                print("praison-db ui: stopped", file=sys.stderr)
+    finally:
+        sock.close()
