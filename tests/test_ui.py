@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ with warnings.catch_warnings():  # newer Starlette suggests httpx2 for its TestC
 from praison_db import db  # noqa: E402
 from praison_db.facade import PraisonDB  # noqa: E402
 from praison_db.ui import create_app  # noqa: E402
+from tests import servers  # noqa: E402
 from tests.backends import Backend  # noqa: E402
 from tests.conftest import server_url  # noqa: E402
 
@@ -333,3 +335,39 @@ def test_cli_refuses_a_remote_host_without_the_flag_and_a_busy_port(tmp_path: Pa
         taken = _cli("ui", "--port", str(port), home=tmp_path)
     assert taken.returncode == 2 and "--port" in taken.stderr and len(taken.stderr.strip().splitlines()) == 1
 
+
+
+def test_a_store_that_goes_away_shows_a_one_line_503_without_the_password(tmp_path: Path) -> None:
+    """A private Redis (with a password) on a free port, stopped by its pid while the viewer is open."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        servers.unavailable("redis-server (for a private Redis)", "not installed; run scripts/services as root")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "hunter2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        for _ in range(200):  # bounded: redis-server logs a few dozen lines before it is ready
+            line = proc.stdout.readline()
+            if not line or "Ready to accept connections" in line:
+                break
+        with db(f"redis://:hunter2@127.0.0.1:{port}/0", session_dir=tmp_path / "home") as opened:
+            opened.conversations.create_session("doomed")
+            with client(opened) as c:
+                assert c.get("/").status_code == 200
+                proc.terminate()
+                proc.wait(timeout=15)
+                for path in ("/", "/session?id=doomed", "/state", "/api/sessions"):
+                    answer = c.get(path)
+                    assert answer.status_code == 503, (path, answer.status_code)
+                    assert "hunter2" not in answer.text and "Traceback" not in answer.text
+                page = c.get("/").text
+                message = re.search(r'id="error-message">(.*?)</p>', page, re.S).group(1)
+                assert "\n" not in message.strip() and "unavailable" in message.lower()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)
