@@ -262,6 +262,18 @@ def test_pages_are_self_contained_and_refuse_foreign_hosts(sqlite_store: Praison
             assert f'for="{input_id}"' in page.text
 
 
+def test_a_huge_message_is_shown_in_part_and_exported_whole(sqlite_store: PraisonDB) -> None:
+    conv = sqlite_store.conversations
+    conv.create_session("big")
+    conv.add_message("big", "tool", "y" * 2_000_000, tool_call_id="call_big")
+    with client(sqlite_store) as c:
+        page = c.get("/session", params={"id": "big"})
+        export = c.get("/session/export", params={"id": "big"})
+    assert page.status_code == 200 and len(page.text) < 400_000
+    assert "1,900,000 more characters not shown" in page.text
+    assert json.loads(export.text.splitlines()[1])["message"]["content"] == "y" * 2_000_000
+
+
 def test_sessions_page_follows_the_cursor(sqlite_store: PraisonDB) -> None:
     conv = sqlite_store.conversations
     for i in range(75):

@@ -40,6 +40,7 @@ MESSAGE_PAGE = 50
 STATE_PAGE = 50
 FOLD_CHARS = 600  # longer content starts folded
 FOLD_LINES = 12
+SHOWN_CHARS = 100_000  # beyond this a page shows a note instead: content may be up to 16 MB
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 # Pages need nothing from elsewhere: no CDN, no inline script, no framing (the delete form must not be clickjacked).
@@ -92,7 +93,7 @@ class _Pages:
             read_only=read_only,
             describe=self.describe,
         )
-        self.env.filters.update(pretty=pretty, iso=iso, utc_text=utc_text, ttl_text=ttl_text, folded=folded)
+        self.env.filters.update(pretty=pretty, iso=iso, utc_text=utc_text, ttl_text=ttl_text, folded=folded, clip=clip)
         self.conversations_label = store.database_url or f"{store.conversations.url} (default JSON store)"
         self.state_label = store.state_url or str(store.state.url)
 
@@ -384,6 +385,12 @@ def ttl_text(seconds: float | None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def clip(text: str) -> str:
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}\n… {len(text) - SHOWN_CHARS:,} more characters not shown: export the session to see all of it"
 
 
 def folded(text: str) -> bool:
