@@ -383,3 +383,11 @@ def test_a_store_that_goes_away_shows_a_one_line_503_without_the_password(tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=15)
+
+
+def test_cli_without_the_ui_extra_says_what_to_install(tmp_path: Path) -> None:
+    # Make the web stack unimportable in a child process, as on an install without the [ui] extra.
+    code = "import sys; sys.modules.update(uvicorn=None, starlette=None); from praison_db.cli import main; main(['ui'])"
+    proc = subprocess.run([sys.executable, "-c", code], env=_cli_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: praison-db ui needs Starlette, uvicorn and Jinja2: pip install 'praison-db[ui]'"
