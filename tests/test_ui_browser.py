@@ -22,7 +22,7 @@ pytest.importorskip("selenium", reason="selenium is not installed: pip install '
 
 import uvicorn  # noqa: E402
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -119,7 +119,8 @@ def browser(served: Any) -> Iterator[WebDriver]:
 
 
 def wait(driver: WebDriver) -> WebDriverWait:
-    return WebDriverWait(driver, WAIT)
+    # Live refresh swaps a region's HTML: an element found just before the swap goes stale, so look again.
+    return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def shot(driver: WebDriver, name: str) -> None:
@@ -204,6 +205,16 @@ def test_live_refresh_shows_a_new_message(served: Any, browser: WebDriver) -> No
     wait(browser).until(EC.presence_of_element_located((By.ID, "msg-3")))
     assert browser.find_element(By.CSS_SELECTOR, "#msg-3 .content").text == "Thanks! When will it arrive?"
     assert browser.find_element(By.ID, "message-count").text == "3"
+
+
+def test_sessions_list_refreshes_while_an_agent_writes(served: Any, browser: WebDriver) -> None:
+    base, store = served
+    browser.get(base + "/")
+    wait(browser).until(EC.presence_of_element_located((By.LINK_TEXT, "weather-7")))
+    store.conversations.create_session("just-started", user_id="frank")
+    store.conversations.add_message("just-started", "user", "hello?")
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.sessions a.sid")[0].text == "just-started")
+    assert "Updated" in browser.find_element(By.ID, "live-status").text
 
 
 def test_delete_asks_for_confirmation(served: Any, browser: WebDriver) -> None:
