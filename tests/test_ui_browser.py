@@ -201,8 +201,11 @@ def test_live_refresh_shows_a_new_message(served: Any, browser: WebDriver) -> No
     base, store = served
     browser.get(base + "/session?id=support-42")
     wait(browser).until(EC.presence_of_element_located((By.ID, "msg-2")))
+    browser.find_element(By.CSS_SELECTOR, "#msg-2 details.raw summary").click()  # the reader unfolds something
     store.conversations.add_message("support-42", "user", "Thanks! When will it arrive?")
     wait(browser).until(EC.presence_of_element_located((By.ID, "msg-3")))
+    assert browser.find_element(By.CSS_SELECTOR, "#msg-2 details.raw").get_attribute("open") is not None
+    assert browser.find_element(By.CSS_SELECTOR, "#msg-1 details.raw").get_attribute("open") is None
     assert browser.find_element(By.CSS_SELECTOR, "#msg-3 .content").text == "Thanks! When will it arrive?"
     assert browser.find_element(By.ID, "message-count").text == "3"
 

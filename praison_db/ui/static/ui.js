@@ -11,6 +11,19 @@
     });
   }
 
+  // What the reader unfolded stays unfolded across a refresh: each <details> is named by its nearest id and position.
+  function detailsKey(el) {
+    var owner = el.parentElement.closest("[id]");
+    var siblings = owner.querySelectorAll("details");
+    return owner.id + "/" + Array.prototype.indexOf.call(siblings, el);
+  }
+  function openDetails(root) {
+    return Array.prototype.map.call(root.querySelectorAll("details[open]"), detailsKey);
+  }
+  function reopen(root, keys) {
+    root.querySelectorAll("details").forEach(function (el) { if (keys.indexOf(detailsKey(el)) >= 0) el.open = true; });
+  }
+
   function live() {
     var region = document.getElementById("live-region");
     var toggle = document.getElementById("live-toggle");
@@ -30,7 +43,9 @@
         var doc = new DOMParser().parseFromString(await page.text(), "text/html");
         var fresh = doc.getElementById("live-region");
         if (!fresh) return;
+        var open = openDetails(region);
         region.innerHTML = fresh.innerHTML;
+        reopen(region, open);
         region.dataset.version = fresh.dataset.version || body.version;
         localTimes(region);
         status.textContent = "Updated " + new Date().toLocaleTimeString();
