@@ -557,6 +557,9 @@ def build_app() -> typer.Typer:
     app.add_typer(sessions, name="sessions")
     app.command("doctor")(doctor)
     app.command("migrate")(migrate_command)
+    from .ui.command import ui_command
+
+    app.command("ui")(ui_command)
     return app
 
 
