@@ -26,9 +26,10 @@ from typing import Annotated, Any, NoReturn, Optional
 from . import __version__
 from .errors import ConfigError, Error, IntegrityError, SessionNotFound
 from .facade import DATABASE_URL_VARS, STATE_URL_VARS, PraisonDB, db, default_home, env_url
-from .url import mask_url, parse_url
+from .url import parse_url, redact_text
 
 try:
+    import click
     import typer
     from rich.console import Console
     from rich.table import Table
@@ -500,19 +501,23 @@ def migrate_command(
 
 
 def _redact(text: str) -> str:
-    """Remove any password of a URL given on the command line or in the environment from ``text``."""
-    text = mask_url(text)
+    """Remove every secret of a URL given on the command line or in the environment from ``text``.
+
+    Passwords are masked wherever they appear (not only inside a URL); an argument that does not parse as a URL
+    but looks like one is replaced as a whole, since any part of it could be a password.
+    """
     candidates = list(_argv) + [os.environ.get(n, "") for n in (*DATABASE_URL_VARS, *STATE_URL_VARS)]
+    secrets: list[str] = []
     for candidate in candidates:
         if "://" not in candidate:
             continue
+        value = candidate.split("=", 1)[1] if candidate.startswith("--") and "=" in candidate else candidate
         try:
-            password = parse_url(candidate).password
+            secrets.extend(parse_url(value).secrets)
         except Error:
-            continue
-        if password:
-            text = text.replace(password, "***")
-    return text
+            scheme = value.split("://", 1)[0].strip()
+            text = text.replace(value.strip(), f"{scheme}://***").replace(value, f"{scheme}://***")
+    return redact_text(text, secrets)
 
 
 def build_app() -> typer.Typer:
@@ -545,7 +550,14 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("PRAISON_DEBUG", "") not in ("", "0")
     _argv[:] = sys.argv[1:] if argv is None else argv
     try:
-        build_app()(args=argv, prog_name="praison-db")
+        # Not standalone: Click would print usage errors itself, and they quote the arguments (URLs included).
+        code = build_app()(args=argv, prog_name="praison-db", standalone_mode=False)
+    except click.ClickException as e:
+        _err().print(Text(f"error: {_redact(e.format_message())} (see praison-db --help)", style="red"))
+        sys.exit(e.exit_code)
+    except click.Abort:
+        _err().print(Text("error: aborted", style="red"))
+        sys.exit(1)
     except Error as e:
         if debug:
             raise
@@ -559,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
         first = str(e).splitlines()[0] if str(e) else ""
         _err().print(Text(f"error: unexpected {type(e).__name__}: {_redact(first)} (PRAISON_DEBUG=1 shows the traceback)", style="red"))
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .base import ConversationStore, StateStore
-from .errors import ConfigError
+from .errors import ConfigError, Error, StoreUnavailable
 from .registry import StoreRole, entry_for, resolve
-from .url import StoreURL, parse_url
+from .url import StoreURL, parse_url, redacted, scrub_chain
 
 __all__ = ["db", "PraisonDB", "default_home"]
 
@@ -39,7 +39,17 @@ def open_store(url: str | StoreURL, role: StoreRole, **options: Any) -> Any:
     """Open the store that plays ``role`` for ``url`` (through the scheme registry)."""
     parsed = parse_url(url)
     cls = resolve(parsed.scheme, role)
-    return cls.from_url(parsed, **options)
+    try:
+        return cls.from_url(parsed, **options)
+    except Error as e:
+        scrub_chain(e, parsed.secrets)  # drivers put URLs in messages that a traceback of the chain would print
+        raise
+    except Exception as e:  # noqa: BLE001 - a backend let a driver or parsing error through: still one typed line
+        kind = StoreUnavailable if isinstance(e, OSError) else ConfigError
+        detail = redacted(e, parsed.secrets, limit=200)
+        error = kind(f"could not open {parsed.render()} as a {role} store: {type(e).__name__}: {detail}")
+        error.__cause__, error.__suppress_context__ = e, True
+        raise scrub_chain(error, parsed.secrets)  # not `from e`: that would put back a cause the scrub cut
 
 
 class PraisonDB:
@@ -140,7 +150,7 @@ def db(
         StoreUnavailable: the server could not be reached.
     """
     directory = Path(session_dir).expanduser() if session_dir is not None else default_home() / "sessions"
-    conv_text = os.fspath(database_url) if database_url is not None else env_url(DATABASE_URL_VARS)
+    conv_text = database_url if database_url is not None else env_url(DATABASE_URL_VARS)
     state_text = state_url if state_url is not None else env_url(STATE_URL_VARS)
 
     # An explicit argument is parsed even when empty (that is a mistake worth reporting); unset means default.
@@ -180,5 +190,9 @@ def _state_alongside(conversations: Any, url: StoreURL, options: dict[str, Any])
     """State in the conversations database, sharing its connection pool where the backend can."""
     share = getattr(conversations, "state_store", None)
     if callable(share):
-        return share()
+        try:
+            return share()
+        except Error as e:
+            scrub_chain(e, url.secrets)
+            raise
     return open_store(url, "state", **options)
