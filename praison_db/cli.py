@@ -10,9 +10,11 @@ usage error. Errors are one line on stderr: never a traceback (``PRAISON_DEBUG=1
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,7 +31,6 @@ from .facade import DATABASE_URL_VARS, STATE_URL_VARS, PraisonDB, db, default_ho
 from .url import parse_url, redact_text
 
 try:
-    import click
     import typer
     from rich.console import Console
     from rich.table import Table
@@ -41,6 +42,7 @@ __all__ = ["main", "build_app"]
 
 CLI_EXTRA_HINT = "the praison-db CLI needs: pip install 'praison-db[cli]'"
 _argv: list[str] = []  # this run's arguments, searched for passwords to redact
+_URL_ARGUMENT = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://.*", re.DOTALL)
 DEMO_USER = "demo-user"
 DEMO_INSTRUCTIONS = "You are a helpful assistant with a persistent memory."
 DEMO_FIRST = ("My name is Alice", "My favourite colour is blue")
@@ -509,15 +511,27 @@ def _redact(text: str) -> str:
     candidates = list(_argv) + [os.environ.get(n, "") for n in (*DATABASE_URL_VARS, *STATE_URL_VARS)]
     secrets: list[str] = []
     for candidate in candidates:
-        if "://" not in candidate:
+        found = _URL_ARGUMENT.search(candidate)  # also inside --database-url=URL or -dURL
+        if found is None:
             continue
-        value = candidate.split("=", 1)[1] if candidate.startswith("--") and "=" in candidate else candidate
+        value = found.group(0)
         try:
             secrets.extend(parse_url(value).secrets)
         except Error:
-            scheme = value.split("://", 1)[0].strip()
-            text = text.replace(value.strip(), f"{scheme}://***").replace(value, f"{scheme}://***")
+            masked = f"{found.group(1)}://***"
+            text = text.replace(value, masked).replace(value.strip(), masked)
     return redact_text(text, secrets)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's error classes: Typer's own copy of Click (recent Typer) and Click itself (older Typer)."""
+    found: list[type[Exception]] = []
+    for module, name in (("typer.exceptions", "TyperException"), ("click.exceptions", "ClickException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def build_app() -> typer.Typer:
@@ -552,10 +566,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Not standalone: Click would print usage errors itself, and they quote the arguments (URLs included).
         code = build_app()(args=argv, prog_name="praison-db", standalone_mode=False)
-    except click.ClickException as e:
+    except _usage_errors() as e:
         _err().print(Text(f"error: {_redact(e.format_message())} (see praison-db --help)", style="red"))
-        sys.exit(e.exit_code)
-    except click.Abort:
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
         _err().print(Text("error: aborted", style="red"))
         sys.exit(1)
     except Error as e:

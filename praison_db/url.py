@@ -29,6 +29,13 @@ _PORT = re.compile(r"[0-9]{1,5}\Z")
 _MAX_LENGTH = 32_768
 # Schemes whose authority is a name or a folder rather than a network host (json://rel/dir, memory://name).
 _NAME_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "json", "file", "memory", "chdb", "unix"})
+# Built-in schemes whose hosts are resolved by the driver with the system resolver (not mongodb+srv: SRV records).
+NETWORK_SCHEMES = frozenset(
+    {
+        "postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql", "mariadb",
+        "mariadb+pymysql", "redis", "rediss", "mongodb", "clickhouse", "clickhouses",
+    }
+)  # fmt: skip
 # Query keys whose values are secrets (libpq password/sslpassword/oauth_client_secret/scram_*, PyMySQL password and
 # ssl_key_password, MongoDB authMechanismProperties): masked like the password.
 _SECRET_KEY = re.compile(r"pass|secret|token|credential|scram_|authmechanismproperties", re.IGNORECASE)

@@ -122,27 +122,27 @@ def _libpq_keywords() -> frozenset[str]:
 
 def _check_url(url: StoreURL, driver_args: dict[str, Any]) -> dict[str, Any]:
     """Refuse what SQLAlchemy would only fail on at connect time (or silently ignore); returns the driver args."""
-    if url.scheme.startswith("sqlite"):
-        if url.host or url.port or url.username or url.password is not None:
-            raise errors.ConfigError(
-                f"{url.render()}: SQLite URLs name a file, not a host: sqlite:///relative.db or sqlite:////absolute.db"
-            )
-        return driver_args
+    sqlite = url.scheme.startswith("sqlite")
+    if sqlite and (url.host or url.port or url.username or url.password is not None):
+        raise errors.ConfigError(
+            f"{url.render()}: SQLite URLs name a file, not a host: sqlite:///relative.db or sqlite:////absolute.db"
+        )
     postgres = url.base_scheme in ("postgresql", "postgres")
     if len(url.hosts) > 1:
         hint = " (for several PostgreSQL hosts write ?host=h1:5432&host=h2:5432)" if postgres else ""
         raise errors.ConfigError(f"{url.render()}: a {url.base_scheme} URL names one host{hint}")
-    if postgres:
-        valid, kind = _libpq_keywords(), "a libpq connection parameter (sslmode, application_name, options, ...)"
+    if sqlite:
+        valid, kind = frozenset(), ""
+    elif postgres:
+        valid, kind = _libpq_keywords(), ", or a libpq connection parameter (sslmode, application_name, options, ...)"
     else:
-        valid, kind = _PYMYSQL_ARGUMENTS, "a PyMySQL connection argument (ssl_ca, init_command, read_timeout, ...)"
+        valid, kind = _PYMYSQL_ARGUMENTS, ", or a PyMySQL connection argument (ssl_ca, init_command, read_timeout, ...)"
     for name in driver_args:
         if name not in valid:
             owner = _OTHER_BACKENDS.get(name)
             belongs = f" ({name} is an option of {owner} URLs)" if owner else ""
             raise errors.ConfigError(
-                f"unknown option {name!r} for {url.scheme}://{belongs}; valid options: {', '.join(sorted(OPTIONS))}, "
-                f"or {kind}"
+                f"unknown option {name!r} for {url.scheme}://{belongs}; valid options: {', '.join(sorted(OPTIONS))}{kind}"
             )
     args = dict(driver_args)
     for name in ("host", "port"):
@@ -261,9 +261,8 @@ class SqlDatabase(SharedConnection):
     """One engine, its tables and its schema version, shared by the conversation and state stores of a URL."""
 
     def __init__(self, url: StoreURL, *, schema: str = "auto", **options: Any) -> None:
-        # PostgreSQL and MySQL drivers take their own query parameters (sslmode, ...); SQLite takes none.
-        passthrough = not url.scheme.startswith("sqlite")
-        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=passthrough)
+        # PostgreSQL and MySQL drivers take their own query parameters (sslmode, ...), checked by _check_url.
+        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
         driver_args = _check_url(url, driver_args)
         self.url = url
         self.where = f"{url.base_scheme} at {url.render()}"
