@@ -620,5 +620,6 @@ def test_any_url_opens_or_fails_typed_and_quickly_without_its_password(tmp_path:
                 assert not shows(password, text), f"password {password!r} of a {url.split(':')[0]} URL shown: {text[:300]!r}"
 
     check()
-    print(f"\nURL fuzz: {sum(stats.values())} examples, outcomes {dict(sorted(stats.items()))}, slowest {slowest[0]:.2f} s")
+    print(f"\nURL fuzz: {sum(stats.values())} examples, outcomes {dict(sorted(stats.items()))}, "
+          f"slowest {slowest[0]:.2f} s ({slowest[1]})")  # fmt: skip
     assert sum(stats.values()) > 0
