@@ -10,9 +10,11 @@ usage error. Errors are one line on stderr: never a traceback (``PRAISON_DEBUG=1
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,7 +28,7 @@ from typing import Annotated, Any, NoReturn, Optional
 from . import __version__
 from .errors import ConfigError, Error, IntegrityError, SessionNotFound
 from .facade import DATABASE_URL_VARS, STATE_URL_VARS, PraisonDB, db, default_home, env_url
-from .url import mask_url, parse_url
+from .url import parse_url, redact_text
 
 try:
     import typer
@@ -40,6 +42,7 @@ __all__ = ["main", "build_app"]
 
 CLI_EXTRA_HINT = "the praison-db CLI needs: pip install 'praison-db[cli]'"
 _argv: list[str] = []  # this run's arguments, searched for passwords to redact
+_URL_ARGUMENT = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://.*", re.DOTALL)
 DEMO_USER = "demo-user"
 DEMO_INSTRUCTIONS = "You are a helpful assistant with a persistent memory."
 DEMO_FIRST = ("My name is Alice", "My favourite colour is blue")
@@ -523,19 +526,35 @@ def migrate_command(
 
 
 def _redact(text: str) -> str:
-    """Remove any password of a URL given on the command line or in the environment from ``text``."""
-    text = mask_url(text)
+    """Remove every secret of a URL given on the command line or in the environment from ``text``.
+
+    Passwords are masked wherever they appear (not only inside a URL); an argument that does not parse as a URL
+    but looks like one is replaced as a whole, since any part of it could be a password.
+    """
     candidates = list(_argv) + [os.environ.get(n, "") for n in (*DATABASE_URL_VARS, *STATE_URL_VARS)]
+    secrets: list[str] = []
     for candidate in candidates:
-        if "://" not in candidate:
+        found = _URL_ARGUMENT.search(candidate)  # also inside --database-url=URL or -dURL
+        if found is None:
             continue
+        value = found.group(0)
         try:
-            password = parse_url(candidate).password
+            secrets.extend(parse_url(value).secrets)
         except Error:
+            masked = f"{found.group(1)}://***"
+            text = text.replace(value, masked).replace(value.strip(), masked)
+    return redact_text(text, secrets)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's error classes: Typer's own copy of Click (recent Typer) and Click itself (older Typer)."""
+    found: list[type[Exception]] = []
+    for module, name in (("typer.exceptions", "TyperException"), ("click.exceptions", "ClickException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
             continue
-        if password:
-            text = text.replace(password, "***")
-    return text
+    return tuple(found)
 
 
 def build_app() -> typer.Typer:
@@ -571,7 +590,14 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("PRAISON_DEBUG", "") not in ("", "0")
     _argv[:] = sys.argv[1:] if argv is None else argv
     try:
-        build_app()(args=argv, prog_name="praison-db")
+        # Not standalone: Click would print usage errors itself, and they quote the arguments (URLs included).
+        code = build_app()(args=argv, prog_name="praison-db", standalone_mode=False)
+    except _usage_errors() as e:
+        _err().print(Text(f"error: {_redact(e.format_message())} (see praison-db --help)", style="red"))
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        _err().print(Text("error: aborted", style="red"))
+        sys.exit(1)
     except Error as e:
         if debug:
             raise
@@ -585,6 +611,8 @@ def main(argv: list[str] | None = None) -> None:
         first = str(e).splitlines()[0] if str(e) else ""
         _err().print(Text(f"error: unexpected {type(e).__name__}: {_redact(first)} (PRAISON_DEBUG=1 shows the traceback)", style="red"))
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

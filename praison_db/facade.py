@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 from .base import ConversationStore, StateStore
-from .errors import ConfigError
+from .errors import ConfigError, Error, StoreUnavailable
 from .registry import StoreRole, entry_for, resolve
-from .url import StoreURL, parse_url
+from .url import NETWORK_SCHEMES, StoreURL, parse_url, redacted, scrub_chain
 
 __all__ = ["db", "PraisonDB", "default_home"]
 
@@ -35,11 +38,64 @@ def env_url(names: tuple[str, ...]) -> str | None:
     return None
 
 
+# How long a host name may take to resolve before opening a store gives up on it.
+RESOLVE_TIMEOUT = 5.0
+
+
+def _check_resolvable(url: StoreURL) -> None:
+    """Give up on a host name the system resolver has not answered for within RESOLVE_TIMEOUT.
+
+    Drivers resolve names with getaddrinfo, which no connect timeout covers: a slow or unreachable DNS server
+    would block db() for the resolver's own retries. A name that resolves (or fails) in time goes on to the driver,
+    which looks it up again (as quickly, normally) and reports any failure in its own words.
+    """
+    names = {h for h, _ in url.hosts if h and h != "localhost" and not _is_ip(h)}
+    if url.scheme not in NETWORK_SCHEMES or not names:
+        return
+    done = threading.Event()
+    current: list[str] = []
+
+    def lookup() -> None:
+        for name in sorted(names):
+            current[:] = [name]
+            try:
+                socket.getaddrinfo(name, None)
+            except (OSError, UnicodeError):
+                pass  # the driver reports it, in its words
+        done.set()
+
+    threading.Thread(target=lookup, name="praison-db-resolve", daemon=True).start()
+    if not done.wait(RESOLVE_TIMEOUT):
+        raise StoreUnavailable(
+            f"{url.render()}: the host {(current or sorted(names))[0]!r} did not resolve within {RESOLVE_TIMEOUT:g} s; check the host "
+            "name and the DNS servers of this machine"
+        )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
 def open_store(url: str | StoreURL, role: StoreRole, **options: Any) -> Any:
     """Open the store that plays ``role`` for ``url`` (through the scheme registry)."""
     parsed = parse_url(url)
     cls = resolve(parsed.scheme, role)
-    return cls.from_url(parsed, **options)
+    _check_resolvable(parsed)
+    try:
+        return cls.from_url(parsed, **options)
+    except Error as e:
+        scrub_chain(e, parsed.secrets)  # drivers put URLs in messages that a traceback of the chain would print
+        raise
+    except Exception as e:  # noqa: BLE001 - a backend let a driver or parsing error through: still one typed line
+        kind = StoreUnavailable if isinstance(e, OSError) else ConfigError
+        detail = redacted(e, parsed.secrets, limit=200)
+        error = kind(f"could not open {parsed.render()} as a {role} store: {type(e).__name__}: {detail}")
+        error.__cause__, error.__suppress_context__ = e, True
+        raise scrub_chain(error, parsed.secrets)  # not `from e`: that would put back a cause the scrub cut
 
 
 class PraisonDB:
@@ -139,8 +195,10 @@ def db(
         ConfigError: unknown scheme, missing driver extra, unknown option or a role the backend cannot play.
         StoreUnavailable: the server could not be reached.
     """
+    if session_dir is not None and (not isinstance(session_dir, (str, os.PathLike)) or "\x00" in os.fspath(session_dir)):
+        raise ConfigError("session_dir must be a folder path (a str or pathlib.Path, without NUL characters)")
     directory = Path(session_dir).expanduser() if session_dir is not None else default_home() / "sessions"
-    conv_text = os.fspath(database_url) if database_url is not None else env_url(DATABASE_URL_VARS)
+    conv_text = database_url if database_url is not None else env_url(DATABASE_URL_VARS)
     state_text = state_url if state_url is not None else env_url(STATE_URL_VARS)
 
     # An explicit argument is parsed even when empty (that is a mistake worth reporting); unset means default.
@@ -180,5 +238,9 @@ def _state_alongside(conversations: Any, url: StoreURL, options: dict[str, Any])
     """State in the conversations database, sharing its connection pool where the backend can."""
     share = getattr(conversations, "state_store", None)
     if callable(share):
-        return share()
+        try:
+            return share()
+        except Error as e:
+            scrub_chain(e, url.secrets)
+            raise
     return open_store(url, "state", **options)

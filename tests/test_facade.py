@@ -179,7 +179,11 @@ def test_third_party_registration(tmp_path):
 def test_password_masking(url, masked):
     parsed = parse_url(url)
     assert repr(parsed) == f"StoreURL({masked!r})" and str(parsed) == masked and mask_url(url) == masked
-    assert parsed.render(hide_password=False) == url  # the round trip for the driver is exact
+    # The driver gets the same URL, with the credentials percent-encoded where they needed it.
+    again = parse_url(parsed.render(hide_password=False))
+    assert again == parsed and again.password == parsed.password
+    if parsed.password is not None and parsed.password.isalnum():
+        assert parsed.render(hide_password=False) == url
 
 
 def test_awkward_passwords_are_decoded():

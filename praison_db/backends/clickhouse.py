@@ -378,6 +378,8 @@ def _open_chdb(folder: str | None) -> Client:
 
 
 def _open_server(url: StoreURL, opts: dict[str, Any]) -> Client:
+    if len(url.hosts) > 1:
+        raise errors.ConfigError(f"{url.render()}: a ClickHouse URL names one server")
     secure = url.scheme == "clickhouses"
     kwargs: dict[str, Any] = {
         "host": url.host or "localhost",

@@ -49,7 +49,7 @@ from urllib.parse import urlencode
 
 import redis
 from redis import exceptions as rx
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.retry import Retry
 
@@ -347,6 +347,8 @@ class _Connection(SharedConnection):
         if unknown:
             valid = ", ".join(sorted(OPTIONS)) + "; redis-py options: " + ", ".join(sorted(DRIVER_OPTIONS))
             raise errors.ConfigError(f"unknown option {unknown[0]!r} for {url.scheme}://; valid options: {valid}")
+        if len(url.hosts) > 1:
+            raise errors.ConfigError(f"{url.render()}: a Redis URL names one server (use Sentinel or a proxy for several)")
         self.prefix: str = opts["prefix"]
         self.ttl: float | None = opts["ttl"]
         self.where = f"Redis at {url.render()}"
@@ -355,18 +357,25 @@ class _Connection(SharedConnection):
         SharedConnection.__init__(self)
         base = url.render(hide_password=False).split("?", 1)[0]
         query = {k: _query_text(v) for k, v in driver.items()}
+        target = f"{base}?{urlencode(query)}" if query else base
+        kwargs = {k: v for k, v in _DEFAULTS.items() if k not in query}
         try:
             self.client = redis.Redis.from_url(
-                f"{base}?{urlencode(query)}" if query else base,
-                **{k: v for k, v in _DEFAULTS.items() if k not in query},
+                target,
+                **kwargs,
                 # A restarted server costs the next call a reconnect. Only connection errors are retried: a timeout
                 # may mean the server ran the command, and re-sending an append would store it twice.
                 retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=4, supported_errors=(rx.ConnectionError,)),
             )
         except (ValueError, TypeError) as e:
-            raise errors.ConfigError(f"invalid Redis URL or option for {url.render()}: {str(e).splitlines()[0][:200]}") from None
+            raise errors.ConfigError(f"invalid Redis URL or option for {url.render()}: {redacted(e, url.secrets, limit=200)}") from None
+        # The first contact goes through a client of its own that waits no longer than the connect timeout and does
+        # not retry: a server that is down, silent, or not speaking TLS to rediss:// fails within seconds, instead of
+        # after the 30 s read timeout (the TLS handshake runs under it) or once per retry.
+        limit = self.client.get_connection_kwargs().get("socket_connect_timeout") or _DEFAULTS["socket_connect_timeout"]
         try:
-            self.client.ping()
+            with redis.Redis.from_url(target, **{**kwargs, "socket_timeout": limit, "retry": Retry(NoBackoff(), 0)}) as first:
+                first.ping()
         except Exception as e:
             self.client.close()
             translated = _classify(e, self.where, self.password)

@@ -3,7 +3,11 @@
 URLs: ``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite:///:memory:``, a bare ``*.db`` path;
 ``postgresql://``, ``postgres://``, ``postgresql+psycopg://``, ``postgresql+psycopg2://``;
 ``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mariadb+pymysql://``.
-Other query parameters (``sslmode``, ``connect_timeout``, ...) go to the driver.
+Other query parameters go to the driver, as with SQLAlchemy, when the driver takes them: libpq connection parameters
+for PostgreSQL (``sslmode``, ``application_name``, ``options``, ``host`` repeated for several hosts, ...), PyMySQL
+connection arguments for MySQL (``ssl_ca``, ``init_command``, ...). Anything else (a typo, or another backend's
+option such as ``ttl`` or ``prefix``) is a ConfigError naming the valid options: SQLAlchemy would only fail at the
+first connection, with the driver's message. SQLite URLs take no driver parameters, host or credentials.
 
 Options: ``table_prefix`` (default ``praison_``), ``pool_size``, ``max_overflow``, ``pool_recycle`` (seconds),
 ``connect_timeout`` (seconds, default 10: reaching the server and its handshake), ``read_timeout`` (seconds, default
@@ -38,7 +42,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, event, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
 from .. import errors
@@ -87,6 +91,81 @@ OPTIONS: dict[str, Option] = {
     "auto_upgrade": Option(BOOL, True, "apply pending schema migrations on open"),
     "echo": Option(BOOL, False, "log every SQL statement"),
 }
+
+# Options of other backends: named in the error when one is given to a SQL URL.
+_OTHER_BACKENDS = {
+    "ttl": "redis://",
+    "prefix": "redis://",
+    "collection_prefix": "mongodb://",
+    "lock_timeout": "json://",
+    "fsync": "clickhouse://",
+    "query_timeout": "clickhouse://",
+    "verify": "clickhouse://",
+    "ca_cert": "clickhouse://",
+}
+# libpq keywords, used when psycopg cannot list those of the libpq it runs on.
+_LIBPQ_KEYWORDS = frozenset(
+    "application_name channel_binding client_encoding connect_timeout dbname fallback_application_name gssdelegation "
+    "gssencmode gsslib host hostaddr keepalives keepalives_count keepalives_idle keepalives_interval krbsrvname "
+    "load_balance_hosts max_protocol_version min_protocol_version options passfile password port replication "
+    "require_auth requirepeer service ssl_max_protocol_version ssl_min_protocol_version sslcert sslcertmode "
+    "sslcompression sslcrl sslcrldir sslkey sslkeylogfile sslmode sslnegotiation sslpassword sslrootcert sslsni "
+    "target_session_attrs tcp_user_timeout user".split()
+)
+# PyMySQL's connection arguments that make sense as text in a URL, plus the ssl_* keys SQLAlchemy gathers into its
+# ssl dict. Left out: object-valued ones (conv, cursorclass, ssl) and ones that break SQLAlchemy (autocommit,
+# defer_connect) or PyMySQL itself (compress, named_pipe: not implemented).
+_PYMYSQL_ARGUMENTS = frozenset(
+    "user password passwd host database db unix_socket port charset collation sql_mode read_default_file "
+    "read_default_group use_unicode client_flag init_command connect_timeout read_timeout write_timeout local_infile "
+    "max_allowed_packet bind_address binary_prefix program_name server_public_key ssl_ca ssl_cert ssl_key "
+    "ssl_key_password ssl_disabled ssl_verify_cert ssl_verify_identity ssl_capath ssl_cipher ssl_check_hostname".split()
+)
+
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    try:
+        from psycopg import pq
+
+        return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults()) or _LIBPQ_KEYWORDS
+    except Exception:  # noqa: BLE001 - psycopg missing (psycopg2 URLs) or no libpq: the list above
+        return _LIBPQ_KEYWORDS
+
+
+def _check_url(url: StoreURL, driver_args: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what SQLAlchemy would only fail on at connect time (or silently ignore); returns the driver args."""
+    sqlite = url.scheme.startswith("sqlite")
+    if sqlite and (url.host or url.port or url.username or url.password is not None):
+        raise errors.ConfigError(
+            f"{url.render()}: SQLite URLs name a file, not a host: sqlite:///relative.db or sqlite:////absolute.db"
+        )
+    postgres = url.base_scheme in ("postgresql", "postgres")
+    if len(url.hosts) > 1:
+        hint = " (for several PostgreSQL hosts write ?host=h1:5432&host=h2:5432)" if postgres else ""
+        raise errors.ConfigError(f"{url.render()}: a {url.base_scheme} URL names one host{hint}")
+    if sqlite:
+        valid, kind = frozenset(), ""
+    elif postgres:
+        valid, kind = _libpq_keywords(), ", or a libpq connection parameter (sslmode, application_name, options, ...)"
+    else:
+        valid, kind = _PYMYSQL_ARGUMENTS, ", or a PyMySQL connection argument (ssl_ca, init_command, read_timeout, ...)"
+    for name in driver_args:
+        if name not in valid:
+            owner = _OTHER_BACKENDS.get(name)
+            belongs = f" ({name} is an option of {owner} URLs)" if owner else ""
+            raise errors.ConfigError(
+                f"unknown option {name!r} for {url.scheme}://{belongs}; valid options: {', '.join(sorted(OPTIONS))}{kind}"
+            )
+    args = dict(driver_args)
+    for name in ("host", "port"):
+        values = [v for k, v in url.query_pairs if k == name]
+        if len(values) > 1:
+            if not postgres:
+                raise errors.ConfigError(f"option {name!r} is given twice in {url.render()}; give it once")
+            args[name] = tuple(values)  # libpq multi-host, as SQLAlchemy passes it
+    return args
+
 
 # scheme -> (SQLAlchemy driver name, praison-db extra, driver module)
 _DRIVERS: dict[str, tuple[str, str | None, str]] = {
@@ -235,9 +314,9 @@ class SqlDatabase(SharedConnection):
     """One engine, its tables and its schema version, shared by the conversation and state stores of a URL."""
 
     def __init__(self, url: StoreURL, *, schema: str = "auto", **options: Any) -> None:
-        # PostgreSQL and MySQL drivers take their own query parameters (sslmode, ...); SQLite takes none.
-        passthrough = not url.scheme.startswith("sqlite")
-        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=passthrough)
+        # PostgreSQL and MySQL drivers take their own query parameters (sslmode, ...), checked by _check_url.
+        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
+        driver_args = _check_url(url, driver_args)
         self.url = url
         self.where = f"{url.base_scheme} at {url.render()}"
         self.password = url.password
@@ -251,6 +330,11 @@ class SqlDatabase(SharedConnection):
             self.engine.dispose()
             if isinstance(e, errors.Error):
                 raise
+            if isinstance(e, UnicodeError):  # PyMySQL sends the user and password as latin-1
+                raise errors.ConfigError(
+                    f"{self.where}: the driver cannot send the user, password or database name as written "
+                    f"({type(e).__name__}); use characters it can encode"
+                ) from None
             translated = _classify(e, self.where, self.password)
             if translated is None:
                 raise
@@ -285,7 +369,7 @@ class SqlDatabase(SharedConnection):
                 fix = "pip install psycopg2-binary (or use postgresql:// for psycopg 3)"
             raise errors.ConfigError(f"{url.scheme}:// needs the {module} package: {fix}") from e
         except (sa_exc.ArgumentError, TypeError, ValueError) as e:
-            raise errors.ConfigError(f"invalid options for {url.render()}: {str(e).splitlines()[0][:200]}") from e
+            raise errors.ConfigError(f"invalid options for {url.render()}: {redacted(e, url.secrets, limit=200)}") from e
         if engine.dialect.name == "sqlite":
             _install_sqlite_hooks(engine, memory=sa_url.database in (None, "", ":memory:"))
         return engine
@@ -297,10 +381,15 @@ class SqlDatabase(SharedConnection):
             if database and database != ":memory:":
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             return URL.create(drivername, database=database or ":memory:", query=driver_args)
-        try:
-            base = make_url(url.render(hide_password=False).split("?", 1)[0])
-        except (sa_exc.ArgumentError, ValueError):
-            raise errors.ConfigError(f"could not parse {url.render()}: check host, port and percent-encoding") from None
+        # Built from the parsed parts, not re-parsed from text: the URL's password may hold '/', '?' or '@'.
+        base = URL.create(
+            drivername,
+            username=url.username,
+            password=url.password,
+            host=url.host,
+            port=url.port,
+            database=url.path.lstrip("/") or None,
+        )
         query = dict(driver_args)
         if drivername.startswith(("mysql", "mariadb")):
             query.setdefault("charset", "utf8mb4")
