@@ -593,9 +593,10 @@ class ConversationStore(_Store, ABC):
         """
         check_id(session_id)
         limit = _check_limit(limit)
+        before_seq, after_seq = _check_seq(before_seq, "before_seq"), _check_seq(after_seq, "after_seq")
         if limit == 0:
             return []
-        return self._get_messages(session_id, limit, _check_seq(before_seq, "before_seq"), _check_seq(after_seq, "after_seq"))
+        return self._get_messages(session_id, limit, before_seq, after_seq)
 
     def get_history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` messages as OpenAI-style dicts, ready to send to a chat model."""

@@ -145,3 +145,10 @@ def test_a_database_of_the_jsonb_schema_opens_migrates_and_reads(backend, make_u
         assert message.tool_calls == [{"id": "c", "function": {"arguments": {"a": 2}}}] and message.metadata == {"k": [1, 2.5]}
         assert same(store.add_message("old", "user", "new", metadata=NUMBERS).metadata, NUMBERS)
         assert same(store.get_messages("old")[-1].metadata, NUMBERS)
+
+
+def test_an_int_with_more_digits_than_python_writes_is_refused(state):
+    state.set("k", 1)
+    with pytest.raises(InputError, match="cannot be written as JSON"):
+        state.set("k", 10**5000)
+    assert state.get("k") == 1
