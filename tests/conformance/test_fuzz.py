@@ -30,7 +30,7 @@ import praison_db
 from praison_db.models import MAX_JSON_DEPTH
 from tests.conformance.test_numbers import same
 
-EXAMPLES = int(os.environ.get("PRAISON_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("PRAISON_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -241,7 +241,7 @@ def test_fuzz_sessions(conv, request, sid, user_id, agent_id, session_type, name
     base = request.node.stash.setdefault(_BASE, seed_conversation(conv))
     before = conv_snapshot(conv, base)
     if isinstance(sid, str) and sid:
-        sid = sid + fresh()[:4]  # fresh per example, still awkward
+        sid = sid + fresh()  # fresh per example, still awkward
     created = attempt(request, lambda: conv.create_session(sid, user_id=user_id, agent_id=agent_id, session_type=session_type, name=name, metadata=metadata))
     if created.ok:
         session = created.result
@@ -377,7 +377,7 @@ def state_unchanged(state: Any, values: dict[str, Any]) -> None:
 def test_fuzz_state_values(state, request, key, value, ttl, many):
     base = request.node.stash.setdefault(_STATE, seed_state(state))
     if isinstance(key, str) and key:
-        key = key + fresh()[:6]
+        key = key + fresh()
     stored = attempt(request, lambda: state.set(key, value, ttl=ttl))
     if stored.ok:
         lives = ttl is None or ttl >= 60  # a short TTL may legitimately expire before the read
@@ -390,7 +390,7 @@ def test_fuzz_state_values(state, request, key, value, ttl, many):
         assert not state.exists(key)
     # A batch with one bad entry stores nothing, and never touches the keys it would have overwritten.
     victim = next(iter(base))
-    mapping = {victim: "overwritten", **{(k + fresh()[:6] if isinstance(k, str) else k): v for k, v in many.items()}}
+    mapping = {victim: "overwritten", **{(k + fresh() if isinstance(k, str) else k): v for k, v in many.items()}}
     batch = attempt(request, lambda: state.set_many(mapping, ttl=ttl))
     if batch.ok:
         assert same(state.get(victim), "overwritten") or (ttl is not None and ttl < 60)
