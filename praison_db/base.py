@@ -90,6 +90,8 @@ def _to_positive_float(value: Any) -> float | None:
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise ValueError("must be a positive number of seconds")
+    if number > MAX_TTL_SECONDS:
+        raise ValueError(f"must be at most {MAX_TTL_SECONDS:.0f} seconds (100 years)")
     return number
 
 

@@ -65,3 +65,13 @@ def test_store_closed_is_raised_by_methods_a_backend_adds():
     store.close()
     with pytest.raises(StoreClosed):
         store.summary()
+
+
+def test_a_ttl_option_beyond_a_century_is_a_config_error(make_url):
+    from praison_db import ConfigError
+    from praison_db.facade import open_store
+    from tests.backends import BACKENDS
+
+    redis = next(b for b in BACKENDS if b.name == "redis")
+    with pytest.raises(ConfigError, match="at most 3155760000 seconds"):
+        open_store(make_url(redis) + "&ttl=1e300", "state")

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import praison_db
+from praison_db.base import MAX_TTL_SECONDS
 from praison_db.models import MAX_JSON_DEPTH
 from tests.conformance.test_numbers import same
 
@@ -557,3 +558,6 @@ def test_known_bad_state_inputs(state):
         assert state.get(key) == 1 and state.ttl(key) is None, label
         assert not state.exists(key + "-new"), label
     assert accepted == ["ttl tiny"], accepted  # a TTL too short to observe is still a valid TTL
+    state.set(key, 2, ttl=MAX_TTL_SECONDS)  # the longest TTL fits every backend's expiry type
+    assert state.get(key) == 2 and MAX_TTL_SECONDS - 60 < state.ttl(key) <= MAX_TTL_SECONDS
+    assert state.expire(key, MAX_TTL_SECONDS) and state.ttl(key) > MAX_TTL_SECONDS - 60
