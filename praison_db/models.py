@@ -226,6 +226,9 @@ def _check_plain_json(value: Any, what: str, depth: int) -> None:
         check_text(value, what)
     elif isinstance(value, int):  # IntEnum and friends: stored as their number
         return
+    elif isinstance(value, float):  # numpy.float64 and friends: stored as their number
+        if not math.isfinite(value):
+            raise InputError(f"{what} holds {float(value)!r}; JSON has no NaN or infinity (store None or a string)")
     else:
         raise InputError(
             f"{what} holds a {type(value).__name__}; use JSON types only (dict, list, str, int, float, bool, None)"
