@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, NoReturn, TypeVar
 
 from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound, StoreClosed
@@ -31,12 +32,14 @@ from .models import (
     check_id,
     check_json_dict,
     check_optional_id,
+    check_optional_text,
     check_session_type,
-    dumps,
+    check_text,
+    encode_json,
     new_id,
     utcnow,
 )
-from .url import StoreURL
+from .url import StoreURL, redacted
 
 __all__ = ["Capabilities", "ConversationStore", "StateStore", "SessionFilter", "Option", "EXPORT_FORMAT"]
 
@@ -45,6 +48,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 _UNSET: Any = object()
 EXPORT_FORMAT = "praison_db.session/v1"
 MAX_KEY_LENGTH = 512
+# Seqs, limits and counters are 64-bit signed integers in every database.
+MAX_INT64 = 2**63 - 1
+# Longest TTL: about a century. Far beyond that, expiry times leave what the databases' time types can hold.
+MAX_TTL_SECONDS = 100 * 365.25 * 86400
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ def _to_positive_float(value: Any) -> float | None:
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise ValueError("must be a positive number of seconds")
+    if number > MAX_TTL_SECONDS:
+        raise ValueError(f"must be at most {MAX_TTL_SECONDS:.0f} seconds (100 years)")
     return number
 
 
@@ -122,28 +131,53 @@ def check_prefix(value: Any) -> str:
     return text
 
 
+def _closed_error(store: _Store) -> StoreClosed:
+    return StoreClosed(f"{type(store).__name__} ({store.url}) is closed; open a new one with db(...)")
+
+
 def _operation(fn: F) -> F:
     """Public-method wrapper: refuse after close, and turn driver exceptions into praison_db errors."""
 
     @functools.wraps(fn)
     def wrapper(self: _Store, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
-            raise StoreClosed(f"{type(self).__name__} ({self.url}) is closed; open a new one with db(...)")
+            raise _closed_error(self)
         try:
             return fn(self, *args, **kwargs)
         except Exception as e:
             _reraise(self, e)
 
+    wrapper._praison_operation = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
+def _guarded(fn: F) -> F:
+    """Closed check for public methods that only call other public methods or return views (scope, get_history)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: _Store, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise _closed_error(self)
+        return fn(self, *args, **kwargs)
+
+    wrapper._praison_operation = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+# Exceptions that a bad argument provokes deep inside a driver (text it cannot encode, a number it cannot hold).
+_INPUT_FAILURES = (UnicodeError, OverflowError, RecursionError)
+
+
 def _reraise(store: _Store, error: Exception) -> NoReturn:
-    """Raise ``error`` as the backend's praison_db error for it, or unchanged if it has none."""
+    """Raise ``error`` as the backend's praison_db error for it; anything untranslated becomes a praison_db.Error
+    naming the exception type, with its text on one line and no password."""
     if isinstance(error, Error):
         raise error
     translated = store._translate_error(error)
     if translated is None:
-        raise error
+        detail = redacted(error, store._secret())
+        kind = InputError if isinstance(error, _INPUT_FAILURES) else Error
+        translated = kind(f"{type(store).__name__} failed with {type(error).__name__}: {detail}")
     raise translated from error
 
 
@@ -173,6 +207,9 @@ class SharedConnection:
         raise NotImplementedError
 
 
+_LIFECYCLE = frozenset({"close", "from_url"})
+
+
 class _Store:
     """Lifecycle shared by both protocols: URL for messages, options, close, context manager."""
 
@@ -186,8 +223,31 @@ class _Store:
         """Open the store a URL names; options come from the query string and keyword arguments."""
         raise NotImplementedError
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every public method refuses to run after close(), including ones a backend adds (state_store(),
+        # purge_expired()): a method cannot be forgotten. Those not already wrapped get the plain closed check.
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if (
+                name.startswith("_")
+                or name in _LIFECYCLE
+                or not inspect.isfunction(member)
+                or getattr(member, "_praison_operation", False)
+            ):
+                continue
+            setattr(cls, name, _guarded(member))
+
     def _translate_error(self, error: Exception) -> Error | None:
-        """Map a driver exception to a praison_db error (or None to let it through)."""
+        """Map a driver exception to a praison_db error (or None: the caller wraps it generically)."""
+        return None
+
+    def _secret(self) -> str | None:
+        """The connection password, to strip from error messages (backends keep it on the store or its pool)."""
+        for holder in (self, getattr(self, "db", None), getattr(self, "conn", None)):
+            for attr in ("password", "_password"):
+                value = getattr(holder, attr, None)
+                if isinstance(value, str) and value:
+                    return value
         return None
 
     def _close(self) -> None:
@@ -238,11 +298,22 @@ def encode_cursor(s: Session) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_CURSOR_RANGE = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor names. Anything that no list_sessions page could have returned is an InputError."""
     try:
+        if not isinstance(cursor, str) or len(cursor) > 2048 or not cursor.isascii():
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, sid = json.loads(raw)
-        return as_utc(datetime.fromisoformat(stamp)), str(sid)
+        if not isinstance(stamp, str) or not isinstance(sid, str):
+            raise ValueError
+        when = as_utc(datetime.fromisoformat(stamp))
+        if not _CURSOR_RANGE[0] <= when < _CURSOR_RANGE[1]:
+            raise ValueError
+        return when, check_id(sid)
     except Exception:
         raise InputError("invalid cursor: pass back the next_cursor of a previous list_sessions page") from None
 
@@ -256,21 +327,24 @@ def newest_window(messages: list[Message], limit: int | None, before_seq: int | 
 
 
 def _check_limit(limit: Any, what: str = "limit", maximum: int | None = None) -> int | None:
+    """A non-negative int or None; one beyond 64 bits means "all" (None), as no session holds more."""
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise InputError(f"{what} must be a non-negative integer or None")
     if maximum is not None and limit > maximum:
         raise InputError(f"{what} must be at most {maximum}")
-    return limit
+    return None if limit > MAX_INT64 else int(limit)
 
 
 def _check_seq(value: Any, what: str) -> int | None:
+    """An int or None, clamped to 0..MAX_INT64: seqs start at 1, so the clamp never changes which messages match,
+    and no database sees a number it cannot hold."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{what} must be an integer seq or None")
-    return value
+    return min(max(int(value), 0), MAX_INT64)
 
 
 class ConversationStore(_Store, ABC):
@@ -378,11 +452,17 @@ class ConversationStore(_Store, ABC):
         return Page[Session](items=items, next_cursor=next_cursor)
 
     def iter_sessions(self, **filters: Any) -> Iterator[Session]:
-        """Every matching session, newest activity first, fetched a page at a time."""
+        """Every matching session, newest activity first, fetched a page at a time.
+
+        Raises StoreClosed at the next item once the store is closed, even mid-page.
+        """
         cursor = None
         while True:
             page = self.list_sessions(cursor=cursor, **filters)
-            yield from page.items
+            for session in page.items:
+                if self._closed:
+                    raise _closed_error(self)
+                yield session
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
@@ -397,9 +477,7 @@ class ConversationStore(_Store, ABC):
         check_id(session_id)
         changes: dict[str, Any] = {}
         if name is not _UNSET:
-            if name is not None and not isinstance(name, str):
-                raise InputError("name must be a string or None")
-            changes["name"] = name
+            changes["name"] = check_optional_text(name, "name")
         if metadata is not _UNSET:
             changes["metadata"] = check_json_dict(metadata)
         session = self._update_session(session_id, changes, utcnow())
@@ -427,7 +505,11 @@ class ConversationStore(_Store, ABC):
         """Delete sessions idle (no append or update) for longer than ``older_than``. Returns how many."""
         if not isinstance(older_than, timedelta) or older_than < timedelta(0):
             raise InputError("older_than must be a non-negative datetime.timedelta, e.g. timedelta(days=30)")
-        return self._delete_sessions(idle_before=utcnow() - older_than)
+        now = utcnow()
+        # No session was idle before 1970; an older cut-off (or one datetime cannot even hold) prunes nothing.
+        if older_than >= now - _CURSOR_RANGE[0]:
+            return 0
+        return self._delete_sessions(idle_before=now - older_than)
 
     # ---- messages ----
 
@@ -469,6 +551,8 @@ class ConversationStore(_Store, ABC):
         and an id repeated within the batch is stored once. The others get contiguous seqs, in order.
         """
         check_id(session_id)
+        if isinstance(messages, (str, bytes, Mapping, Message)) or not isinstance(messages, Iterable):
+            raise InputError(f"add_messages expects a list of message dicts, got {type(messages).__name__}")
         drafts = [MessageDraft.coerce(m) for m in messages]
         if not drafts:
             return []
@@ -511,9 +595,10 @@ class ConversationStore(_Store, ABC):
         """
         check_id(session_id)
         limit = _check_limit(limit)
+        before_seq, after_seq = _check_seq(before_seq, "before_seq"), _check_seq(after_seq, "after_seq")
         if limit == 0:
             return []
-        return self._get_messages(session_id, limit, _check_seq(before_seq, "before_seq"), _check_seq(after_seq, "after_seq"))
+        return self._get_messages(session_id, limit, before_seq, after_seq)
 
     def get_history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` messages as OpenAI-style dicts, ready to send to a chat model."""
@@ -565,8 +650,13 @@ class ConversationStore(_Store, ABC):
         check_id(session.session_id)
         if len({m.id for m in messages}) != len(messages):
             raise InputError("import_session: message ids must be unique within the session")
+        for field in ("user_id", "agent_id"):
+            check_optional_id(getattr(session, field), field)
+        check_optional_text(session.name, "name")
+        check_json_dict(session.metadata)
         for m in messages:
             check_id(m.id, "message id")
+            MessageDraft.build(m.role, m.content, name=m.name, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, metadata=m.metadata)
         seqs = [m.seq for m in messages]
         if seqs != list(range(1, len(messages) + 1)) or any(m.session_id != session.session_id for m in messages):
             raise InputError("import_session: messages must belong to the session and have seqs 1..n in order")
@@ -581,15 +671,13 @@ class ConversationStore(_Store, ABC):
     def _new_session(
         session_id: Any, user_id: Any, agent_id: Any, session_type: Any, name: Any, metadata: Any
     ) -> Session:
-        if name is not None and not isinstance(name, str):
-            raise InputError("name must be a string or None")
         now = utcnow()
         return Session.trusted(
             session_id=check_id(session_id),
             user_id=check_optional_id(user_id, "user_id"),
             agent_id=check_optional_id(agent_id, "agent_id"),
             session_type=check_session_type(session_type),
-            name=name,
+            name=check_optional_text(name, "name"),
             metadata=check_json_dict(metadata),
             created_at=now,
             updated_at=now,
@@ -655,7 +743,15 @@ def check_key(key: Any) -> str:
         raise InputError(f"state key is {len(key)} characters long; use at most {MAX_KEY_LENGTH}")
     if "\x00" in key:
         raise InputError("state keys must not contain NUL characters")
-    return key
+    return check_text(key, "state key")
+
+
+def check_prefix_text(prefix: Any) -> str:
+    if not isinstance(prefix, str):
+        raise InputError(f"prefix must be a string, got {type(prefix).__name__}")
+    if "\x00" in prefix:
+        raise InputError("prefix must not contain NUL characters (no key does)")
+    return check_text(prefix, "prefix")
 
 
 def check_ttl(ttl: Any) -> float | None:
@@ -664,6 +760,8 @@ def check_ttl(ttl: Any) -> float | None:
     seconds = check_finite(ttl, "ttl")
     if seconds <= 0:
         raise InputError("ttl must be a positive number of seconds (use delete() to remove a key)")
+    if seconds > MAX_TTL_SECONDS:
+        raise InputError(f"ttl must be at most {MAX_TTL_SECONDS:.0f} seconds (100 years); use ttl=None for no expiry")
     return seconds
 
 
@@ -694,7 +792,7 @@ class StateStore(_Store, ABC):
     @_operation
     def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         """Store ``value`` (JSON-serialisable) under ``key``, replacing any value and TTL; ``ttl`` in seconds."""
-        self._set_many({check_key(key): dumps(value)}, expiry(check_ttl(ttl)))
+        self._set_many({check_key(key): encode_json(value)}, expiry(check_ttl(ttl)))
 
     @_operation
     def delete(self, key: str) -> bool:
@@ -714,7 +812,9 @@ class StateStore(_Store, ABC):
         """
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise InputError("incr amount must be an integer")
-        return self._incr(check_key(key), amount)
+        if not -MAX_INT64 - 1 <= amount <= MAX_INT64:
+            raise InputError("incr amount must fit in 64 bits (-2**63 to 2**63 - 1)")
+        return self._incr(check_key(key), int(amount))
 
     def decr(self, key: str, amount: int = 1) -> int:
         return self.incr(key, -amount)
@@ -733,6 +833,8 @@ class StateStore(_Store, ABC):
     @_operation
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The values of those keys that exist, as a dict."""
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise InputError(f"get_many expects a list of keys, got {type(keys).__name__}")
         wanted = [check_key(k) for k in keys]
         return self._get_many(wanted) if wanted else {}
 
@@ -741,30 +843,30 @@ class StateStore(_Store, ABC):
         """Store several values at once (one round trip / transaction where the backend allows)."""
         if not isinstance(mapping, Mapping):
             raise InputError("set_many expects a dict of key -> value")
-        encoded = {check_key(k): dumps(v, f"value of {k!r}") for k, v in mapping.items()}
+        encoded = {check_key(k): encode_json(v, f"value of {k!r}") for k, v in mapping.items()}
         if encoded:
             self._set_many(encoded, expiry(check_ttl(ttl)))
 
     @_operation
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Live keys that start with ``prefix`` (incremental: SCAN or an indexed range, never a blocking KEYS)."""
-        if not isinstance(prefix, str):
-            raise InputError("prefix must be a string")
-        return self._translating(self._iter_keys(prefix))
+        return self._translating(self._iter_keys(check_prefix_text(prefix)))
 
     def _translating(self, items: Iterator[str]) -> Iterator[str]:
-        """Driver errors raised while the caller iterates (after keys() returned) become praison_db errors too."""
+        """Driver errors raised while the caller iterates (after keys() returned) become praison_db errors too, and
+        a close() stops the iteration with StoreClosed."""
         try:
-            yield from items
+            for item in items:
+                if self._closed:
+                    raise _closed_error(self)
+                yield item
         except Exception as e:
             _reraise(self, e)
 
     @_operation
     def clear(self, prefix: str = "") -> int:
         """Delete every key starting with ``prefix`` (all keys of this store when empty). Returns how many."""
-        if not isinstance(prefix, str):
-            raise InputError("prefix must be a string")
-        return self._clear(prefix)
+        return self._clear(check_prefix_text(prefix))
 
     def scope(self, *parts: str) -> StateStore:
         """A view of this store whose keys are prefixed with ``"part1:part2:..."``, e.g. ``scope("session", sid)``.
@@ -773,7 +875,7 @@ class StateStore(_Store, ABC):
         """
         if not parts or not all(isinstance(p, str) and p for p in parts):
             raise InputError("scope() takes one or more non-empty strings")
-        return ScopedStateStore(self, ":".join(parts) + ":")
+        return ScopedStateStore(self, check_prefix_text(":".join(parts) + ":"))
 
     def __getitem__(self, key: str) -> Any:
         sentinel = _UNSET

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import ConversationStore, StateStore
-from .errors import ConfigError, Error, StoreUnavailable
+from .errors import ConfigError, Error, StoreClosed, StoreUnavailable
 from .registry import StoreRole, entry_for, resolve
 from .url import NETWORK_SCHEMES, StoreURL, parse_url, redacted, scrub_chain
 
@@ -141,6 +141,8 @@ class PraisonDB:
         if isinstance(self.conversations, JsonConversationStore) and self.conversations.directory == self.session_dir:
             return self.conversations
         if self._sessions is None:
+            if self._closed:  # never open a new store on behalf of a closed facade
+                raise StoreClosed("this PraisonDB is closed; open a new one with db(...)")
             self._sessions = JsonConversationStore(self.session_dir)
         return self._sessions
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import InputError
 
-__all__ = ["Message", "Session", "Page", "Role", "SessionType", "MAX_ID_LENGTH", "MAX_CONTENT_BYTES"]
+__all__ = ["Message", "Session", "Page", "Role", "SessionType", "MAX_ID_LENGTH", "MAX_CONTENT_BYTES", "MAX_JSON_DEPTH"]
 
 Role = Literal["system", "user", "assistant", "tool"]
 SessionType = Literal["agent", "team", "workflow"]
@@ -26,6 +26,9 @@ SESSION_TYPES: tuple[str, ...] = get_args(SessionType)
 MAX_ID_LENGTH = 255
 # Content up to 16 MB is accepted everywhere (MySQL LONGTEXT and MongoDB's 16 MB document cap set the bound).
 MAX_CONTENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
+# Nesting of user JSON (metadata, tool_calls, state values), the outermost list or dict counting as 1. MariaDB's
+# JSON_VALID check refuses 32 levels, so this is the most every backend can store.
+MAX_JSON_DEPTH = 31
 
 
 def utcnow() -> datetime:
@@ -132,6 +135,18 @@ class Page(BaseModel, Generic[T]):
 # ---- validation of user input (one place, used by every backend through the shared base) ----
 
 
+def check_text(value: str, what: str) -> str:
+    """``value`` unchanged if it can be stored as UTF-8 text; a lone surrogate (half an emoji) cannot."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{what} is not valid Unicode: it holds a lone surrogate (half of an emoji?); join or drop it first"
+            ) from None
+    return value
+
+
 def check_id(value: object, what: str = "session_id") -> str:
     if not isinstance(value, str) or not value:
         raise InputError(f"{what} must be a non-empty string, got {type(value).__name__}")
@@ -139,31 +154,94 @@ def check_id(value: object, what: str = "session_id") -> str:
         raise InputError(f"{what} is {len(value)} characters long; use at most {MAX_ID_LENGTH}")
     if "\x00" in value:
         raise InputError(f"{what} must not contain NUL characters")
-    return value
+    return check_text(value, what)
 
 
 def check_optional_id(value: object, what: str) -> str | None:
     return None if value is None else check_id(value, what)
 
 
+def check_optional_text(value: object, what: str) -> str | None:
+    """A short text field (name, tool_call_id): None or a string without NUL or lone surrogates."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be a string or None, got {type(value).__name__}")
+    if "\x00" in value:
+        raise InputError(f"{what} must not contain NUL characters")
+    return check_text(value, what)
+
+
 def check_role(value: object) -> str:
-    if value not in ROLES:
-        raise InputError(f"role must be one of {', '.join(ROLES)}; got {value!r:.40}")
-    return value  # type: ignore[return-value]
+    if not isinstance(value, str) or value not in ROLES:
+        raise InputError(f"role must be one of {', '.join(ROLES)}; got {_preview(value)}")
+    return value
 
 
 def check_session_type(value: object) -> str:
-    if value not in SESSION_TYPES:
-        raise InputError(f"session_type must be one of {', '.join(SESSION_TYPES)}; got {value!r:.40}")
-    return value  # type: ignore[return-value]
+    if not isinstance(value, str) or value not in SESSION_TYPES:
+        raise InputError(f"session_type must be one of {', '.join(SESSION_TYPES)}; got {_preview(value)}")
+    return value
+
+
+def _preview(value: object) -> str:
+    """A short, printable, one-line rendering of a bad argument for an error message."""
+    if isinstance(value, str):
+        return ascii(value[:40])
+    return type(value).__name__
 
 
 def dumps(value: Any, what: str = "value") -> str:
-    """Compact JSON; anything JSON cannot hold exactly (sets, NaN, objects) is an InputError."""
+    """Compact JSON of data that has already been checked (see :func:`encode_json` for user input)."""
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise InputError(f"{what} must be JSON-serialisable (dict, list, str, int, float, bool, None): {e}") from None
+
+
+def _check_plain_json(value: Any, what: str, depth: int) -> None:
+    """Refuse what would not come back exactly from JSON text: NaN, non-string keys, sets, bytes, objects, lone
+    surrogates, nesting deeper than MAX_JSON_DEPTH. Tuples are accepted and come back as lists."""
+    kind = type(value)
+    if kind is str:
+        check_text(value, what)
+    elif value is None or kind is bool or kind is int:
+        return
+    elif kind is float:
+        if not math.isfinite(value):
+            raise InputError(f"{what} holds {value!r}; JSON has no NaN or infinity (store None or a string)")
+    elif kind is dict or kind is list or kind is tuple or isinstance(value, (Mapping, list, tuple)):
+        if depth >= MAX_JSON_DEPTH:
+            raise InputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InputError(f"{what} has a {type(key).__name__} key; JSON object keys must be strings")
+                check_text(key, f"a key of {what}")
+                _check_plain_json(item, what, depth + 1)
+        else:
+            for item in value:
+                _check_plain_json(item, what, depth + 1)
+    elif isinstance(value, str):
+        check_text(value, what)
+    elif isinstance(value, int):  # IntEnum and friends: stored as their number
+        return
+    elif isinstance(value, float):  # numpy.float64 and friends: stored as their number
+        if not math.isfinite(value):
+            raise InputError(f"{what} holds {float(value)!r}; JSON has no NaN or infinity (store None or a string)")
+    else:
+        raise InputError(
+            f"{what} holds a {type(value).__name__}; use JSON types only (dict, list, str, int, float, bool, None)"
+        )
+
+
+def encode_json(value: Any, what: str = "value") -> str:
+    """User JSON as compact text, refused with InputError unless it will come back exactly (see _check_plain_json)."""
+    _check_plain_json(value, what, 0)
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:  # e.g. an int of more digits than Python converts to text
+        raise InputError(f"{what} cannot be written as JSON: {str(e).splitlines()[0][:120]}") from None
 
 
 def check_json_dict(value: object, what: str = "metadata") -> dict[str, Any]:
@@ -172,14 +250,18 @@ def check_json_dict(value: object, what: str = "metadata") -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InputError(f"{what} must be a dict, got {type(value).__name__}")
     # A round trip both validates and detaches the stored copy from the caller's object.
-    return json.loads(dumps(dict(value), what))
+    return json.loads(encode_json(dict(value), what))
 
 
 def check_content(value: object) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InputError(f"content must be a string or None, got {type(value).__name__}")
-    if value is not None and len(value) > MAX_CONTENT_BYTES // 4 and len(value.encode("utf-8")) > MAX_CONTENT_BYTES:
+    if value is not None and len(value) > MAX_CONTENT_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
         raise InputError(f"content is larger than {MAX_CONTENT_BYTES // (1024 * 1024)} MB; store it elsewhere and keep a reference")
+    if value is not None:
+        if "\x00" in value:
+            raise InputError("content must not contain NUL characters (PostgreSQL cannot store them); strip them first")
+        check_text(value, "content")
     return value
 
 
@@ -188,13 +270,19 @@ def check_tool_calls(value: object) -> list[dict[str, Any]] | None:
         return None
     if not isinstance(value, (list, tuple)) or not all(isinstance(c, Mapping) for c in value):
         raise InputError("tool_calls must be a list of dicts (OpenAI-style tool calls)")
-    return json.loads(dumps(list(value), "tool_calls"))
+    return json.loads(encode_json(list(value), "tool_calls"))
 
 
 def check_finite(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{what} must be a finite number of seconds, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise InputError(f"{what} must be a finite number of seconds") from None
+    if not math.isfinite(number):
         raise InputError(f"{what} must be a finite number of seconds")
-    return float(value)
+    return number
 
 
 def new_id() -> str:
@@ -229,17 +317,13 @@ class MessageDraft(BaseModel):
         tool_call_id: object = None,
         metadata: object = None,
     ) -> MessageDraft:
-        if name is not None and not isinstance(name, str):
-            raise InputError("name must be a string or None")
-        if tool_call_id is not None and not isinstance(tool_call_id, str):
-            raise InputError("tool_call_id must be a string or None")
         return cls.model_construct(
             id=check_optional_id(id, "message id"),
             role=check_role(role),
             content=check_content(content),
-            name=name,
+            name=check_optional_text(name, "name"),
             tool_calls=check_tool_calls(tool_calls),
-            tool_call_id=tool_call_id,
+            tool_call_id=check_optional_text(tool_call_id, "tool_call_id"),
             metadata=check_json_dict(metadata),
         )
 

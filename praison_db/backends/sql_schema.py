@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Dialect
@@ -84,7 +85,9 @@ def _mysql_key(length: int, collation: str) -> Any:
 
 
 _LONG_TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4"), "mysql", "mariadb")
-_JSON = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+# PostgreSQL's ``json`` keeps the text as written; ``jsonb`` would normalise numbers (1e20 comes back as an int, -0.0
+# loses its sign). Nothing queries inside these columns, so nothing needs jsonb's operators.
+_JSON = JSON(none_as_null=True).with_variant(postgresql.JSON(none_as_null=True), "postgresql")
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,22 @@ def _v3_mysql_long_text(conn: Connection, tables: Tables) -> None:
             conn.exec_driver_sql(f"ALTER TABLE `{table.name}` {changes}")
 
 
+def _v4_json_verbatim(conn: Connection, tables: Tables) -> None:
+    """PostgreSQL: jsonb columns become json, which stores numbers exactly as written (other dialects: nothing)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table, column in ((tables.sessions, "metadata"), (tables.messages, "tool_calls"), (tables.messages, "metadata")):
+        kind = conn.execute(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = :t AND column_name = :c"
+            ),
+            {"t": table.name, "c": column},
+        ).scalar()
+        if kind == "jsonb":  # re-running after a crash skips the columns already done
+            conn.execute(text(f'ALTER TABLE "{table.name}" ALTER COLUMN "{column}" TYPE json USING "{column}"::text::json'))
+
+
 # Append-only: MIGRATIONS[i] brings a database from version i to i + 1. Never edit a released entry; add one.
 # Each must be safe to re-run after a crash half-way (DDL is not transactional on MySQL).
-MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids, _v3_mysql_long_text]
+MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids, _v3_mysql_long_text, _v4_json_verbatim]
