@@ -161,8 +161,6 @@ def directory(tmp_path):
     return tmp_path / "sessions"
 
 
-
-
 def test_appends_read_only_what_is_new(directory, monkeypatch):
     with JsonConversationStore(directory) as writer:
         writer.create_session("big")
