@@ -794,14 +794,26 @@ class SqlConversationStore(_SqlStore, ConversationStore):
 
     @retry_conflicts
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        try:
+            return self._import_numbered(session_id, messages, updated_at, known=False)
+        except sa_exc.IntegrityError:
+            # An id the session already holds (a repeated or resumed import): that transaction rolled back whole;
+            # sort stored from new under the session's row lock.
+            return self._import_numbered(session_id, messages, updated_at, known=True)
+
+    def _import_numbered(self, session_id: str, messages: list[Message], updated_at: datetime, *, known: bool) -> int:
         s, m = self.t.sessions.c, self.t.messages.c
         with self.db.write() as conn:
             # The session row lock queues us behind appenders, as an append does.
             if conn.execute(select(s.message_count).where(s.session_id == session_id).with_for_update()).first() is None:
                 raise missing_session(session_id)
-            known = set(conn.execute(select(m.id).where(m.session_id == session_id, m.id.in_([x.id for x in messages]))).scalars())
-            last = conn.execute(select(func.max(m.seq)).where(m.session_id == session_id)).scalar() or 0
-            fresh = [x for x in messages if x.id not in known]
+            fresh = messages
+            if known and messages:
+                held = set(conn.execute(select(m.id).where(m.session_id == session_id, m.id.in_([x.id for x in messages]))).scalars())
+                fresh = [x for x in messages if x.id not in held]
+            # The newest seq by walking the (session_id, seq) key backwards: one index entry.
+            newest = conn.execute(self._newest_seq, {"sid": session_id}).scalar()
+            last = newest or 0
             for x in fresh:
                 if x.seq <= last:
                     raise seq_taken(session_id, x.seq)
@@ -815,6 +827,11 @@ class SqlConversationStore(_SqlStore, ConversationStore):
                 .values(message_count=s.message_count + len(fresh), updated_at=_later(s.updated_at, stamp))
             )
         return len(fresh)
+
+    @functools.cached_property
+    def _newest_seq(self) -> Any:
+        m = self.t.messages.c
+        return select(m.seq).where(m.session_id == bindparam("sid")).order_by(m.seq.desc()).limit(1)
 
     @retry_conflicts
     def _import(self, session: Session, messages: list[Message]) -> bool:
