@@ -807,13 +807,12 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             # The session row lock queues us behind appenders, as an append does.
             if conn.execute(select(s.message_count).where(s.session_id == session_id).with_for_update()).first() is None:
                 raise missing_session(session_id)
+            # The newest seq by walking the (session_id, seq) key backwards: one index entry.
+            last = conn.execute(self._newest_seq, {"sid": session_id}).scalar() or 0
             fresh = messages
-            if known and messages:
+            if messages and (known or messages[0].seq <= last):
                 held = set(conn.execute(select(m.id).where(m.session_id == session_id, m.id.in_([x.id for x in messages]))).scalars())
                 fresh = [x for x in messages if x.id not in held]
-            # The newest seq by walking the (session_id, seq) key backwards: one index entry.
-            newest = conn.execute(self._newest_seq, {"sid": session_id}).scalar()
-            last = newest or 0
             for x in fresh:
                 if x.seq <= last:
                     raise seq_taken(session_id, x.seq)
