@@ -769,16 +769,19 @@ class ClickHouseConversationStore(ConversationStore):
             current = self._current(session_id, last_seq=True)
             if current is None:
                 raise missing_session(session_id)
-            known = {
-                row[0]
-                for row in self._rows(
-                    f"SELECT id FROM {t.messages} WHERE session_id = {{sid:String}} AND id IN {{ids:Array(String)}}",
-                    sid=session_id,
-                    ids=[m.id for m in messages],
-                )
-            }
-            fresh = [m for m in messages if m.id not in known]
             last = current.last_seq
+            fresh = messages
+            if messages and messages[0].seq <= last:
+                # Only a resumed or repeated import overlaps what is stored: look its ids up (no unique keys here).
+                known = {
+                    row[0]
+                    for row in self._rows(
+                        f"SELECT id FROM {t.messages} WHERE session_id = {{sid:String}} AND id IN {{ids:Array(String)}}",
+                        sid=session_id,
+                        ids=[m.id for m in messages],
+                    )
+                }
+                fresh = [m for m in messages if m.id not in known]
             for m in fresh:
                 if m.seq <= last:
                     raise seq_taken(session_id, m.seq)
