@@ -515,6 +515,7 @@ class ConversationStore(_Store, ABC):
             return []
         return self._get_messages(session_id, limit, _check_seq(before_seq, "before_seq"), _check_seq(after_seq, "after_seq"))
 
+    @_operation
     def iter_messages(self, session_id: str, *, after_seq: int = 0, batch_size: int = 500) -> Iterator[Message]:
         """Stream a session's messages in seq order, ``batch_size`` at a time (constant memory for any length).
 
