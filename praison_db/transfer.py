@@ -297,11 +297,11 @@ def _counter(progress: Progress | None, phase: str, total: int | None) -> Callab
     if progress is not None:
         progress(phase, 0, total)
 
-    def tick(n: int) -> None:
+    def tick(n: int, final: bool = False) -> None:
         nonlocal done
         done += n
         if progress is not None:
-            progress(phase, done, total)
+            progress(phase, done, done if final and total is None else total)
 
     return tick
 
@@ -349,7 +349,9 @@ def copy(
     for s in sessions():
         _land(dst, s, lambda s=s: src.iter_messages(s.session_id, batch_size=_BATCH), on_conflict, report, tick)
     if _with_state(state, session_ids, user_id, agent_id, since, before) and src_state is not None and dst_state is not None:
-        _land_state(dst_state, _iter_state(src_state), on_conflict, report, _counter(progress, "state", None))
+        state_tick = _counter(progress, "state", None)
+        _land_state(dst_state, _iter_state(src_state), on_conflict, report, state_tick)
+        state_tick(0, final=True)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -445,6 +447,7 @@ def _write(
             w.line({"type": "state", "key": key, "value": value, "ttl": ttl})
             report.state += 1
             state_tick(1)
+        state_tick(0, final=True)
     end = {"type": "end", "sessions": report.sessions, "messages": report.messages, "state": report.state}
     data = json.dumps({**end, "sha256": w.sha.hexdigest()}, separators=(",", ":")) + "\n"
     f.write(data.encode("utf-8"))
