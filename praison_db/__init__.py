@@ -51,6 +51,9 @@ __all__ = [
     "SessionExists",
     "IntegrityError",
     "SchemaError",
+    "export",
+    "import_",
+    "copy",
 ]
 
 
@@ -64,4 +67,8 @@ def __getattr__(name: str) -> Any:
         from .backends.jsonfile import DefaultSessionStore
 
         return DefaultSessionStore
+    if name in ("export", "import_", "copy"):
+        from . import transfer
+
+        return getattr(transfer, name)
     raise AttributeError(f"module 'praison_db' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, NoReturn, TypeVar
 
-from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound, StoreClosed
+from .errors import ConfigError, Error, InputError, IntegrityError, SessionExists, SessionNotFound, StoreClosed
 from .models import (
     Message,
     MessageDraft,
@@ -600,6 +600,55 @@ class ConversationStore(_Store, ABC):
             return []
         return self._get_messages(session_id, limit, before_seq, after_seq)
 
+    @_operation
+    def iter_messages(self, session_id: str, *, after_seq: int = 0, batch_size: int = 500) -> Iterator[Message]:
+        """Stream a session's messages in seq order, ``batch_size`` at a time (constant memory for any length).
+
+        Reads windows of the (session_id, seq) index up to the newest seq when the stream started: messages
+        appended meanwhile are not included, and seq gaps (a standalone MongoDB, a ClickHouse collision) are fine.
+
+        Args:
+            after_seq: start after this seq (resume a stream where it stopped).
+            batch_size: messages per read, 1 to 10000.
+
+        Raises:
+            InputError: a bad argument. A missing session yields nothing.
+        """
+        check_id(session_id)
+        start = _check_seq(after_seq, "after_seq") or 0
+        size = _check_limit(batch_size, "batch_size", 10000)
+        if not size:
+            raise InputError("batch_size must be from 1 to 10000")
+        return self._stream_messages(session_id, start, size)
+
+    def _stream_messages(self, session_id: str, after_seq: int, size: int) -> Iterator[Message]:
+        newest = self._read_op(self._get_messages, session_id, 1, None, None)
+        if not newest:
+            return
+        # Windows of seqs (lo, lo + size]: `limit` picks the newest n of a window, so a window never holds more
+        # than `size` seqs and a gap just makes it shorter; the newest seq at the start bounds the walk.
+        last = newest[-1].seq
+        lo = after_seq
+        while lo < last:
+            hi = min(lo + size, last)
+            for m in self._read_op(self._get_messages, session_id, None, hi + 1, lo):
+                yield m
+            lo = hi
+
+    @_operation
+    def _read_op(self, primitive: Callable[..., Any], *args: Any) -> Any:
+        """Run a primitive as a public call does (closed check, error translation): for streams read lazily."""
+        return primitive(*args)
+
+    def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        """Store already-numbered messages (seq, id, created_at as given) after the session's last seq.
+
+        Idempotent by id: a message whose id the session holds is not stored again. message_count moves with what
+        is stored and updated_at to at least ``updated_at``. Returns how many were stored. IntegrityError if a
+        seq is taken by another message; SessionNotFound if the session is missing.
+        """
+        raise ConfigError(f"{type(self).__name__} cannot import numbered messages; copy with a newer backend")
+
     def get_history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` messages as OpenAI-style dicts, ready to send to a chat model."""
         return [m.to_openai() for m in self.get_messages(session_id, limit=limit)]
@@ -734,6 +783,12 @@ class ConversationStore(_Store, ABC):
 
 def missing_session(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {session_id!r} does not exist; create it with get_or_create_session({session_id!r})")
+
+
+def seq_taken(session_id: str, seq: int) -> IntegrityError:
+    return IntegrityError(
+        f"session {session_id!r} already holds another message at seq {seq}; delete the session there or import with on_conflict='replace'"
+    )
 
 
 def check_key(key: Any) -> str:

@@ -1,4 +1,4 @@
-"""The ``praison-db`` command line: demo, sessions, doctor, migrate.
+"""The ``praison-db`` command line: demo, sessions, doctor, migrate, export, import, copy, prune, ui.
 
 Global options ``--database-url/-d``, ``--state-url/-s`` and ``--session-dir`` mean what they mean for ``db()``
 (unset: ``$PRAISON_DATABASE_URL``/``$DATABASE_URL``, ``$PRAISON_STATE_URL``, ``$PRAISON_HOME/sessions``).
@@ -576,6 +576,9 @@ def build_app() -> typer.Typer:
     app.add_typer(sessions, name="sessions")
     app.command("doctor")(doctor)
     app.command("migrate")(migrate_command)
+    from .cli_transfer import register as register_transfer
+
+    register_transfer(app)
     from .ui.command import ui_command
 
     app.command("ui")(ui_command)

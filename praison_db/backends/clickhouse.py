@@ -76,6 +76,7 @@ from ..base import (
     SessionFilter,
     check_prefix,
     missing_session,
+    seq_taken,
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps, utcnow
@@ -763,6 +764,43 @@ class ClickHouseConversationStore(ConversationStore):
     def _count_messages(self, session_id: str) -> int:
         current = self._current(session_id)
         return current.session.message_count if current else 0
+
+    def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        t = self._tables
+        with self._locks.of(session_id):
+            current = self._current(session_id, last_seq=True)
+            if current is None:
+                raise missing_session(session_id)
+            last = current.last_seq
+            fresh = messages
+            if messages and messages[0].seq <= last:
+                # Only a resumed or repeated import overlaps what is stored: look its ids up (no unique keys here).
+                known = {
+                    row[0]
+                    for row in self._rows(
+                        f"SELECT id FROM {t.messages} WHERE session_id = {{sid:String}} AND id IN {{ids:Array(String)}}",
+                        sid=session_id,
+                        ids=[m.id for m in messages],
+                    )
+                }
+                fresh = [m for m in messages if m.id not in known]
+            for m in fresh:
+                if m.seq <= last:
+                    raise seq_taken(session_id, m.seq)
+                last = m.seq
+            if fresh:
+                writer = uuid.uuid4()
+                self._insert_messages(fresh, writer)
+                self._settle(session_id, fresh[0].seq, last, writer)
+            if fresh or updated_at > current.session.updated_at:
+                session = current.session.model_copy(
+                    update={
+                        "message_count": max(last, current.session.message_count),
+                        "updated_at": max(updated_at, current.session.updated_at),
+                    }
+                )
+                self._insert_session_version(session, _next_version(current.version, utcnow()))
+        return len(fresh)
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
         with self._locks.of(session.session_id):

@@ -54,6 +54,7 @@ from ..base import (
     activity_key,
     incremented,
     missing_session,
+    seq_taken,
     resolve_options,
 )
 from ..errors import Error, IntegrityError, StoreUnavailable
@@ -836,6 +837,58 @@ class JsonConversationStore(ConversationStore):
             return 0
         last = self._last_record(messages_path)
         return last[0] if last else 0
+
+    def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        header_path, messages_path, lock_path = self._paths(session_id)
+        with self._locked(lock_path):
+            session = self._read_header(header_path)
+            if session is None:
+                raise missing_session(session_id)
+            with open_private(messages_path, "r+b", root=self.directory) as f:
+                last = self._repair_tail(f, messages_path)
+                index = self._id_index(f, messages_path)
+                fresh = [m for m in messages if m.id not in index.ids]
+                for m in fresh:
+                    if m.seq <= last:
+                        raise seq_taken(session_id, m.seq)
+                    last = m.seq
+                if fresh:
+                    lines = [self._line(m) for m in fresh]
+                    end = f.seek(0, os.SEEK_END)
+                    f.write(b"".join(lines))
+                    f.flush()
+                    os.fsync(f.fileno())
+                    for m, line in zip(fresh, lines):
+                        index.ids[m.id] = (end, len(line))
+                        end += len(line)
+                    index.offset, index.tail = end, lines[-1]
+                    activity = max(updated_at, fresh[-1].created_at)
+                    if os.fstat(f.fileno()).st_mtime_ns + _MTIME_SLACK_NS < _ns(activity):
+                        _cover(f.fileno(), _ns(activity))
+            if updated_at > session.updated_at:
+                self._write_header(header_path, session.model_copy(update={"updated_at": updated_at}), updated_at)
+            return len(fresh)
+
+    def _stream_messages(self, session_id: str, after_seq: int, size: int) -> Iterator[Message]:
+        # One forward pass over the file: the windowed reads of the base class would each scan it.
+        _, messages_path, _ = self._paths(session_id)
+        last = self._read_op(self._last_record, messages_path)
+        if last is None:
+            return
+        try:
+            f = open_private(messages_path, "rb", root=self.directory)
+        except FileNotFoundError:
+            return
+        with f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    return  # a torn last line (a crash mid-write) was never stored
+                record = _parse_line(raw[:-1])
+                if record is None or record["seq"] <= after_seq:
+                    continue
+                if record["seq"] > last[0]:
+                    return
+                yield Message.trusted(**{**record, "created_at": datetime.fromisoformat(record["created_at"])})
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
         header_path, _, lock_path = self._paths(session.session_id)

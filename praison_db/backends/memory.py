@@ -24,6 +24,7 @@ from ..base import (
     incremented,
     loads,
     missing_session,
+    seq_taken,
     newest_window,
     resolve_options,
 )
@@ -157,6 +158,29 @@ class MemoryConversationStore(ConversationStore):
 
     def _count_messages(self, session_id: str) -> int:
         return len(self._d.messages.get(session_id, ()))
+
+    def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        with self._d.lock:
+            session = self._d.sessions.get(session_id)
+            if session is None:
+                raise missing_session(session_id)
+            known = self._d.ids[session_id]
+            stored = self._d.messages[session_id]
+            last = stored[-1].seq if stored else 0
+            fresh = []
+            for m in messages:
+                if m.id in known:
+                    continue
+                if m.seq <= last:
+                    raise seq_taken(session_id, m.seq)
+                fresh.append(m)
+                last = m.seq
+            stored.extend(fresh)
+            known.update((m.id, m) for m in fresh)
+            self._d.sessions[session_id] = session.model_copy(
+                update={"message_count": session.message_count + len(fresh), "updated_at": max(updated_at, session.updated_at)}
+            )
+            return len(fresh)
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
         with self._d.lock:

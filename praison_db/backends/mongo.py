@@ -67,6 +67,7 @@ from ..base import (
     check_prefix,
     loads,
     missing_session,
+    seq_taken,
     not_an_integer,
     resolve_options,
 )
@@ -556,6 +557,32 @@ class MongoConversationStore(_MongoStore, ConversationStore):
     def _count_messages(self, session_id: str) -> int:
         doc = self.sessions.find_one({"_id": session_id}, {"message_count": 1})
         return int(doc["message_count"]) if doc else 0
+
+    def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        ids = [m.id for m in messages]
+
+        def work(s: ClientSession | None) -> int:
+            head = self.sessions.find_one({"_id": session_id}, {"inc": 1, "message_count": 1}, session=s)
+            if head is None:
+                raise missing_session(session_id)
+            inc = head.get("inc")
+            known = {d["id"] for d in self.messages.find({"session_id": session_id, "inc": inc, "id": {"$in": ids}}, {"id": 1}, session=s)}
+            newest = self.messages.find_one({"session_id": session_id, "inc": inc}, {"seq": 1}, sort=[("seq", -1)], session=s)
+            last = int(newest["seq"]) if newest else 0
+            fresh = [m for m in messages if m.id not in known]
+            for m in fresh:
+                if m.seq <= last:
+                    raise seq_taken(session_id, m.seq)
+                last = m.seq
+            if fresh:
+                self.messages.insert_many([_message_doc(m, inc) for m in fresh], session=s)
+            # message_count is the seq counter here (reads take it as the newest seq): it follows the last seq.
+            self.sessions.update_one(
+                {"_id": session_id, "inc": inc}, {"$max": {"message_count": last, "updated_us": _us(updated_at)}}, session=s
+            )
+            return len(fresh)
+
+        return self.conn.transaction(work)
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
         inc = ObjectId()

@@ -65,6 +65,7 @@ from ..base import (
     check_prefix,
     loads,
     missing_session,
+    seq_taken,
     not_an_integer,
     resolve_options,
 )
@@ -257,6 +258,32 @@ if #ARGV > 5 + n then
 end
 touch(p, sid, redis.call('HGET', S, 'updated_at'), tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 1
+"""
+
+# ARGV: prefix, sid, updated_us, ttl_ms, now_ms, n, id x n, seq x n, body x n  -> how many were stored, nil if the
+# session is missing, or {-1, seq} when a seq is taken or would leave a gap (a list position is the seq here).
+_LUA_IMPORT_MESSAGES = _LUA_COMMON + r"""
+local p, sid = ARGV[1], ARGV[2]
+local S, M, I = p .. ':s:' .. sid, p .. ':m:' .. sid, p .. ':i:' .. sid
+if redis.call('EXISTS', S) == 0 then return false end
+local n = tonumber(ARGV[6])
+local count = redis.call('LLEN', M)
+local fresh = {}
+for i = 1, n do
+  if not redis.call('HGET', I, ARGV[6 + i]) then
+    if tonumber(ARGV[6 + n + i]) ~= count + #fresh + 1 then return {-1, ARGV[6 + n + i]} end
+    fresh[#fresh + 1] = i
+  end
+end
+for _, i in ipairs(fresh) do
+  redis.call('RPUSH', M, ARGV[6 + 2 * n + i])
+  redis.call('HSET', I, ARGV[6 + i], ARGV[6 + n + i])
+end
+if #fresh > 0 then redis.call('HSET', S, 'message_count', count + #fresh) end
+local up = later(S, ARGV[3])
+redis.call('HSET', S, 'updated_at', up)
+touch(p, sid, up, tonumber(ARGV[4]), tonumber(ARGV[5]))
+return #fresh
 """
 
 # KEYS: the index the ids were read from. ARGV: prefix, user ('' any), cutoff_us ('' none), sid, ...
@@ -496,6 +523,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         self._append_script = r.register_script(_LUA_APPEND)
         self._update = r.register_script(_LUA_UPDATE)
         self._import_script = r.register_script(_LUA_IMPORT)
+        self._import_messages_script = r.register_script(_LUA_IMPORT_MESSAGES)
         self._delete = r.register_script(_LUA_DELETE)
         self._sweep = r.register_script(_LUA_SWEEP)
         self._read = r.register_script(_LUA_READ)
@@ -659,6 +687,19 @@ class RedisConversationStore(_RedisStore, ConversationStore):
 
     def _count_messages(self, session_id: str) -> int:
         return int(self.r.hget(self.conn.key("s", session_id), "message_count") or 0)
+
+    def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        head = self._script_head(session_id, updated_at) + [str(len(messages))]
+        args = head + [m.id for m in messages] + [str(m.seq) for m in messages] + [_message_body(m) for m in messages]
+        result = self._import_messages_script(args=args)
+        if result is None:
+            raise missing_session(session_id)
+        if isinstance(result, list):
+            raise errors.IntegrityError(
+                f"session {session_id!r}: seq {int(result[1])} is taken or leaves a gap, and Redis numbers messages by "
+                "their position; import the source's messages in order without gaps"
+            )
+        return int(result)
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
         fields = _session_fields(session)

@@ -60,6 +60,7 @@ from ..base import (
     incremented,
     loads,
     missing_session,
+    seq_taken,
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps, utcnow
@@ -879,6 +880,46 @@ class SqlConversationStore(_SqlStore, ConversationStore):
                 select(self.t.sessions.c.message_count).where(self.t.sessions.c.session_id == session_id)
             ).scalar()
         return int(count or 0)
+
+    @retry_conflicts
+    def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
+        try:
+            return self._import_numbered(session_id, messages, updated_at, known=False)
+        except sa_exc.IntegrityError:
+            # An id the session already holds (a repeated or resumed import): that transaction rolled back whole;
+            # sort stored from new under the session's row lock.
+            return self._import_numbered(session_id, messages, updated_at, known=True)
+
+    def _import_numbered(self, session_id: str, messages: list[Message], updated_at: datetime, *, known: bool) -> int:
+        s, m = self.t.sessions.c, self.t.messages.c
+        with self.db.write() as conn:
+            # The session row lock queues us behind appenders, as an append does.
+            if conn.execute(select(s.message_count).where(s.session_id == session_id).with_for_update()).first() is None:
+                raise missing_session(session_id)
+            # The newest seq by walking the (session_id, seq) key backwards: one index entry.
+            last = conn.execute(self._newest_seq, {"sid": session_id}).scalar() or 0
+            fresh = messages
+            if messages and (known or messages[0].seq <= last):
+                held = set(conn.execute(select(m.id).where(m.session_id == session_id, m.id.in_([x.id for x in messages]))).scalars())
+                fresh = [x for x in messages if x.id not in held]
+            for x in fresh:
+                if x.seq <= last:
+                    raise seq_taken(session_id, x.seq)
+                last = x.seq
+            if fresh:
+                conn.execute(insert(self.t.messages), [_message_row(x) for x in fresh])
+            stamp = bindparam("at", updated_at, type_=s.updated_at.type)
+            conn.execute(
+                update(self.t.sessions)
+                .where(s.session_id == session_id)
+                .values(message_count=s.message_count + len(fresh), updated_at=_later(s.updated_at, stamp))
+            )
+        return len(fresh)
+
+    @functools.cached_property
+    def _newest_seq(self) -> Any:
+        m = self.t.messages.c
+        return select(m.seq).where(m.session_id == bindparam("sid")).order_by(m.seq.desc()).limit(1)
 
     @retry_conflicts
     def _import(self, session: Session, messages: list[Message]) -> bool:
