@@ -791,6 +791,16 @@ def seq_taken(session_id: str, seq: int) -> IntegrityError:
     )
 
 
+def after_last(session_id: str, messages: list[Message], last: int) -> int:
+    """Check that numbered messages continue a session whose newest seq is ``last``, in increasing order; return
+    the new newest seq. A seq already taken (or out of order) is an IntegrityError naming it."""
+    for m in messages:
+        if m.seq <= last:
+            raise seq_taken(session_id, m.seq)
+        last = m.seq
+    return last
+
+
 def check_key(key: Any) -> str:
     if not isinstance(key, str) or not key:
         raise InputError(f"state keys must be non-empty strings, got {type(key).__name__}")

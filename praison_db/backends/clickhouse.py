@@ -76,7 +76,7 @@ from ..base import (
     SessionFilter,
     check_prefix,
     missing_session,
-    seq_taken,
+    after_last,
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps, utcnow
@@ -784,10 +784,7 @@ class ClickHouseConversationStore(ConversationStore):
                     )
                 }
                 fresh = [m for m in messages if m.id not in known]
-            for m in fresh:
-                if m.seq <= last:
-                    raise seq_taken(session_id, m.seq)
-                last = m.seq
+            last = after_last(session_id, fresh, last)
             if fresh:
                 writer = uuid.uuid4()
                 self._insert_messages(fresh, writer)

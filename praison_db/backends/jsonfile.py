@@ -54,7 +54,7 @@ from ..base import (
     activity_key,
     incremented,
     missing_session,
-    seq_taken,
+    after_last,
     resolve_options,
 )
 from ..errors import Error, IntegrityError, StoreUnavailable
@@ -715,22 +715,26 @@ class JsonConversationStore(ConversationStore):
                 fresh = [d for d in drafts if d.id not in known]
                 if fresh:
                     stored = [d.stamp(session_id, last_seq + 1 + i, now) for i, d in enumerate(fresh)]
-                    lines = [self._line(m) for m in stored]
-                    end = f.seek(0, os.SEEK_END)
-                    f.write(b"".join(lines))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    # Indexed only once durable: an id never points at a line a failed write may not have left.
-                    for m, line in zip(stored, lines):
-                        index.ids[m.id] = (end, len(line))
-                        end += len(line)
-                    index.offset, index.tail = end, lines[-1]
+                    self._write_indexed(f, index, stored)
                     known.update((m.id, m) for m in stored)
                     # A file server whose clock trails ours stamps the file before the message: see _list_sessions.
                     stamped = _ns(now)
                     if os.fstat(f.fileno()).st_mtime_ns + _MTIME_SLACK_NS < stamped:
                         _cover(f.fileno(), stamped)
             return [known[d.id] for d in drafts]  # type: ignore[index]
+
+    def _write_indexed(self, f: Any, index: _IdIndex, messages: list[Message]) -> None:
+        """Append the messages' lines at the end of ``f``, fsync, then add their ids to ``index``."""
+        lines = [self._line(m) for m in messages]
+        end = f.seek(0, os.SEEK_END)
+        f.write(b"".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+        # Indexed only once durable: an id never points at a line a failed write may not have left.
+        for m, line in zip(messages, lines):
+            index.ids[m.id] = (end, len(line))
+            end += len(line)
+        index.offset, index.tail = end, lines[-1]
 
     def _id_index(self, f: Any, path: Path) -> _IdIndex:
         """The ids in the messages file ``f`` (whose tail is repaired), kept per file and brought up to date by
@@ -848,20 +852,9 @@ class JsonConversationStore(ConversationStore):
                 last = self._repair_tail(f, messages_path)
                 index = self._id_index(f, messages_path)
                 fresh = [m for m in messages if m.id not in index.ids]
-                for m in fresh:
-                    if m.seq <= last:
-                        raise seq_taken(session_id, m.seq)
-                    last = m.seq
+                last = after_last(session_id, fresh, last)
                 if fresh:
-                    lines = [self._line(m) for m in fresh]
-                    end = f.seek(0, os.SEEK_END)
-                    f.write(b"".join(lines))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    for m, line in zip(fresh, lines):
-                        index.ids[m.id] = (end, len(line))
-                        end += len(line)
-                    index.offset, index.tail = end, lines[-1]
+                    self._write_indexed(f, index, fresh)
                     activity = max(updated_at, fresh[-1].created_at)
                     if os.fstat(f.fileno()).st_mtime_ns + _MTIME_SLACK_NS < _ns(activity):
                         _cover(f.fileno(), _ns(activity))

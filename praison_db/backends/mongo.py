@@ -67,7 +67,7 @@ from ..base import (
     check_prefix,
     loads,
     missing_session,
-    seq_taken,
+    after_last,
     not_an_integer,
     resolve_options,
 )
@@ -570,10 +570,7 @@ class MongoConversationStore(_MongoStore, ConversationStore):
             newest = self.messages.find_one({"session_id": session_id, "inc": inc}, {"seq": 1}, sort=[("seq", -1)], session=s)
             last = int(newest["seq"]) if newest else 0
             fresh = [m for m in messages if m.id not in known]
-            for m in fresh:
-                if m.seq <= last:
-                    raise seq_taken(session_id, m.seq)
-                last = m.seq
+            last = after_last(session_id, fresh, last)
             if fresh:
                 self.messages.insert_many([_message_doc(m, inc) for m in fresh], session=s)
             # message_count is the seq counter here (reads take it as the newest seq): it follows the last seq.

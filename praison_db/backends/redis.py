@@ -65,7 +65,6 @@ from ..base import (
     check_prefix,
     loads,
     missing_session,
-    seq_taken,
     not_an_integer,
     resolve_options,
 )

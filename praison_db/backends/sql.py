@@ -60,7 +60,7 @@ from ..base import (
     incremented,
     loads,
     missing_session,
-    seq_taken,
+    after_last,
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps, utcnow
@@ -902,10 +902,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             if messages and (known or messages[0].seq <= last):
                 held = set(conn.execute(select(m.id).where(m.session_id == session_id, m.id.in_([x.id for x in messages]))).scalars())
                 fresh = [x for x in messages if x.id not in held]
-            for x in fresh:
-                if x.seq <= last:
-                    raise seq_taken(session_id, x.seq)
-                last = x.seq
+            last = after_last(session_id, fresh, last)
             if fresh:
                 conn.execute(insert(self.t.messages), [_message_row(x) for x in fresh])
             stamp = bindparam("at", updated_at, type_=s.updated_at.type)
