@@ -6,6 +6,7 @@ The real numbers come from ``python -m benchmarks.run --size full`` (see benchma
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,23 @@ def test_a_backend_without_its_store_module_is_reported_not_run() -> None:
     assert run_backend(missing, None) == {  # type: ignore[arg-type]
         "status": "not available", "reason": "praison_db.backends.nosuch is not in this checkout"
     }
+
+
+def test_transfer_benchmark_smoke() -> None:
+    """The export/import/copy benchmark runs every phase in its own process and reports time, peak RSS and ratios."""
+    admin = os.environ.get("PRAISON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        with servers.postgres_database():
+            pass
+    except servers.ServerMissing as e:
+        servers.unavailable("PostgreSQL (127.0.0.1:5432)", e)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.transfer", "--messages", "400", "--json", "--postgres", admin],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    assert results["messages"] == 400
+    for phase in ("export", "import", "raw_import", "copy", "raw_copy"):
+        assert results[phase]["seconds"] > 0 and results[phase]["peak_rss_mb"] > 0, phase
+    assert results["import_ratio"] > 0 and results["copy_ratio"] > 0
