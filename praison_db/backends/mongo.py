@@ -201,6 +201,8 @@ class _Connection(SharedConnection):
         # Multi-document transactions exist on replica sets (setName) and sharded clusters (mongos).
         self.transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
 
+    disposed = False
+
     def collection(self, name: str) -> Any:
         return self.db[self.prefix + name]
 
@@ -208,10 +210,17 @@ class _Connection(SharedConnection):
         """Run ``work`` in a transaction (retried on write conflicts) where the server has them, else directly."""
         if not self.transactions:
             return work(None)
+        def attempt(session: ClientSession) -> T:
+            # with_transaction retries transient failures for up to two minutes; a closed client fails every retry.
+            if self.disposed:
+                raise errors.StoreClosed(f"{self.where} was closed; open a new one with db(...)")
+            return work(session)
+
         with self.client.start_session() as session:
-            return session.with_transaction(work)
+            return session.with_transaction(attempt)
 
     def _dispose(self) -> None:
+        self.disposed = True
         self.client.close()
 
 

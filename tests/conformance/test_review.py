@@ -1,0 +1,55 @@
+"""Edge cases across every backend: a close() racing calls in flight, and other inputs a careless or hostile
+caller sends."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from praison_db import Error, StoreClosed
+
+WRITERS = 4
+ROUNDS = 300  # bounded: a writer stops at its first failure or after this many appends
+JOIN_SECONDS = 30.0  # far below a driver's own retry budget (pymongo retries a transaction for 120 s)
+
+
+def test_close_while_calls_are_in_flight_raises_store_closed_promptly(conv: Any) -> None:
+    """Threads appending while another thread closes the store: each stops with StoreClosed, not a driver's
+    complaint about its closed pool, and none is left retrying against the closed client."""
+    conv.create_session("busy")
+    started = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        for _ in range(ROUNDS):
+            try:
+                conv.add_message("busy", "user", "hello")
+            except BaseException as e:
+                failures.append(e)
+                return
+            started.set()
+
+    threads = [threading.Thread(target=writer, daemon=True) for _ in range(WRITERS)]
+    for t in threads:
+        t.start()
+    assert started.wait(30), "no append succeeded"
+    conv.close()
+    for t in threads:
+        t.join(JOIN_SECONDS)
+    assert not any(t.is_alive() for t in threads), "a call kept running long after close()"
+    wrong = [f"{type(e).__name__}: {e}" for e in failures if not isinstance(e, StoreClosed)]
+    assert not wrong, wrong
+
+
+def test_scoped_keys_iterator_made_before_close_raises_store_closed(state: Any) -> None:
+    scoped = state.scope("session", "s1")
+    for i in range(3):
+        scoped.set(f"k{i}", i)
+    keys = scoped.keys()
+    state.close()
+    try:
+        next(keys)
+    except Error as e:
+        assert isinstance(e, StoreClosed), f"{type(e).__name__}: {e}"
+    else:
+        raise AssertionError("a keys() iterator yielded after its store was closed")
