@@ -123,9 +123,19 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
         return errors.StoreUnavailable(f"{where} is unavailable: {detail}")
     if isinstance(error, (px.ConfigurationError, px.InvalidURI, px.InvalidName)):
         return errors.ConfigError(f"{where}: {detail}")
-    if isinstance(error, (px.DocumentTooLarge, InvalidDocument)) or code in (10334, 17419, 17420):
+    if isinstance(error, (px.DocumentTooLarge, InvalidDocument)) or code in _TOO_LARGE or _bulk_codes(error) & _TOO_LARGE:
         return errors.InputError(f"{where} cannot store this document: {detail}")
     return errors.Error(f"{where}: {detail}")
+
+
+_TOO_LARGE = {10334, 17419, 17420}  # BSONObjectTooLarge and the "document too large" codes of older servers
+
+
+def _bulk_codes(error: Exception) -> set[Any]:
+    """The codes of the individual write errors of an insert_many (BulkWriteError carries them in its details)."""
+    if not isinstance(error, px.BulkWriteError):
+        return set()
+    return {e.get("code") for e in (error.details or {}).get("writeErrors", [])}
 
 
 def _is_duplicate_message_id(error: Exception) -> bool:

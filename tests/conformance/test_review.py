@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from praison_db import Error, StoreClosed
+from praison_db import Error, InputError, StoreClosed
 
 WRITERS = 4
 ROUNDS = 300  # bounded: a writer stops at its first failure or after this many appends
@@ -53,3 +53,18 @@ def test_scoped_keys_iterator_made_before_close_raises_store_closed(state: Any) 
         assert isinstance(e, StoreClosed), f"{type(e).__name__}: {e}"
     else:
         raise AssertionError("a keys() iterator yielded after its store was closed")
+
+
+def test_metadata_beyond_a_document_limit_is_stored_exactly_or_refused_as_input(conv: Any) -> None:
+    """20 MB of metadata on one message: the backend keeps it exactly or refuses it with InputError (not a generic
+    Error), and a refusal stores nothing."""
+    conv.create_session("big")
+    metadata = {"m": "y" * (20 << 20)}
+    try:
+        conv.add_message("big", "user", "x", metadata=metadata)
+    except Error as e:
+        assert isinstance(e, InputError), f"{type(e).__name__}: {e}"
+        assert conv.count_messages("big") == 0 and conv.get_session("big").message_count == 0
+    else:
+        (stored,) = conv.get_messages("big")
+        assert stored.metadata == metadata
