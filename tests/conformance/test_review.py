@@ -68,3 +68,19 @@ def test_metadata_beyond_a_document_limit_is_stored_exactly_or_refused_as_input(
     else:
         (stored,) = conv.get_messages("big")
         assert stored.metadata == metadata
+
+
+def test_editing_returned_objects_does_not_edit_what_is_stored(conv: Any) -> None:
+    created = conv.create_session("a", metadata={"tags": ["x"]})
+    created.metadata["tags"].append("edited")
+    conv.get_session("a").metadata["tags"].append("edited")
+    conv.list_sessions().items[0].metadata["new"] = 1
+    tool_calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    added = conv.add_message("a", "assistant", None, tool_calls=tool_calls, metadata={"n": [1]})
+    added.metadata["n"].append(2)
+    added.tool_calls[0]["id"] = "edited"
+    conv.get_messages("a")[0].metadata["n"].append(3)
+    conv.get_history("a")[0]["tool_calls"][0]["id"] = "edited"
+    assert conv.get_session("a").metadata == {"tags": ["x"]}
+    (stored,) = conv.get_messages("a")
+    assert stored.metadata == {"n": [1]} and stored.tool_calls == tool_calls
