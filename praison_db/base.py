@@ -87,6 +87,8 @@ def _to_bool(value: Any) -> bool:
 def _to_positive_float(value: Any) -> float | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool):  # ttl=True would quietly mean one second
+        raise ValueError("must be a number of seconds, not a bool")
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise ValueError("must be a positive number of seconds")
