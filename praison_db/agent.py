@@ -407,10 +407,12 @@ class Agent:
         try:
             with _spool_lock(path):
                 records = _spooled(path, session_id)
-                if any("id" not in r for r in records):
-                    # Written by a version that gave no ids: give them ids now, once, so retries stay idempotent.
+                if any(not isinstance(r.get("id"), str) for r in records):
+                    # Written by a version that gave no ids (or an id damaged by hand): give them ids now, once, so
+                    # retries stay idempotent and every id can be tracked.
                     for r in records:
-                        r.setdefault("id", new_id())
+                        if not isinstance(r.get("id"), str):
+                            r["id"] = new_id()
                     _write_spool(path, records)
         except Exception as e:  # noqa: BLE001
             log.warning("praison_db: cannot read the unsaved messages in %s: %s", path, e)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, NoReturn, TypeVar
 
-from .errors import ConfigError, Error, InputError, IntegrityError, SessionExists, SessionNotFound, StoreClosed
+from .errors import ConfigError, Error, InputError, IntegrityError, SessionExists, SessionNotFound, StoreClosed, StoreUnavailable
 from .models import (
     Message,
     MessageDraft,
@@ -87,6 +87,8 @@ def _to_bool(value: Any) -> bool:
 def _to_positive_float(value: Any) -> float | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool):  # ttl=True would quietly mean one second
+        raise ValueError("must be a number of seconds, not a bool")
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise ValueError("must be a positive number of seconds")
@@ -171,6 +173,9 @@ _INPUT_FAILURES = (UnicodeError, OverflowError, RecursionError)
 def _reraise(store: _Store, error: Exception) -> NoReturn:
     """Raise ``error`` as the backend's praison_db error for it; anything untranslated becomes a praison_db.Error
     naming the exception type, with its text on one line and no password."""
+    if store._closed and (type(error) in (Error, StoreUnavailable) or not isinstance(error, Error)):
+        # close() ran while this call was in flight: the driver's complaint about its closed pool means just that.
+        raise _closed_error(store) from error
     if isinstance(error, Error):
         raise error
     translated = store._translate_error(error)

@@ -197,6 +197,8 @@ def db(
         ConfigError: unknown scheme, missing driver extra, unknown option or a role the backend cannot play.
         StoreUnavailable: the server could not be reached.
     """
+    if not isinstance(strict, bool):  # strict="no" would be truthy, strict=None falsy: neither says what it means
+        raise ConfigError(f"strict must be True or False, got {type(strict).__name__}")
     if session_dir is not None and (not isinstance(session_dir, (str, os.PathLike)) or "\x00" in os.fspath(session_dir)):
         raise ConfigError("session_dir must be a folder path (a str or pathlib.Path, without NUL characters)")
     directory = Path(session_dir).expanduser() if session_dir is not None else default_home() / "sessions"

@@ -257,6 +257,21 @@ def test_a_kept_message_the_store_refuses_is_set_aside_and_the_rest_go_on(tmp_pa
     assert record["content"] == huge and "larger than" in record["error"] and record["id"]
 
 
+def test_a_spool_edited_by_hand_with_odd_ids_is_written_once_each(tmp_path):
+    """Ids damaged in a spool file (a list, a dict, a number, null) are replaced once and the messages written."""
+    sessions = tmp_path / "sessions"
+    spool = sessions / "unsaved" / f"{session_file_stem('odd')}.jsonl"
+    spool.parent.mkdir(parents=True)
+    kept = [{"session_id": "odd", "id": odd, "role": "user", "content": f"kept {i}"} for i, odd in enumerate([[1], {"a": 1}, 5, None])]
+    spool.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    with db(session_dir=sessions, strict=False) as store:
+        agent = Agent(db=store, session_id="odd", llm=lambda messages: "ok")
+        agent.chat("next")
+        assert contents(store, "odd") == ["kept 0", "kept 1", "kept 2", "kept 3", "next", "ok"]
+        assert agent.unsaved == [] and agent.rejected == []
+    assert not spool.exists()
+
+
 @pytest.mark.parametrize("backend", by_name("postgresql"), ids=lambda b: b.name)
 def test_a_spool_with_a_refused_message_does_not_block_the_next_agent(backend, make_url, tmp_path):
     """A NUL byte spooled while PostgreSQL was down: the next Agent sets it aside and writes the rest."""

@@ -100,6 +100,18 @@ def test_unknown_option_lists_valid_ones(tmp_path):
         db("memory://?ttl=3")
 
 
+def test_options_of_the_wrong_kind_are_config_errors(tmp_path):
+    """A bool where seconds belong (lock_timeout=True, ttl=True) or a non-bool strict would otherwise be read as
+    one second, or as strict/lenient by truthiness."""
+    with pytest.raises(ConfigError, match="lock_timeout"):
+        db(f"json://{tmp_path}/j", lock_timeout=True)
+    for strict in ("no", None, 0):
+        with pytest.raises(ConfigError, match="strict"):
+            db(session_dir=tmp_path, strict=strict)
+    with db(f"json://{tmp_path}/j", lock_timeout="1.5", strict=False) as store:
+        assert store.strict is False
+
+
 def test_unknown_scheme_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"unknown URL scheme 'postgresq'; did you mean postgresql://\?"):
         db("postgresq://u:pw@localhost/db")

@@ -165,6 +165,15 @@ def test_options(url):
         open_store(servers.REDIS_URL + "?prefix=has:colon", "state")
 
 
+def test_a_database_path_that_is_not_a_number_is_refused_not_read_as_database_0():
+    base = servers.REDIS_URL.split("?", 1)[0].rsplit("/", 1)[0]
+    for path in ("abc", "O", "1x", "db1"):
+        with pytest.raises(ConfigError, match="by number"):
+            open_store(f"{base}/{path}", "state")
+    with open_store(f"{base}/1?prefix=r{servers.RUN}db", "state") as state:
+        assert state.get("missing") is None
+
+
 def test_refused_port_is_unavailable_quickly_with_the_password_masked():
     start = time.monotonic()
     with pytest.raises(StoreUnavailable) as info:

@@ -259,6 +259,23 @@ def test_expired_state_rows_are_removed_on_open(sql_url):
             assert sorted(conn.execute(state.t.state.select().with_only_columns(state.t.state.c.key)).scalars()) == ["long"]
 
 
+# More values than PostgreSQL's protocol takes in one statement (65,535 parameters).
+MANY = 66_000
+
+
+def test_lookups_of_more_ids_or_keys_than_one_statement_can_bind(sql_url):
+    with open_store(sql_url, "state") as state:
+        state.set("k1", 1)
+        assert state.get_many([f"k{i}" for i in range(MANY)]) == {"k1": 1}
+    with open_store(sql_url, "conversations") as conv:
+        conv.create_session("s")
+        conv.add_message("s", "user", "first", id="m0")
+        # One id already stored sends the batch down the path that looks every id up first.
+        stored = conv.add_messages("s", [{"role": "user", "content": "x", "id": f"m{i}"} for i in range(MANY)])
+        assert stored[0].content == "first" and [m.seq for m in stored[:3]] == [1, 2, 3]
+        assert conv.count_messages("s") == MANY
+
+
 # ---- message ids: a database from before they were unique ----
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ..base import (
     Capabilities,
@@ -34,6 +34,14 @@ from ..url import StoreURL
 __all__ = ["MemoryConversationStore", "MemoryStateStore"]
 
 _CAPS = Capabilities(multi_process=False, persistent=False, reason="memory:// lives inside one process")
+
+M = TypeVar("M", Session, Message)
+
+
+def _copy(model: M) -> M:
+    """A detached copy: a caller editing a returned session's metadata must not edit the stored one (as with
+    every other backend, which hands out freshly decoded objects)."""
+    return model.model_copy(deep=True)
 
 
 @dataclass
@@ -75,7 +83,7 @@ class MemoryConversationStore(ConversationStore):
         with self._d.lock:
             if session.session_id in self._d.sessions:
                 return False
-            self._d.sessions[session.session_id] = session
+            self._d.sessions[session.session_id] = _copy(session)
             self._d.messages[session.session_id] = []
             self._d.ids[session.session_id] = {}
             return True
@@ -83,16 +91,18 @@ class MemoryConversationStore(ConversationStore):
     def _get_or_insert_session(self, session: Session) -> Session:
         with self._d.lock:
             self._insert_session(session)
-            return self._d.sessions[session.session_id]
+            return _copy(self._d.sessions[session.session_id])
 
     def _get_session(self, session_id: str) -> Session | None:
-        return self._d.sessions.get(session_id)
+        with self._d.lock:
+            session = self._d.sessions.get(session_id)
+            return None if session is None else _copy(session)
 
     def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
         with self._d.lock:
             rows = [s for s in self._d.sessions.values() if flt.matches(s) and (after is None or activity_key(s) < after)]
         rows.sort(key=activity_key, reverse=True)
-        return rows[:limit]
+        return [_copy(s) for s in rows[:limit]]
 
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
         with self._d.lock:
@@ -102,7 +112,7 @@ class MemoryConversationStore(ConversationStore):
             # max(): an imported session can carry an updated_at ahead of this clock; activity never moves it back.
             updated = current.model_copy(update={**changes, "updated_at": max(now, current.updated_at)})
             self._d.sessions[session_id] = updated
-            return updated
+            return _copy(updated)
 
     def _delete_session(self, session_id: str, user_id: str | None) -> bool:
         with self._d.lock:
@@ -147,14 +157,16 @@ class MemoryConversationStore(ConversationStore):
                 self._d.messages[session_id].extend(fresh)
                 known.update((m.id, m) for m in fresh)
                 self._d.sessions[session_id] = session.model_copy(update={"message_count": seq, "updated_at": max(now, session.updated_at)})
-            return out
+            return [_copy(m) for m in out]
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         with self._d.lock:
             messages = self._d.messages.get(session_id, [])
             if before_seq is None and after_seq is None:
-                return messages[-limit:] if limit is not None else list(messages)
-            return newest_window(messages, limit, before_seq, after_seq)
+                picked = messages[-limit:] if limit is not None else messages
+            else:
+                picked = newest_window(messages, limit, before_seq, after_seq)
+            return [_copy(m) for m in picked]
 
     def _count_messages(self, session_id: str) -> int:
         return len(self._d.messages.get(session_id, ()))

@@ -124,9 +124,19 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
         return errors.StoreUnavailable(f"{where} is unavailable: {detail}")
     if isinstance(error, (px.ConfigurationError, px.InvalidURI, px.InvalidName)):
         return errors.ConfigError(f"{where}: {detail}")
-    if isinstance(error, (px.DocumentTooLarge, InvalidDocument)) or code in (10334, 17419, 17420):
+    if isinstance(error, (px.DocumentTooLarge, InvalidDocument)) or code in _TOO_LARGE or _bulk_codes(error) & _TOO_LARGE:
         return errors.InputError(f"{where} cannot store this document: {detail}")
     return errors.Error(f"{where}: {detail}")
+
+
+_TOO_LARGE = {10334, 17419, 17420}  # BSONObjectTooLarge and the "document too large" codes of older servers
+
+
+def _bulk_codes(error: Exception) -> set[Any]:
+    """The codes of the individual write errors of an insert_many (BulkWriteError carries them in its details)."""
+    if not isinstance(error, px.BulkWriteError):
+        return set()
+    return {e.get("code") for e in (error.details or {}).get("writeErrors", [])}
 
 
 def _is_duplicate_message_id(error: Exception) -> bool:
@@ -202,6 +212,8 @@ class _Connection(SharedConnection):
         # Multi-document transactions exist on replica sets (setName) and sharded clusters (mongos).
         self.transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
 
+    disposed = False
+
     def collection(self, name: str) -> Any:
         return self.db[self.prefix + name]
 
@@ -209,10 +221,17 @@ class _Connection(SharedConnection):
         """Run ``work`` in a transaction (retried on write conflicts) where the server has them, else directly."""
         if not self.transactions:
             return work(None)
+        def attempt(session: ClientSession) -> T:
+            # with_transaction retries transient failures for up to two minutes; a closed client fails every retry.
+            if self.disposed:
+                raise errors.StoreClosed(f"{self.where} was closed; open a new one with db(...)")
+            return work(session)
+
         with self.client.start_session() as session:
-            return session.with_transaction(work)
+            return session.with_transaction(attempt)
 
     def _dispose(self) -> None:
+        self.disposed = True
         self.client.close()
 
 

@@ -375,6 +375,10 @@ class _Connection(SharedConnection):
             raise errors.ConfigError(f"unknown option {unknown[0]!r} for {url.scheme}://; valid options: {valid}")
         if len(url.hosts) > 1:
             raise errors.ConfigError(f"{url.render()}: a Redis URL names one server (use Sentinel or a proxy for several)")
+        number = url.path.strip("/")
+        if url.scheme != "unix" and number and not (number.isascii() and number.isdigit()):
+            # redis-py quietly falls back to database 0 for a path it cannot read (a typo like /O or /db1).
+            raise errors.ConfigError(f"{url.render()}: the path names a Redis database by number (e.g. /0), not {number[:40]!r}")
         self.prefix: str = opts["prefix"]
         self.ttl: float | None = opts["ttl"]
         self.where = f"Redis at {url.render()}"

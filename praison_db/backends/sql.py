@@ -646,6 +646,16 @@ def _session_from_row(row: Any) -> Session:
     )
 
 
+# Values bound in one IN list: PostgreSQL's protocol caps a statement at 65,535 parameters, SQLite's build may at
+# 32,766; a batch of ids or keys larger than this is looked up a slice at a time.
+_IN_CHUNK = 10_000
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start : start + _IN_CHUNK]
+
+
 def _message_from_row(row: Any) -> Message:
     session_id, seq, id, role, content, name, tool_calls, tool_call_id, metadata, created_at = row
     return Message.trusted(
@@ -835,8 +845,10 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             if found is None:
                 raise missing_session(session_id)
             ids = [d.id for d in drafts]
-            query = select(self.t.messages).where(m.session_id == session_id, m.id.in_(ids)).with_for_update()
-            known = {row.id: _message_from_row(row) for row in conn.execute(query)}
+            known: dict[str, Message] = {}
+            for chunk in _chunks(ids):
+                query = select(self.t.messages).where(m.session_id == session_id, m.id.in_(chunk)).with_for_update()
+                known.update((row.id, _message_from_row(row)) for row in conn.execute(query))
             fresh = [d for d in drafts if d.id not in known]
             if fresh:
                 count = self._bump(conn, session_id, len(fresh), now)
@@ -970,9 +982,11 @@ class SqlStateStore(_SqlStore, StateStore):
         with self.db.read() as conn:
             if len(keys) == 1:
                 rows = conn.execute(one, {"key": keys[0], "now": now})
-            else:
-                rows = conn.execute(many, {"keys": list(set(keys)), "now": now})
-            return {key: loads(value) for key, value in rows}
+                return {key: loads(value) for key, value in rows}
+            found: dict[str, Any] = {}
+            for chunk in _chunks(list(set(keys))):
+                found.update((key, loads(value)) for key, value in conn.execute(many, {"keys": chunk, "now": now}))
+            return found
 
     @retry_conflicts
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
