@@ -539,3 +539,13 @@ def test_updated_at_never_moves_back_after_a_future_import(store):
     assert seen == [stamp] * 5
     header = json.loads(files(store, "ahead")["header"].read_text())
     assert datetime.fromisoformat(header["updated_at"]) == stamp
+
+
+@pytest.mark.parametrize("scheme", ["json", "file"])
+def test_a_folder_url_with_credentials_is_refused(scheme, tmp_path):
+    from praison_db import ConfigError, db
+
+    with pytest.raises(ConfigError, match="takes no user or password") as info:
+        db(f"{scheme}://agent:S3cr3tPW@{tmp_path}/sessions", session_dir=tmp_path)
+    assert "S3cr3tPW" not in str(info.value)
+    assert not (tmp_path / "sessions").exists()

@@ -955,6 +955,11 @@ def _is_item(value: Any) -> bool:
 
 
 def _directory(url: StoreURL) -> Path:
+    if url.username is not None or url.password is not None:
+        from ..errors import ConfigError
+
+        # A folder has no login: silently dropping the credentials would hide a URL meant for another backend.
+        raise ConfigError(f"{url.scheme}:// names a folder and takes no user or password, e.g. {url.scheme}:///var/lib/agent/sessions")
     if url.host:  # json://rel/dir
         return Path(url.host + url.path)
     if not url.path or url.path == "/":
