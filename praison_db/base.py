@@ -565,7 +565,7 @@ class ConversationStore(_Store, ABC):
 
     def _add(self, session_id: str, drafts: list[MessageDraft]) -> list[Message]:
         """Give every draft an id, pass each id once to ``_append``, and answer every draft with its message."""
-        drafts = [d if d.id is not None else d.with_id(new_id()) for d in drafts]
+        drafts = [d if d.id is not None else d.with_new_id() for d in drafts]
         first: dict[str, MessageDraft] = {}
         for d in drafts:
             first.setdefault(d.id, d)  # type: ignore[arg-type]

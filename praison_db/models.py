@@ -298,6 +298,9 @@ class MessageDraft(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str | None = None
+    # True when the shared base drew the id: a fresh random id cannot be stored yet, so a store without a unique
+    # index (ClickHouse) can skip looking it up.
+    generated: bool = False
     role: Role
     content: str | None = None
     name: str | None = None
@@ -348,8 +351,8 @@ class MessageDraft(BaseModel):
             metadata=item.get("metadata"),
         )
 
-    def with_id(self, id: str) -> MessageDraft:
-        return self.model_copy(update={"id": id})
+    def with_new_id(self) -> MessageDraft:
+        return self.model_copy(update={"id": new_id(), "generated": True})
 
     def stamp(self, session_id: str, seq: int, created_at: datetime) -> Message:
         return Message.trusted(

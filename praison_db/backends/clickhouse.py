@@ -692,6 +692,8 @@ class ClickHouseConversationStore(ConversationStore):
             if current is None:
                 raise missing_session(session_id)
             # No unique key in ClickHouse: under the session's lock, ids the session already holds are looked up.
+            # The lookup reads the session's id column, so it is skipped when every id is a fresh random one.
+            asked = [d.id for d in drafts if not d.generated]
             known = {
                 m.id: m
                 for m in map(
@@ -699,8 +701,10 @@ class ClickHouseConversationStore(ConversationStore):
                     self._rows(
                         f"SELECT {_M_SELECT} FROM {t.messages} WHERE session_id = {{sid:String}} AND id IN {{ids:Array(String)}}",
                         sid=session_id,
-                        ids=[d.id for d in drafts],
-                    ),
+                        ids=asked,
+                    )
+                    if asked
+                    else (),
                 )
             }
             drafts_new = [d for d in drafts if d.id not in known]
