@@ -2,7 +2,7 @@
 
 A backend subclasses :class:`ConversationStore` or :class:`StateStore` and implements the few ``_``-prefixed
 primitives. Validation, cursors, export/import, scoping, error translation and the closed-store check live here,
-once. An async twin of a backend only has to re-implement the primitives with ``await``.
+once. The async API (praison_db.aio) runs these same classes, so nothing here is written twice.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .models import (
 )
 from .url import StoreURL, redacted
 
-__all__ = ["Capabilities", "ConversationStore", "StateStore", "SessionFilter", "Option", "EXPORT_FORMAT"]
+__all__ = ["Capabilities", "ConnectedStore", "ConversationStore", "StateStore", "SessionFilter", "SharedConnection", "Option", "EXPORT_FORMAT"]
 
 log = logging.getLogger("praison_db")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -192,9 +192,17 @@ class SharedConnection:
     The opener holds the first reference; each store ``acquire()``s its own and ``release()``s it on close.
     """
 
+    where: str = "?"  # "PostgreSQL at postgresql://ai:***@host/db": how errors name the server
+    password: str | None = None  # stripped from every error message
+    asynchronous: bool = False  # built on the async driver: calls must run in a bridge greenlet (praison_db.aio)
+
     def __init__(self) -> None:
         self._refs = 1
         self._refs_lock = threading.Lock()
+
+    def translate(self, error: Exception) -> Error | None:
+        """The backend's praison_db error for a driver exception (None: the caller wraps it generically)."""
+        return None
 
     def acquire(self: Any) -> Any:
         with self._refs_lock:
@@ -212,7 +220,41 @@ class SharedConnection:
         raise NotImplementedError
 
 
-_LIFECYCLE = frozenset({"close", "from_url"})
+class ConnectedStore:
+    """Opening for stores over a :class:`SharedConnection` (SQL, Redis, MongoDB): one connection class per backend,
+    built from the URL with the sync driver (``from_url``) or the async one (``from_url_async``, for praison_db.aio),
+    and handed to the store, which holds its own reference."""
+
+    connection_class: ClassVar[Callable[..., SharedConnection]]
+
+    @classmethod
+    def from_url(cls, url: StoreURL, **options: Any) -> Any:
+        return cls._over(cls.connection_class(url, options, asynchronous=False))
+
+    @classmethod
+    def from_url_async(cls, url: StoreURL, **options: Any) -> Any:
+        """The same store on the backend's async driver; its calls must run in a bridge greenlet (praison_db.aio)."""
+        return cls._over(cls.connection_class(url, options, asynchronous=True))
+
+    @property
+    def asynchronous(self) -> bool:
+        """True when this store runs on the backend's async driver (opened by ``from_url_async``)."""
+        return any(isinstance(v, SharedConnection) and v.asynchronous for v in vars(self).values())
+
+    @classmethod
+    def _over(cls, connection: SharedConnection) -> Any:
+        try:
+            return cls(connection)  # type: ignore[call-arg]
+        except Exception as e:
+            translated = connection.translate(e)
+            if translated is None or translated is e:
+                raise
+            raise translated from e
+        finally:
+            connection.release()  # the opener's reference: the store has acquired its own
+
+
+_LIFECYCLE = frozenset({"close", "from_url", "from_url_async"})
 
 
 class _Store:

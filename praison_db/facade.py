@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .bridge import in_thread
 from .base import ConversationStore, StateStore
 from .errors import ConfigError, Error, StoreClosed, StoreUnavailable
 from .registry import StoreRole, entry_for, resolve
@@ -82,11 +84,23 @@ def _is_ip(host: str) -> bool:
 
 def open_store(url: str | StoreURL, role: StoreRole, **options: Any) -> Any:
     """Open the store that plays ``role`` for ``url`` (through the scheme registry)."""
+    return _open(url, role, options, asynchronous=False)
+
+
+def _open(url: str | StoreURL, role: StoreRole, options: dict[str, Any], *, asynchronous: bool) -> Any:
+    """Open a store; ``asynchronous`` (from praison_db.aio, inside a bridge greenlet) opens it on the backend's async
+    driver where it has one, else opens the sync store in a worker thread (the async API then runs it in threads)."""
     parsed = parse_url(url)
     cls = resolve(parsed.scheme, role)
-    _check_resolvable(parsed)
+    if asynchronous:
+        in_thread(_check_resolvable, parsed)
+        native = getattr(cls, "from_url_async", None)
+        opener = native if native is not None else functools.partial(in_thread, cls.from_url)
+    else:
+        _check_resolvable(parsed)
+        opener = cls.from_url
     try:
-        return cls.from_url(parsed, **options)
+        return opener(parsed, **options)
     except Error as e:
         scrub_chain(e, parsed.secrets)  # drivers put URLs in messages that a traceback of the chain would print
         raise
@@ -197,6 +211,19 @@ def db(
         ConfigError: unknown scheme, missing driver extra, unknown option or a role the backend cannot play.
         StoreUnavailable: the server could not be reached.
     """
+    return assemble(database_url, state_url, session_dir=session_dir, strict=strict, options=options, asynchronous=False)
+
+
+def assemble(
+    database_url: str | os.PathLike[str] | None,
+    state_url: str | None,
+    *,
+    session_dir: str | os.PathLike[str] | None,
+    strict: bool,
+    options: dict[str, Any],
+    asynchronous: bool,
+) -> PraisonDB:
+    """What ``db()`` does, for the sync API and (with ``asynchronous``, in a bridge greenlet) for praison_db.aio."""
     if not isinstance(strict, bool):  # strict="no" would be truthy, strict=None falsy: neither says what it means
         raise ConfigError(f"strict must be True or False, got {type(strict).__name__}")
     if session_dir is not None and (not isinstance(session_dir, (str, os.PathLike)) or "\x00" in os.fspath(session_dir)):
@@ -214,22 +241,22 @@ def db(
     opened: list[Any] = []
     try:
         if conv_url is not None:
-            conversations = open_store(conv_url, "conversations", **options)
+            conversations = _open(conv_url, "conversations", options, asynchronous=asynchronous)
         else:
             from .backends.jsonfile import JsonConversationStore
 
-            conversations = JsonConversationStore(directory)
+            conversations = in_thread(JsonConversationStore, directory)
         opened.append(conversations)
 
         if state_parsed is not None:
             state_options = options if conv_url is None or state_parsed.scheme == conv_url.scheme else {}
-            state = open_store(state_parsed, "state", **state_options)
+            state = _open(state_parsed, "state", state_options, asynchronous=asynchronous)
         elif conv_url is not None and entry_for(conv_url.scheme).state is not None:
-            state = _state_alongside(conversations, conv_url, options)
+            state = _state_alongside(conversations, conv_url, options, asynchronous)
         else:
             from .backends.jsonfile import JsonStateStore
 
-            state = JsonStateStore(directory / "state.json")
+            state = in_thread(JsonStateStore, directory / "state.json")
         opened.append(state)
     except BaseException:
         for store in opened:
@@ -238,7 +265,7 @@ def db(
     return PraisonDB(conversations, state, session_dir=directory, database_url=conv_url, state_url=state_parsed, strict=strict)
 
 
-def _state_alongside(conversations: Any, url: StoreURL, options: dict[str, Any]) -> StateStore:
+def _state_alongside(conversations: Any, url: StoreURL, options: dict[str, Any], asynchronous: bool) -> StateStore:
     """State in the conversations database, sharing its connection pool where the backend can."""
     share = getattr(conversations, "state_store", None)
     if callable(share):
@@ -247,4 +274,4 @@ def _state_alongside(conversations: Any, url: StoreURL, options: dict[str, Any])
         except Error as e:
             scrub_chain(e, url.secrets)
             raise
-    return open_store(url, "state", **options)
+    return _open(url, "state", options, asynchronous=asynchronous)

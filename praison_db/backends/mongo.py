@@ -58,6 +58,7 @@ from pymongo.uri_parser import split_options
 
 from .. import errors
 from ..base import (
+    ConnectedStore,
     SharedConnection,
     Capabilities,
     ConversationStore,
@@ -174,12 +175,13 @@ def _split_url(url: StoreURL, ours: Mapping[str, Any]) -> tuple[str, str]:
 class _Connection(SharedConnection):
     """One MongoClient shared by the conversation and state stores of a URL; closed with the last of them."""
 
-    def __init__(self, url: StoreURL, options: Mapping[str, Any]) -> None:
+    def __init__(self, url: StoreURL, options: Mapping[str, Any], *, asynchronous: bool = False) -> None:
         opts, _ = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
         self.prefix: str = opts["collection_prefix"]
         self.where = f"MongoDB at {url.render()}"
         self.password = url.password
         self.url = url.render()
+        self.asynchronous = asynchronous
         SharedConnection.__init__(self)
         uri, database = _split_url(url, OPTIONS)
         kwargs = {k: v for k, v in options.items() if k not in OPTIONS}
@@ -196,7 +198,9 @@ class _Connection(SharedConnection):
         given |= {k.lower() for k in kwargs}
         defaults = {k: v for k, v in _DEFAULTS.items() if k.lower() not in given}
         try:
-            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, **{"tz_aware": True, **defaults, **kwargs})
+            # The async API runs this same code on AsyncMongoClient (see praison_db.bridge): only the client differs.
+            client_class: Any = _async_client() if asynchronous else pymongo.MongoClient
+            self.client: pymongo.MongoClient[dict[str, Any]] = client_class(uri, **{"tz_aware": True, **defaults, **kwargs})
             self.db = self.client[database]
             hello = self.client.admin.command("hello")
         except Exception as e:
@@ -230,15 +234,27 @@ class _Connection(SharedConnection):
         with self.client.start_session() as session:
             return session.with_transaction(attempt)
 
+    def translate(self, error: Exception) -> errors.Error | None:
+        return _classify(error, self.where, self.password)
+
     def _dispose(self) -> None:
         self.disposed = True
         self.client.close()
 
 
-class _MongoStore:
+def _async_client() -> Any:
+    from pymongo import AsyncMongoClient
+
+    from ..bridge import Bridged
+
+    return Bridged(AsyncMongoClient)
+
+
+class _MongoStore(ConnectedStore):
     """What both MongoDB stores share: the connection, error translation, close."""
 
     conn: _Connection
+    connection_class = _Connection
 
     def _bind(self, conn: _Connection) -> None:
         self.conn = conn.acquire()
@@ -251,7 +267,7 @@ class _MongoStore:
             )
 
     def _translate_error(self, error: Exception) -> errors.Error | None:
-        return _classify(error, self.conn.where, self.conn.password)
+        return self.conn.translate(error)
 
     def _close(self) -> None:
         self.conn.release()
@@ -367,17 +383,6 @@ class MongoConversationStore(_MongoStore, ConversationStore):
             # Data from an older version with an id twice in a session (only imports could do that): keep working;
             # appends still look the ids up first, only the race between two writers of one id is not closed.
             log.warning("praison_db: %s has a message id twice in a session; ids are not enforced unique", conn.where)
-
-    @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> MongoConversationStore:
-        conn = _Connection(url, options)
-        try:
-            store = cls(conn)
-        except Exception as e:
-            conn.release()
-            raise _classify(e, conn.where, conn.password) or e from e
-        conn.release()  # the store holds its own reference
-        return store
 
     def state_store(self) -> MongoStateStore:
         """A StateStore in the same database, sharing this store's connection pool."""
@@ -674,17 +679,6 @@ class MongoStateStore(_MongoStore, StateStore):
         self._bind(conn)
         self.state = conn.collection("state")
         self.state.create_index("e", expireAfterSeconds=0, name="expiry")
-
-    @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> MongoStateStore:
-        conn = _Connection(url, options)
-        try:
-            store = cls(conn)
-        except Exception as e:
-            conn.release()
-            raise _classify(e, conn.where, conn.password) or e from e
-        conn.release()
-        return store
 
     def _get_many(self, keys: list[str]) -> dict[str, Any]:
         # Look up by _id alone and check expiry here: an $or on the expiry next to the _id lookup can make a

@@ -55,6 +55,7 @@ from redis.retry import Retry
 
 from .. import errors
 from ..base import (
+    ConnectedStore,
     SharedConnection,
     POSITIVE_SECONDS,
     Capabilities,
@@ -367,7 +368,7 @@ def unlink_matching(client: redis.Redis, pattern: str) -> int:
 class _Connection(SharedConnection):
     """One redis-py client shared by the conversation and state stores of a URL; closed with the last of them."""
 
-    def __init__(self, url: StoreURL, options: Mapping[str, Any]) -> None:
+    def __init__(self, url: StoreURL, options: Mapping[str, Any], *, asynchronous: bool = False) -> None:
         opts, driver = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
         unknown = sorted(set(driver) - DRIVER_OPTIONS)
         if unknown:
@@ -384,18 +385,21 @@ class _Connection(SharedConnection):
         self.where = f"Redis at {url.render()}"
         self.password = url.password
         self.url = url.render()
+        self.asynchronous = asynchronous
         SharedConnection.__init__(self)
         base = url.render(hide_password=False).split("?", 1)[0]
         query = {k: _query_text(v) for k, v in driver.items()}
         target = f"{base}?{urlencode(query)}" if query else base
         kwargs = {k: v for k, v in _DEFAULTS.items() if k not in query}
+        # The async API runs this same code on redis.asyncio (see praison_db.bridge): only the client differs.
+        client_class, retry_class = _async_driver() if asynchronous else (redis.Redis, Retry)
         try:
-            self.client = redis.Redis.from_url(
+            self.client = client_class.from_url(
                 target,
                 **kwargs,
                 # A restarted server costs the next call a reconnect. Only connection errors are retried: a timeout
                 # may mean the server ran the command, and re-sending an append would store it twice.
-                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=4, supported_errors=(rx.ConnectionError,)),
+                retry=retry_class(ExponentialBackoff(cap=1.0, base=0.05), retries=4, supported_errors=(rx.ConnectionError,)),
             )
         except (ValueError, TypeError) as e:
             raise errors.ConfigError(f"invalid Redis URL or option for {url.render()}: {redacted(e, url.secrets, limit=200)}") from None
@@ -404,10 +408,10 @@ class _Connection(SharedConnection):
         # after the 30 s read timeout (the TLS handshake runs under it) or once per retry.
         limit = self.client.get_connection_kwargs().get("socket_connect_timeout") or _DEFAULTS["socket_connect_timeout"]
         try:
-            with redis.Redis.from_url(target, **{**kwargs, "socket_timeout": limit, "retry": Retry(NoBackoff(), 0)}) as first:
+            with client_class.from_url(target, **{**kwargs, "socket_timeout": limit, "retry": retry_class(NoBackoff(), 0)}) as first:
                 first.ping()
         except Exception as e:
-            self.client.close()
+            self._dispose()
             translated = _classify(e, self.where, self.password)
             if translated is None:
                 raise
@@ -416,8 +420,21 @@ class _Connection(SharedConnection):
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def translate(self, error: Exception) -> errors.Error | None:
+        return _classify(error, self.where, self.password)
+
     def _dispose(self) -> None:
-        self.client.close()
+        close = getattr(self.client, "aclose", None) or self.client.close  # redis.asyncio names it aclose
+        close()
+
+
+def _async_driver() -> tuple[Any, Any]:
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    from ..bridge import Bridged
+
+    return Bridged(AsyncRedis), AsyncRetry
 
 
 def _query_text(value: Any) -> str:
@@ -426,10 +443,11 @@ def _query_text(value: Any) -> str:
     return str(value)
 
 
-class _RedisStore:
+class _RedisStore(ConnectedStore):
     """What both Redis stores share: the connection, error translation, close."""
 
     conn: _Connection
+    connection_class = _Connection
 
     def _bind(self, conn: _Connection) -> None:
         self.conn = conn.acquire()
@@ -437,7 +455,7 @@ class _RedisStore:
         self.r = conn.client
 
     def _translate_error(self, error: Exception) -> errors.Error | None:
-        return _classify(error, self.conn.where, self.conn.password)
+        return self.conn.translate(error)
 
     def _close(self) -> None:
         self.conn.release()
@@ -530,13 +548,6 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         self._delete = r.register_script(_LUA_DELETE)
         self._sweep = r.register_script(_LUA_SWEEP)
         self._read = r.register_script(_LUA_READ)
-
-    @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> RedisConversationStore:
-        conn = _Connection(url, options)
-        store = cls(conn)
-        conn.release()  # the store holds its own reference
-        return store
 
     def state_store(self) -> RedisStateStore:
         """A StateStore with the same prefix, sharing this store's connection pool."""
@@ -727,13 +738,6 @@ class RedisStateStore(_RedisStore, StateStore):
     def __init__(self, conn: _Connection) -> None:
         self._bind(conn)
         self._base = conn.key("kv", "")
-
-    @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> RedisStateStore:
-        conn = _Connection(url, options)
-        store = cls(conn)
-        conn.release()
-        return store
 
     def _k(self, key: str) -> str:
         return self._base + key

@@ -46,7 +46,9 @@ from sqlalchemy.engine import URL, Connection, Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
 from .. import errors
+from ..bridge import pause
 from ..base import (
+    ConnectedStore,
     SharedConnection,
     BOOL,
     MISSING,
@@ -181,6 +183,15 @@ _DRIVERS: dict[str, tuple[str, str | None, str]] = {
     "mariadb": ("mariadb+pymysql", "mysql", "pymysql"),
     "mariadb+pymysql": ("mariadb+pymysql", "mysql", "pymysql"),
 }
+# The async API's driver for each: aiosqlite, psycopg 3's AsyncConnection, aiomysql (built on PyMySQL, so the same
+# errors, conversions and connection arguments as the sync path).
+_ASYNC_DRIVERS: dict[str, tuple[str, str]] = {
+    "sqlite+pysqlite": ("sqlite+aiosqlite", "aiosqlite"),
+    "postgresql+psycopg": ("postgresql+psycopg", "psycopg"),
+    "postgresql+psycopg2": ("postgresql+psycopg", "psycopg"),
+    "mysql+pymysql": ("mysql+aiomysql", "aiomysql"),
+    "mariadb+pymysql": ("mariadb+aiomysql", "aiomysql"),
+}
 
 
 # ---- dialect quirks: the only place that knows which database this is ----
@@ -277,7 +288,7 @@ def retry_conflicts(method: Callable[..., Any]) -> Callable[..., Any]:
                 return method(self, *args, **kwargs)
             except sa_exc.DBAPIError as e:
                 if attempt + 1 < _CONFLICT_ATTEMPTS and _is_retryable(e):
-                    time.sleep(_conflict_backoff(attempt))
+                    pause(_conflict_backoff(attempt))
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -314,7 +325,7 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
 class SqlDatabase(SharedConnection):
     """One engine, its tables and its schema version, shared by the conversation and state stores of a URL."""
 
-    def __init__(self, url: StoreURL, *, schema: str = "auto", **options: Any) -> None:
+    def __init__(self, url: StoreURL, *, schema: str = "auto", asynchronous: bool = False, **options: Any) -> None:
         # PostgreSQL and MySQL drivers take their own query parameters (sslmode, ...), checked by _check_url.
         opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
         driver_args = _check_url(url, driver_args)
@@ -322,8 +333,9 @@ class SqlDatabase(SharedConnection):
         self.where = f"{url.base_scheme} at {url.render()}"
         self.password = url.password
         self.prefix: str = opts["table_prefix"]
+        self.asynchronous = asynchronous
         SharedConnection.__init__(self)
-        self.engine = self._create_engine(url, opts, driver_args)
+        self.engine = self._create_engine(url, opts, driver_args, asynchronous)
         self.dialect: str = self.engine.dialect.name
         try:
             self.tables = self._prepare(opts["auto_upgrade"], check=schema != "skip")
@@ -343,8 +355,13 @@ class SqlDatabase(SharedConnection):
 
     # ---- engine ----
 
-    def _create_engine(self, url: StoreURL, opts: dict[str, Any], driver_args: dict[str, Any]) -> Engine:
+    def translate(self, error: Exception) -> errors.Error | None:
+        return _classify(error, self.where, self.password)
+
+    def _create_engine(self, url: StoreURL, opts: dict[str, Any], driver_args: dict[str, Any], asynchronous: bool) -> Engine:
         drivername, extra, module = _DRIVERS[url.scheme]
+        if asynchronous:
+            drivername, module = _ASYNC_DRIVERS[drivername]
         sa_url = self._sqlalchemy_url(url, drivername, driver_args)
         kwargs: dict[str, Any] = {"echo": opts["echo"], "json_serializer": lambda v: dumps(v)}
         if drivername.startswith("sqlite"):
@@ -359,11 +376,18 @@ class SqlDatabase(SharedConnection):
             if "connect_timeout" not in driver_args:
                 kwargs["connect_args"] = {"connect_timeout": max(1, round(opts["connect_timeout"]))}
         try:
-            engine = create_engine(sa_url, **kwargs)
+            if asynchronous:
+                # The async API runs this same code: the engine's pool holds async driver connections, which SQLAlchemy
+                # drives from the bridge greenlet (praison_db.bridge), exactly as AsyncConnection.run_sync does.
+                from sqlalchemy.ext.asyncio import create_async_engine
+
+                engine = create_async_engine(sa_url, **kwargs).sync_engine
+            else:
+                engine = create_engine(sa_url, **kwargs)
             if drivername.startswith(("mysql", "mariadb")):
-                _install_mysql_hooks(engine, opts["connect_timeout"], opts["read_timeout"], self.where)
+                _install_mysql_hooks(engine, opts["connect_timeout"], opts["read_timeout"], self.where, asynchronous)
             elif drivername == "postgresql+psycopg":
-                _install_psycopg_hooks(engine, opts["read_timeout"])
+                _install_psycopg_hooks(engine, opts["read_timeout"], asynchronous)
         except ModuleNotFoundError as e:
             fix = f"pip install 'praison-db[{extra}]'" if extra else f"pip install {module}"
             if module == "psycopg2":
@@ -434,7 +458,7 @@ class SqlDatabase(SharedConnection):
                     return work(conn)
             except sa_exc.DBAPIError as e:
                 if attempt + 1 < attempts and (_is_retryable(e) or isinstance(e, sa_exc.IntegrityError)):
-                    time.sleep(min(0.05, 0.001 * 2**attempt))  # back-off between retries, not synchronisation
+                    pause(min(0.05, 0.001 * 2**attempt))  # back-off between retries, not synchronisation
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -496,9 +520,8 @@ def _mysql_collation(conn: Connection) -> str:
     return "utf8mb4_0900_bin"  # MySQL 8: binary and NO PAD
 
 
-def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: float, where: str) -> None:
-    """Bounded waits, strict mode and the packet limit on every new PyMySQL connection."""
-    import pymysql
+def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: float, where: str, asynchronous: bool) -> None:
+    """Bounded waits, strict mode and the packet limit on every new PyMySQL (or aiomysql) connection."""
 
     # Lock waits end on the server (a retryable 1205) well before the client stops waiting for an answer.
     lock_wait = max(1, int(read_timeout / 2))
@@ -509,6 +532,10 @@ def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: f
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if asynchronous:
+            return dialect.connect(*cargs, async_creator_fn=_aiomysql_connect, **cparams)
+        import pymysql
+
         # PyMySQL bounds the handshake by its read timeout, not connect_timeout: a port that accepts and never
         # answers would otherwise block for the read timeout (or forever without one). Connect with the connect
         # timeout for both, then switch to the read timeout for the life of the connection.
@@ -523,8 +550,23 @@ def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: f
             conn.praison_max_packet = int(cur.fetchone()[0])  # type: ignore[attr-defined]
         return conn
 
+    async def _aiomysql_connect(*cargs: Any, **cparams: Any) -> Any:
+        import aiomysql
+
+        # aiomysql has no read or write timeout (asyncio streams wait as long as they are awaited).
+        for name in ("read_timeout", "write_timeout"):
+            cparams.pop(name, None)
+        cparams.setdefault("init_command", init)
+        cparams["connect_timeout"] = connect_timeout
+        conn = await aiomysql.connect(*cargs, **cparams)
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT @@max_allowed_packet")
+            conn.praison_max_packet = int((await cur.fetchone())[0])
+        return conn
+
     @event.listens_for(engine, "before_cursor_execute")
     def _check_packet(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        cursor = getattr(cursor, "_cursor", cursor)  # the driver's own cursor under SQLAlchemy's async adapter
         limit = getattr(cursor.connection, "praison_max_packet", None)
         if not limit or not parameters:
             return
@@ -543,7 +585,7 @@ def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: f
 
 
 class _BoundedWait:
-    """Mixed into psycopg's Connection: every wait for the server ends after ``read_timeout`` seconds.
+    """Mixed into psycopg's Connection and AsyncConnection: every wait for the server ends after ``read_timeout``.
 
     psycopg waits for the server without a deadline unless given one; a server frozen mid-call would block the
     caller until it wakes. Past the deadline the connection is closed (its state is unknown), which SQLAlchemy
@@ -552,30 +594,57 @@ class _BoundedWait:
 
     read_timeout: float = 30.0
 
+    def _deadline(self, timeout: float | None) -> float:
+        return self.read_timeout if timeout is None else timeout
+
+    def _timed_out(self, error: Exception, timeout: float | None) -> Exception:
+        import psycopg
+
+        if timeout is not None:
+            return error
+        self.pgconn.finish()  # type: ignore[attr-defined]
+        return psycopg.OperationalError(f"no answer from the server within {self.read_timeout:g} s (read_timeout)")
+
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
         import psycopg
 
         try:
-            return super().wait(gen, interval=interval, timeout=self.read_timeout if timeout is None else timeout)  # type: ignore[misc]
-        except psycopg.errors._WaitTimeout:
-            if timeout is not None:
-                raise
-            self.pgconn.finish()  # type: ignore[attr-defined]
-            raise psycopg.OperationalError(f"no answer from the server within {self.read_timeout:g} s (read_timeout)") from None
+            return super().wait(gen, interval=interval, timeout=self._deadline(timeout))  # type: ignore[misc]
+        except psycopg.errors._WaitTimeout as e:
+            raise self._timed_out(e, timeout) from None
+
+
+class _AsyncBoundedWait(_BoundedWait):
+    async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:  # type: ignore[override]
+        import psycopg
+
+        try:
+            return await super(_BoundedWait, self).wait(gen, interval=interval, timeout=self._deadline(timeout))  # type: ignore[misc]
+        except psycopg.errors._WaitTimeout as e:
+            raise self._timed_out(e, timeout) from None
 
 
 @functools.cache
-def _bounded_psycopg_class() -> Any:
+def _bounded_psycopg_class(asynchronous: bool) -> Any:
     import psycopg
 
+    if asynchronous:
+        return type("BoundedAsyncConnection", (_AsyncBoundedWait, psycopg.AsyncConnection), {})
     return type("BoundedConnection", (_BoundedWait, psycopg.Connection), {})
 
 
-def _install_psycopg_hooks(engine: Engine, read_timeout: float) -> None:
-    cls = _bounded_psycopg_class()
+def _install_psycopg_hooks(engine: Engine, read_timeout: float, asynchronous: bool) -> None:
+    cls = _bounded_psycopg_class(asynchronous)
+
+    async def connect_async(*cargs: Any, **cparams: Any) -> Any:
+        conn = await cls.connect(*cargs, **cparams)
+        conn.read_timeout = read_timeout
+        return conn
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if asynchronous:
+            return dialect.connect(*cargs, async_creator_fn=connect_async, **cparams)
         conn = cls.connect(*cargs, **cparams)  # psycopg bounds the connection itself by connect_timeout
         conn.read_timeout = read_timeout
         return conn
@@ -601,11 +670,16 @@ def _install_sqlite_hooks(engine: Engine, *, memory: bool) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-class _SqlStore:
+def _open_database(url: StoreURL, options: dict[str, Any], *, asynchronous: bool) -> SqlDatabase:
+    return SqlDatabase(url, asynchronous=asynchronous, **options)
+
+
+class _SqlStore(ConnectedStore):
     """What both SQL stores share: opening, the database handle, error translation, close."""
 
     OPTIONS = OPTIONS
     capabilities = Capabilities()
+    connection_class = staticmethod(_open_database)
     db: SqlDatabase
 
     def __init__(self, database: SqlDatabase) -> None:
@@ -613,15 +687,8 @@ class _SqlStore:
         self.url = database.url.render()
         self.t = database.tables
 
-    @classmethod
-    def from_url(cls, url: StoreURL, **options: Any) -> Any:
-        database = SqlDatabase(url, **options)
-        store = cls(database)
-        database.release()  # the store holds its own reference
-        return store
-
     def _translate_error(self, error: Exception) -> errors.Error | None:
-        return _classify(error, self.db.where, self.db.password)
+        return self.db.translate(error)
 
     def _close(self) -> None:
         self.db.release()
