@@ -225,16 +225,16 @@ class ConnectedStore:
     built from the URL with the sync driver (``from_url``) or the async one (``from_url_async``, for praison_db.aio),
     and handed to the store, which holds its own reference."""
 
-    connection_class: ClassVar[Callable[..., SharedConnection]]
+    _connection_class: ClassVar[Callable[..., SharedConnection]]
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> Any:
-        return cls._over(cls.connection_class(url, options, asynchronous=False))
+        return cls._over(cls._connection_class(url, options, asynchronous=False))
 
     @classmethod
     def from_url_async(cls, url: StoreURL, **options: Any) -> Any:
         """The same store on the backend's async driver; its calls must run in a bridge greenlet (praison_db.aio)."""
-        return cls._over(cls.connection_class(url, options, asynchronous=True))
+        return cls._over(cls._connection_class(url, options, asynchronous=True))
 
     @property
     def asynchronous(self) -> bool:

@@ -34,9 +34,10 @@ from typing import Any, ClassVar
 from ..base import ConversationStore, StateStore, _closed_error, _Store
 from ..bridge import greenlet_spawn
 from ..errors import ConfigError
-from ..facade import PraisonDB, assemble
+from ..facade import PraisonDB, _open, assemble
+from ..registry import StoreRole
 
-__all__ = ["db", "AsyncPraisonDB", "AsyncConversationStore", "AsyncStateStore", "wrap"]
+__all__ = ["db", "open_store", "AsyncPraisonDB", "AsyncConversationStore", "AsyncStateStore", "wrap"]
 
 # Items an async iterator fetches per hop to the worker thread or greenlet (a hop costs tens of microseconds).
 _BATCH = 64
@@ -64,9 +65,15 @@ class _AsyncIterator:
     def __aiter__(self) -> _AsyncIterator:
         return self
 
-    async def __anext__(self) -> Any:
+    async def start(self) -> _AsyncIterator:
+        """Make the underlying iterator now (its argument errors raise here) instead of at the first step."""
         if self._items is None:
             self._items = await self._store._run(self._make)
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._items is None:
+            await self.start()
         if not self._buffer and not self._done:
             self._buffer = await self._store._run(_take, self._items, _BATCH)
             self._buffer.reverse()
@@ -143,7 +150,6 @@ def _coroutine_method(name: str, sync_fn: Callable[..., Any]) -> Callable[..., A
         return self._adopt(await self._run(getattr(self._core, name), *args, **kwargs))
 
     functools.update_wrapper(method, sync_fn)
-    del method.__wrapped__  # type: ignore[attr-defined]  # keep inspect seeing a coroutine function
     return method
 
 
@@ -336,3 +342,9 @@ def db(
             assemble, database_url, state_url, session_dir=session_dir, strict=strict, options=options, asynchronous=True
         )
     )
+
+
+async def open_store(url: str, role: StoreRole, **options: Any) -> Any:
+    """Open one async store for ``url`` (``"conversations"`` or ``"state"``), as ``praison_db.facade.open_store``."""
+    core = await greenlet_spawn(_open, url, role, options, asynchronous=True)
+    return wrap(core)

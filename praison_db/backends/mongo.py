@@ -254,7 +254,7 @@ class _MongoStore(ConnectedStore):
     """What both MongoDB stores share: the connection, error translation, close."""
 
     conn: _Connection
-    connection_class = _Connection
+    _connection_class = _Connection
 
     def _bind(self, conn: _Connection) -> None:
         self.conn = conn.acquire()

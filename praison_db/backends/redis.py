@@ -447,7 +447,7 @@ class _RedisStore(ConnectedStore):
     """What both Redis stores share: the connection, error translation, close."""
 
     conn: _Connection
-    connection_class = _Connection
+    _connection_class = _Connection
 
     def _bind(self, conn: _Connection) -> None:
         self.conn = conn.acquire()

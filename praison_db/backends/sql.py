@@ -679,7 +679,7 @@ class _SqlStore(ConnectedStore):
 
     OPTIONS = OPTIONS
     capabilities = Capabilities()
-    connection_class = staticmethod(_open_database)
+    _connection_class = staticmethod(_open_database)
     db: SqlDatabase
 
     def __init__(self, database: SqlDatabase) -> None:

@@ -6,6 +6,8 @@ import multiprocessing as mp
 import traceback
 from typing import Any
 
+from tests.aio_blocking import open_for_api
+
 
 def run_workers(target: Any, args_list: list[tuple[Any, ...]], timeout: float = 300) -> list[Any]:
     """Run ``target(barrier, *args)`` in one spawned process per args tuple, all released at once by a barrier.
@@ -41,18 +43,14 @@ def _wrap(index: int, results: Any, target: Any, barrier: Any, args: tuple[Any, 
 
 
 def append_many(barrier: Any, url: str, session_id: str, count: int, worker: int) -> list[int]:
-    from praison_db.facade import open_store
-
-    with open_store(url, "conversations") as store:
+    with open_for_api(url, "conversations") as store:
         store.get_session(session_id)  # connect before the start line, so the race is on the appends
         barrier.wait()
         return [store.add_message(session_id, "user", f"w{worker}-{i}").seq for i in range(count)]
 
 
 def get_or_create(barrier: Any, url: str, session_id: str, worker: int) -> str:
-    from praison_db.facade import open_store
-
-    with open_store(url, "conversations") as store:
+    with open_for_api(url, "conversations") as store:
         store.get_session(session_id)
         barrier.wait()
         session = store.get_or_create_session(session_id, user_id="racer", name=f"by worker {worker}")
@@ -60,9 +58,7 @@ def get_or_create(barrier: Any, url: str, session_id: str, worker: int) -> str:
 
 
 def incr_many(barrier: Any, url: str, key: str, count: int) -> int:
-    from praison_db.facade import open_store
-
-    with open_store(url, "state") as store:
+    with open_for_api(url, "state") as store:
         store.exists(key)
         barrier.wait()
         last = 0
