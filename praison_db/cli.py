@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
         # Not standalone: Click would print usage errors itself, and they quote the arguments (URLs included).
         code = build_app()(args=argv, prog_name="praison-db", standalone_mode=False)
     except _usage_errors() as e:
-        _err().print(Text(f"error: {_redact(e.format_message())} (see praison-db --help)", style="red"))
+        _err().print(Text(f"error: {_redact(e.format_message())} (see praison-db --help)", style="red"))  # type: ignore[attr-defined]
         sys.exit(getattr(e, "exit_code", 2))
     except typer.Abort:
         _err().print(Text("error: aborted", style="red"))

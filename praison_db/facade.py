@@ -91,7 +91,7 @@ def _open(url: str | StoreURL, role: StoreRole, options: dict[str, Any], *, asyn
     """Open a store; ``asynchronous`` (from praison_db.aio, inside a bridge greenlet) opens it on the backend's async
     driver where it has one, else opens the sync store in a worker thread (the async API then runs it in threads)."""
     parsed = parse_url(url)
-    cls = resolve(parsed.scheme, role)
+    cls: Any = resolve(parsed.scheme, role)
     if asynchronous:
         in_thread(_check_resolvable, parsed)
         native = getattr(cls, "from_url_async", None)

@@ -97,7 +97,7 @@ def register(
     with _lock:
         if scheme in _registry and not clobber:
             raise ConfigError(f"scheme {scheme!r} is already registered; pass clobber=True to replace it")
-        names = []
+        names: list[str | None] = []
         for cls in (conversations, state):
             if isinstance(cls, type):
                 name = f"{cls.__module__}:{cls.__qualname__}"

@@ -21,6 +21,7 @@ written, so a truncated or damaged file (InputError naming the line) changes not
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Literal, Union
+from typing import IO, Any, Literal, Union, cast
 
 from .base import ConversationStore, StateStore
 from .errors import Error, InputError, IntegrityError, SessionExists
@@ -292,7 +293,7 @@ def _check_on_conflict(on_conflict: Any) -> OnConflict:
     return on_conflict  # type: ignore[no-any-return]
 
 
-def _counter(progress: Progress | None, phase: str, total: int | None) -> Callable[[int], None]:
+def _counter(progress: Progress | None, phase: str, total: int | None) -> Callable[..., None]:
     done = 0
     if progress is not None:
         progress(phase, 0, total)
@@ -347,7 +348,7 @@ def copy(
     report = TransferReport()
     tick = _counter(progress, "messages", sum(s.message_count for s in sessions()))
     for s in sessions():
-        _land(dst, s, lambda s=s: src.iter_messages(s.session_id, batch_size=_BATCH), on_conflict, report, tick)
+        _land(dst, s, functools.partial(src.iter_messages, s.session_id, batch_size=_BATCH), on_conflict, report, tick)
     if _with_state(state, session_ids, user_id, agent_id, since, before) and src_state is not None and dst_state is not None:
         state_tick = _counter(progress, "state", None)
         _land_state(dst_state, _iter_state(src_state), on_conflict, report, state_tick)
@@ -404,7 +405,7 @@ def export(
         partial = path.with_name(path.name + ".partial")
         try:
             with open(partial, "wb") as raw:
-                f: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
+                f: IO[bytes] = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)) if path.name.endswith(".gz") else raw
                 try:
                     _write(src, src_state, sessions, f, report, progress, _with_state(state, session_ids, user_id, agent_id, since, before))
                 finally:
@@ -511,7 +512,7 @@ def _parse_session(reader: _Reader, number: int, record: dict[str, Any]) -> Sess
 
 
 def _parse_message(reader: _Reader, number: int, record: dict[str, Any], trusted: bool) -> Message:
-    data = record.get("message")
+    data: Any = record.get("message")
     if trusted:
         return Message.trusted(**{**data, "created_at": as_utc(datetime.fromisoformat(data["created_at"]))})  # type: ignore[index]
     try:
@@ -651,7 +652,7 @@ def import_(
             if kind == "session":
                 session = _parse_session(reader, number, record)
                 start = reader.mark()
-                _land(dst, session, lambda start=start: _file_messages(reader, start, trusted), on_conflict, report, tick)
+                _land(dst, session, functools.partial(_file_messages, reader, start, trusted), on_conflict, report, tick)
                 _skip_messages(reader)
             elif kind == "state" and dst_state is not None:
                 ttl = record.get("ttl")
@@ -688,7 +689,7 @@ class _open_source:
 
     def __init__(self, source: Target) -> None:
         self.source = source
-        self.closing: list[IO[Any]] = []
+        self.closing: list[Any] = []
 
     def __enter__(self) -> tuple[IO[bytes], str]:
         src = self.source

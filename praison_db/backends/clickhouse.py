@@ -510,7 +510,7 @@ class ClickHouseConversationStore(ConversationStore):
         self._client.close()
 
     def _rows(self, sql: str, **parameters: Any) -> list[Sequence[Any]]:
-        return self._client.query(sql, parameters=parameters).result_rows
+        return list(self._client.query(sql, parameters=parameters).result_rows)
 
     def _command(self, sql: str, **parameters: Any) -> None:
         self._client.command(sql, parameters=parameters)
@@ -660,6 +660,7 @@ class ClickHouseConversationStore(ConversationStore):
 
     def _delete_sessions(self, *, user_id: str | None = None, idle_before: datetime | None = None) -> int:
         t = self._tables
+        params: dict[str, Any]
         if user_id is not None:
             condition, params = "user_id = {user:String}", {"user": user_id}
         else:

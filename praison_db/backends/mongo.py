@@ -358,7 +358,6 @@ class MongoConversationStore(_MongoStore, ConversationStore):
     """ConversationStore on MongoDB: a sessions collection and a messages collection."""
 
     OPTIONS = OPTIONS
-    capabilities = Capabilities()
 
     def __init__(self, conn: _Connection) -> None:
         self._bind(conn)
@@ -673,7 +672,6 @@ class MongoStateStore(_MongoStore, StateStore):
     """StateStore in the ``<prefix>state`` collection: one document per key, TTL index plus exact expiry checks."""
 
     OPTIONS = OPTIONS
-    capabilities = Capabilities()
 
     def __init__(self, conn: _Connection) -> None:
         self._bind(conn)

@@ -346,7 +346,7 @@ return {lo, redis.call('LRANGE', KEYS[1], lo, hi)}
 """
 
 
-def scan_batches(client: redis.Redis, pattern: str) -> Iterator[list[bytes]]:
+def scan_batches(client: Any, pattern: str) -> Iterator[list[bytes]]:
     """Key names matching a glob ``pattern``, a SCAN batch at a time (never KEYS: the server is never blocked)."""
     cursor = 0
     while True:
@@ -357,7 +357,7 @@ def scan_batches(client: redis.Redis, pattern: str) -> Iterator[list[bytes]]:
             return
 
 
-def unlink_matching(client: redis.Redis, pattern: str) -> int:
+def unlink_matching(client: Any, pattern: str) -> int:
     """Delete every key matching ``pattern``, a batch at a time; returns how many were removed.
 
     UNLINK frees memory off the main thread and counts only keys it removed (not expired or already gone ones).
@@ -394,7 +394,7 @@ class _Connection(SharedConnection):
         # The async API runs this same code on redis.asyncio (see praison_db.bridge): only the client differs.
         client_class, retry_class = _async_driver() if asynchronous else (redis.Redis, Retry)
         try:
-            self.client = client_class.from_url(
+            self.client: Any = client_class.from_url(
                 target,
                 **kwargs,
                 # A restarted server costs the next call a reconnect. Only connection errors are retried: a timeout
@@ -452,7 +452,7 @@ class _RedisStore(ConnectedStore):
     def _bind(self, conn: _Connection) -> None:
         self.conn = conn.acquire()
         self.url = conn.url
-        self.r = conn.client
+        self.r: Any = conn.client  # a redis.Redis, or a bridged redis.asyncio client for the async API
 
     def _translate_error(self, error: Exception) -> errors.Error | None:
         return self.conn.translate(error)
