@@ -327,7 +327,7 @@ def sessions_delete(
 
 # Distributions whose versions matter for each backend module.
 _BACKEND_DISTS = {
-    "praison_db.backends.sql": ("sqlalchemy",),
+    "praison_db.backends.sql.stores": ("sqlalchemy",),
     "praison_db.backends.redis": ("redis",),
     "praison_db.backends.mongo": ("pymongo",),
     "praison_db.backends.clickhouse": ("clickhouse-connect", "chdb"),
@@ -396,7 +396,7 @@ def _check_store(role: str, store: Any) -> dict[str, Any]:
         if callable(server_version):
             report["server_version"] = server_version()
         if database is not None and hasattr(database, "current_version"):
-            from .backends.sql_schema import MIGRATIONS
+            from .backends.sql.schema import MIGRATIONS
 
             report["schema"] = {"current": database.current_version(database.tables), "expected": len(MIGRATIONS)}
         probe_id = f"praison-doctor-{uuid.uuid4().hex}"

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from praison_db import InputError, SessionNotFound, StoreUnavailable
-from praison_db.backends import sql_schema
+from praison_db.backends.sql import schema as sql_schema
 from praison_db.facade import open_store
 from tests.backends import BACKENDS
 from tests.conformance.workers import run_workers

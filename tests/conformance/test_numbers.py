@@ -11,7 +11,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql
 
 from praison_db import InputError
-from praison_db.backends import sql_schema
+from praison_db.backends.sql import schema as sql_schema
 from praison_db.facade import open_store
 from praison_db.models import MAX_JSON_DEPTH
 from tests.backends import BACKENDS

@@ -1,31 +1,4 @@
-"""SQL stores over SQLAlchemy Core: SQLite, PostgreSQL (psycopg 3) and MySQL/MariaDB (PyMySQL), one code path.
-
-URLs: ``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite:///:memory:``, a bare ``*.db`` path;
-``postgresql://``, ``postgres://``, ``postgresql+psycopg://``, ``postgresql+psycopg2://``;
-``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mariadb+pymysql://``.
-Other query parameters go to the driver, as with SQLAlchemy, when the driver takes them: libpq connection parameters
-for PostgreSQL (``sslmode``, ``application_name``, ``options``, ``host`` repeated for several hosts, ...), PyMySQL
-connection arguments for MySQL (``ssl_ca``, ``init_command``, ...). Anything else (a typo, or another backend's
-option such as ``ttl`` or ``prefix``) is a ConfigError naming the valid options: SQLAlchemy would only fail at the
-first connection, with the driver's message. SQLite URLs take no driver parameters, host or credentials.
-
-Options: ``table_prefix`` (default ``praison_``), ``pool_size``, ``max_overflow``, ``pool_recycle`` (seconds),
-``connect_timeout`` (seconds, default 10: reaching the server and its handshake), ``read_timeout`` (seconds, default
-30: the longest wait for any answer from the server; past it the connection is dropped and the call raises
-StoreUnavailable, so a frozen or silent server never hangs a caller), ``auto_upgrade`` (apply pending schema
-migrations on open; default true), ``echo``. ``read_timeout`` is enforced by the client (PyMySQL socket timeouts,
-psycopg 3 waits), so it also holds when the server is stopped mid-call and cannot cancel anything itself.
-
-MySQL/MariaDB: sessions run in strict SQL mode (``STRICT_ALL_TABLES``: the server refuses a value it would
-otherwise truncate) with ``innodb_lock_wait_timeout`` below ``read_timeout``; deadlocks and lock-wait timeouts are
-retried with bounded backoff in every write transaction; a statement larger than the server's
-``max_allowed_packet`` (read once per connection) is refused with InputError before it is sent.
-
-Guarantees: every append is one transaction that bumps the session's counter row (a row lock on PostgreSQL and
-MySQL, ``BEGIN IMMEDIATE`` on SQLite) and inserts the messages, so seqs are unique and gap-free across processes;
-``updated_at`` and ``message_count`` change in that same transaction. Reads of the newest N messages are an index
-range scan on the primary key (session_id, seq). The schema version lives in ``<prefix>schema_version``.
-"""
+"""The SQL stores, their shared database handle and engine, and the schema commands."""
 
 from __future__ import annotations
 
@@ -45,9 +18,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
-from .. import errors
-from ..bridge import pause
-from ..base import (
+from ... import errors
+from ...bridge import pause
+from ...base import (
     ConnectedStore,
     SharedConnection,
     BOOL,
@@ -65,10 +38,10 @@ from ..base import (
     after_last,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session, dumps, utcnow
-from ..url import StoreURL, redacted
-from . import sql_schema
-from .sql_schema import Tables, build_tables
+from ...models import Message, MessageDraft, Session, dumps, utcnow
+from ...url import StoreURL, redacted
+from . import schema as sql_schema
+from .schema import Tables, build_tables
 
 __all__ = ["SqlConversationStore", "SqlStateStore", "SqlDatabase", "migrate", "schema_version"]
 
@@ -1136,7 +1109,7 @@ class SqlStateStore(_SqlStore, StateStore):
 
 
 def _open_unprepared(url: str | StoreURL, options: dict[str, Any]) -> SqlDatabase:
-    from ..url import parse_url
+    from ...url import parse_url
 
     parsed = parse_url(url)
     if parsed.scheme not in _DRIVERS:
