@@ -14,7 +14,7 @@ from sqlalchemy import MetaData, String, insert, inspect, text
 from praison_db import ConfigError, InputError, SchemaError, StoreUnavailable, db
 from praison_db.backends.sql import migrate, schema_version
 from praison_db.backends.sql import schema as sql_schema
-from praison_db.backends.sql.stores import _open_unprepared
+from praison_db.backends.sql.database import _open_unprepared
 from praison_db.facade import open_store
 from tests import servers
 from tests.backends import BACKENDS

@@ -25,8 +25,24 @@ Guarantees: every append is one transaction that bumps the session's counter row
 MySQL, ``BEGIN IMMEDIATE`` on SQLite) and inserts the messages, so seqs are unique and gap-free across processes;
 ``updated_at`` and ``message_count`` change in that same transaction. Reads of the newest N messages are an index
 range scan on the primary key (session_id, seq). The schema version lives in ``<prefix>schema_version``.
+
+Modules: ``engine`` (URL checks, options, engine creation, connection hooks, error classification, retries, dialect
+quirks), ``schema`` (tables and migrations), ``database`` (SqlDatabase, ``migrate``, ``schema_version``),
+``stores`` (the two stores and their row mapping).
 """
 
-from .stores import SqlConversationStore, SqlDatabase, SqlStateStore, migrate, schema_version
+from .database import SqlDatabase, migrate, schema_version
+from .schema import MIGRATIONS, Migration, Tables, build_tables
+from .stores import SqlConversationStore, SqlStateStore
 
-__all__ = ["SqlConversationStore", "SqlStateStore", "SqlDatabase", "migrate", "schema_version"]
+__all__ = [
+    "SqlConversationStore",
+    "SqlStateStore",
+    "SqlDatabase",
+    "migrate",
+    "schema_version",
+    "MIGRATIONS",
+    "Migration",
+    "Tables",
+    "build_tables",
+]

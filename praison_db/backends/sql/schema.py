@@ -1,7 +1,8 @@
 """Tables, types and migrations of the SQL stores (SQLite, PostgreSQL, MySQL/MariaDB), in SQLAlchemy Core.
 
-Dialect differences are column variants declared here and the few statements in ``DIALECT_QUIRKS`` of
-``sql.py``; nothing else in the SQL backend knows which database it talks to.
+Dialect differences in the schema are the column variants and the MySQL key collation chosen here, and the
+migrations that apply to one dialect only. The statements that differ per dialect (insert-ignore, upsert, the
+schema lock) are the "dialect quirks" in ``engine.py``, next to the per-dialect connection hooks.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ def _mysql_key(length: int, collation: str) -> Any:
     return mysql.VARCHAR(length, charset="utf8mb4", collation=collation)
 
 
+def _mysql_collation(conn: Connection) -> str:
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return "utf8mb4_nopad_bin"
+    if getattr(conn.dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    return "utf8mb4_0900_bin"  # MySQL 8: binary and NO PAD
+
+
 _LONG_TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4"), "mysql", "mariadb")
 # PostgreSQL's ``json`` keeps the text as written; ``jsonb`` would normalise numbers (1e20 comes back as an int, -0.0
 # loses its sign). Nothing queries inside these columns, so nothing needs jsonb's operators.
@@ -106,7 +115,7 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
     def key(length: int) -> Any:
         return _key(length).with_variant(_mysql_key(length, mysql_collation), "mysql", "mariadb")
 
-    table_args = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mariadb_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
+    table_args: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mariadb_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
     sessions = Table(
         f"{prefix}sessions",
         md,

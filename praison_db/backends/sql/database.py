@@ -1,0 +1,182 @@
+"""The database handle that the SQL stores of a URL share (SqlDatabase: engine, transactions, schema version and
+upgrade), and the schema commands ``migrate`` and ``schema_version``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+
+from ... import errors
+from ...base import SharedConnection, resolve_options
+from ...bridge import pause
+from ...models import utcnow
+from ...url import StoreURL
+from . import schema as sql_schema
+from .engine import OPTIONS, _DRIVERS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction
+from .schema import Tables, _mysql_collation, build_tables
+
+log = logging.getLogger("praison_db")
+
+
+class SqlDatabase(SharedConnection):
+    """One engine, its tables and its schema version, shared by the conversation and state stores of a URL."""
+
+    def __init__(self, url: StoreURL, *, schema: str = "auto", asynchronous: bool = False, **options: Any) -> None:
+        # PostgreSQL and MySQL drivers take their own query parameters (sslmode, ...), checked by _check_url.
+        opts, driver_args = resolve_options(f"{url.scheme}://", OPTIONS, {**url.query, **options}, passthrough=True)
+        driver_args = _check_url(url, driver_args)
+        self.url = url
+        self.where = f"{url.base_scheme} at {url.render()}"
+        self.password = url.password
+        self.prefix: str = opts["table_prefix"]
+        self.asynchronous = asynchronous
+        SharedConnection.__init__(self)
+        self.engine = _create_engine(url, opts, driver_args, asynchronous, self.where)
+        self.dialect: str = self.engine.dialect.name
+        try:
+            self.tables = self._prepare(opts["auto_upgrade"], check=schema != "skip")
+        except Exception as e:
+            self.engine.dispose()
+            if isinstance(e, errors.Error):
+                raise
+            if isinstance(e, UnicodeError):  # PyMySQL sends the user and password as latin-1
+                raise errors.ConfigError(
+                    f"{self.where}: the driver cannot send the user, password or database name as written "
+                    f"({type(e).__name__}); use characters it can encode"
+                ) from None
+            translated = _classify(e, self.where, self.password)
+            if translated is None:
+                raise
+            raise translated from e
+
+    # ---- engine ----
+
+    def translate(self, error: Exception) -> errors.Error | None:
+        return _classify(error, self.where, self.password)
+
+    def _dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- transactions ----
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE) to avoid upgrade deadlocks."""
+        with self.engine.connect().execution_options(praison_write=True) as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads, which are single statements: on PostgreSQL in autocommit mode (psycopg switches
+        it without a round trip), saving the BEGIN and ROLLBACK around every read."""
+        conn = self.engine.connect()
+        if self.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn:
+            with conn.begin():
+                yield conn
+
+    def retrying(self, work: Callable[[Connection], Any], attempts: int = 30) -> Any:
+        """Run ``work`` in a write transaction, again after a deadlock or a lost insert race (bounded)."""
+        for attempt in range(attempts):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < attempts and (_is_retryable(e) or isinstance(e, sa_exc.IntegrityError)):
+                    pause(min(0.05, 0.001 * 2**attempt))  # back-off between retries, not synchronisation
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    # ---- schema ----
+
+    def _prepare(self, auto_upgrade: bool, *, check: bool = True) -> Tables:
+        with self.read() as conn:
+            collation = _mysql_collation(conn)
+        tables = build_tables(self.prefix, collation)
+        if not check:
+            return tables
+        latest = len(sql_schema.MIGRATIONS)
+        current = self.current_version(tables)
+        if current > latest:
+            raise errors.SchemaError(
+                f"the {self.prefix}* tables are at schema version {current}, newer than this praison-db supports "
+                f"({latest}); upgrade praison-db"
+            )
+        if current < latest:
+            if not auto_upgrade:
+                raise errors.SchemaError(
+                    f"the {self.prefix}* tables are at schema version {current}, this praison-db needs {latest}: "
+                    f"run `praison-db migrate '{self.url.render()}'`"
+                )
+            self.upgrade(tables)
+        return tables
+
+    def current_version(self, tables: Tables) -> int:
+        with self.read() as conn:
+            if not self.engine.dialect.has_table(conn, tables.version.name):
+                return 0
+            return conn.execute(select(func.coalesce(func.max(tables.version.c.version), 0))).scalar_one()
+
+    def upgrade(self, tables: Tables) -> list[int]:
+        """Apply every pending migration in order, each recorded in the version table. Idempotent."""
+        applied: list[int] = []
+        with _schema_transaction(self.engine, f"praison_db:{self.prefix}") as conn:
+            tables.metadata.create_all(conn, tables=[tables.version], checkfirst=True)
+            current = conn.execute(select(func.coalesce(func.max(tables.version.c.version), 0))).scalar_one()
+            for index in range(current, len(sql_schema.MIGRATIONS)):
+                sql_schema.MIGRATIONS[index](conn, tables)
+                conn.execute(insert(tables.version).values(version=index + 1, applied_at=utcnow()))
+                applied.append(index + 1)
+                log.info("praison_db: migrated %s to schema version %d", self.where, index + 1)
+        return applied
+
+    def server_version(self) -> str:
+        with self.read() as conn:
+            info = conn.dialect.server_version_info
+            return ".".join(str(p) for p in info) if info else "?"
+
+
+def _open_unprepared(url: str | StoreURL, options: dict[str, Any]) -> SqlDatabase:
+    from ...url import parse_url
+
+    parsed = parse_url(url)
+    if parsed.scheme not in _DRIVERS:
+        raise errors.ConfigError(f"schema versions apply to SQL URLs (sqlite, postgresql, mysql), not {parsed.scheme}://")
+    return SqlDatabase(parsed, schema="skip", **options)
+
+
+def migrate(url: str | StoreURL, **options: Any) -> tuple[int, int]:
+    """Bring the schema of a SQL database up to date. Returns (version before, version after). Idempotent."""
+    database = _open_unprepared(url, options)
+    try:
+        before = database.current_version(database.tables)
+        database.upgrade(database.tables)
+        return before, database.current_version(database.tables)
+    except errors.Error:
+        raise
+    except Exception as e:
+        raise (_classify(e, database.where, database.password) or e) from e
+    finally:
+        database.release()
+
+
+def schema_version(url: str | StoreURL, **options: Any) -> tuple[int, int]:
+    """(the database's schema version, the version this praison-db expects), without changing anything."""
+    database = _open_unprepared(url, options)
+    try:
+        return database.current_version(database.tables), len(sql_schema.MIGRATIONS)
+    except errors.Error:
+        raise
+    except Exception as e:
+        raise (_classify(e, database.where, database.password) or e) from e
+    finally:
+        database.release()

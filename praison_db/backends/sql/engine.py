@@ -1,0 +1,499 @@
+"""The SQL backend's engine: URL checks and options, the driver table, engine creation (sync and async), the
+per-dialect connection hooks, error classification, conflict retries and the dialect quirks."""
+
+from __future__ import annotations
+
+import functools
+import random
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Insert, event, insert, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, create_engine
+from sqlalchemy.pool import StaticPool
+
+from ... import errors
+from ...base import BOOL, POSITIVE_SECONDS, Option, check_prefix
+from ...bridge import pause
+from ...models import dumps
+from ...url import StoreURL, redacted
+
+
+def _int(value: Any) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a non-negative integer")
+    return number
+
+
+OPTIONS: dict[str, Option] = {
+    "table_prefix": Option(check_prefix, "praison_", "prefix of every table name"),
+    "pool_size": Option(_int, 5, "connections kept open (PostgreSQL, MySQL)"),
+    "max_overflow": Option(_int, 10, "extra connections allowed under load"),
+    "pool_recycle": Option(_int, 1800, "seconds after which a pooled connection is replaced"),
+    # 10 s to connect rides out a busy server or a slow TLS handshake; 30 s for any answer is far above a healthy
+    # statement here (a 16 MB message included) and short enough that a strict=False Agent carries on.
+    "connect_timeout": Option(POSITIVE_SECONDS, 10.0, "seconds to wait for the server when connecting"),
+    "read_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for any answer from the server (PostgreSQL, MySQL)"),
+    "auto_upgrade": Option(BOOL, True, "apply pending schema migrations on open"),
+    "echo": Option(BOOL, False, "log every SQL statement"),
+}
+
+# Options of other backends: named in the error when one is given to a SQL URL.
+_OTHER_BACKENDS = {
+    "ttl": "redis://",
+    "prefix": "redis://",
+    "collection_prefix": "mongodb://",
+    "lock_timeout": "json://",
+    "fsync": "clickhouse://",
+    "query_timeout": "clickhouse://",
+    "verify": "clickhouse://",
+    "ca_cert": "clickhouse://",
+}
+# libpq keywords, used when psycopg cannot list those of the libpq it runs on.
+_LIBPQ_KEYWORDS = frozenset(
+    "application_name channel_binding client_encoding connect_timeout dbname fallback_application_name gssdelegation "
+    "gssencmode gsslib host hostaddr keepalives keepalives_count keepalives_idle keepalives_interval krbsrvname "
+    "load_balance_hosts max_protocol_version min_protocol_version options passfile password port replication "
+    "require_auth requirepeer service ssl_max_protocol_version ssl_min_protocol_version sslcert sslcertmode "
+    "sslcompression sslcrl sslcrldir sslkey sslkeylogfile sslmode sslnegotiation sslpassword sslrootcert sslsni "
+    "target_session_attrs tcp_user_timeout user".split()
+)
+# PyMySQL's connection arguments that make sense as text in a URL, plus the ssl_* keys SQLAlchemy gathers into its
+# ssl dict. Left out: object-valued ones (conv, cursorclass, ssl) and ones that break SQLAlchemy (autocommit,
+# defer_connect) or PyMySQL itself (compress, named_pipe: not implemented).
+_PYMYSQL_ARGUMENTS = frozenset(
+    "user password passwd host database db unix_socket port charset collation sql_mode read_default_file "
+    "read_default_group use_unicode client_flag init_command connect_timeout read_timeout write_timeout local_infile "
+    "max_allowed_packet bind_address binary_prefix program_name server_public_key ssl_ca ssl_cert ssl_key "
+    "ssl_key_password ssl_disabled ssl_verify_cert ssl_verify_identity ssl_capath ssl_cipher ssl_check_hostname".split()
+)
+
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    try:
+        from psycopg import pq
+
+        return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults()) or _LIBPQ_KEYWORDS
+    except Exception:  # noqa: BLE001 - psycopg missing (psycopg2 URLs) or no libpq: the list above
+        return _LIBPQ_KEYWORDS
+
+
+def _check_url(url: StoreURL, driver_args: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what SQLAlchemy would only fail on at connect time (or silently ignore); returns the driver args."""
+    sqlite = url.scheme.startswith("sqlite")
+    if sqlite and (url.host or url.port or url.username or url.password is not None):
+        raise errors.ConfigError(
+            f"{url.render()}: SQLite URLs name a file, not a host: sqlite:///relative.db or sqlite:////absolute.db"
+        )
+    postgres = url.base_scheme in ("postgresql", "postgres")
+    if len(url.hosts) > 1:
+        hint = " (for several PostgreSQL hosts write ?host=h1:5432&host=h2:5432)" if postgres else ""
+        raise errors.ConfigError(f"{url.render()}: a {url.base_scheme} URL names one host{hint}")
+    valid: frozenset[str]
+    if sqlite:
+        valid, kind = frozenset(), ""
+    elif postgres:
+        valid, kind = _libpq_keywords(), ", or a libpq connection parameter (sslmode, application_name, options, ...)"
+    else:
+        valid, kind = _PYMYSQL_ARGUMENTS, ", or a PyMySQL connection argument (ssl_ca, init_command, read_timeout, ...)"
+    for name in driver_args:
+        if name not in valid:
+            owner = _OTHER_BACKENDS.get(name)
+            belongs = f" ({name} is an option of {owner} URLs)" if owner else ""
+            raise errors.ConfigError(
+                f"unknown option {name!r} for {url.scheme}://{belongs}; valid options: {', '.join(sorted(OPTIONS))}{kind}"
+            )
+    args = dict(driver_args)
+    for name in ("host", "port"):
+        values = [v for k, v in url.query_pairs if k == name]
+        if len(values) > 1:
+            if not postgres:
+                raise errors.ConfigError(f"option {name!r} is given twice in {url.render()}; give it once")
+            args[name] = tuple(values)  # libpq multi-host, as SQLAlchemy passes it
+    return args
+
+
+# scheme -> (SQLAlchemy driver name, praison-db extra, driver module)
+_DRIVERS: dict[str, tuple[str, str | None, str]] = {
+    "sqlite": ("sqlite+pysqlite", None, "sqlite3"),
+    "sqlite+pysqlite": ("sqlite+pysqlite", None, "sqlite3"),
+    "postgresql": ("postgresql+psycopg", "postgres", "psycopg"),
+    "postgres": ("postgresql+psycopg", "postgres", "psycopg"),
+    "postgresql+psycopg": ("postgresql+psycopg", "postgres", "psycopg"),
+    "postgresql+psycopg2": ("postgresql+psycopg2", None, "psycopg2"),
+    "mysql": ("mysql+pymysql", "mysql", "pymysql"),
+    "mysql+pymysql": ("mysql+pymysql", "mysql", "pymysql"),
+    "mariadb": ("mariadb+pymysql", "mysql", "pymysql"),
+    "mariadb+pymysql": ("mariadb+pymysql", "mysql", "pymysql"),
+}
+# The async API's driver for each: aiosqlite, psycopg 3's AsyncConnection, aiomysql (built on PyMySQL, so the same
+# errors, conversions and connection arguments as the sync path).
+_ASYNC_DRIVERS: dict[str, tuple[str, str]] = {
+    "sqlite+pysqlite": ("sqlite+aiosqlite", "aiosqlite"),
+    "postgresql+psycopg": ("postgresql+psycopg", "psycopg"),
+    "postgresql+psycopg2": ("postgresql+psycopg", "psycopg"),
+    "mysql+pymysql": ("mysql+aiomysql", "aiomysql"),
+    "mariadb+pymysql": ("mariadb+aiomysql", "aiomysql"),
+}
+
+
+# ---- dialect quirks: the statements that differ per dialect ----
+
+
+def _insert_ignore(dialect: str, table: Any) -> Any:
+    """INSERT that does nothing when the primary key exists (rowcount tells which happened)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Insert = pg_insert(table).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    else:
+        stmt = insert(table).prefix_with("IGNORE")
+    # SQLAlchemy only reports an INSERT's rowcount when asked to keep it.
+    return stmt.execution_options(preserve_rowcount=True)
+
+
+def _upsert(dialect: str, table: Any, columns: list[str]) -> Any:
+    """INSERT that overwrites ``columns`` when the primary key exists."""
+    stmt: Any  # a PostgreSQL, SQLite or MySQL Insert: each names the upsert clause its own way
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+        stmt = dialect_insert(table)
+        return stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_={c: stmt.excluded[c] for c in columns})
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+    stmt = mysql_insert(table)
+    return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in columns})
+
+
+@contextmanager
+def _schema_transaction(engine: Engine, name: str) -> Iterator[Connection]:
+    """A write transaction that one process at a time runs, the lock held until after it commits.
+
+    Releasing the lock before the commit would let the next process read the old version and apply the same
+    migration again (a duplicate key on the version table). PostgreSQL: a transaction-scoped advisory lock, released
+    by the commit itself. MySQL: a named lock, taken before BEGIN and released after COMMIT. SQLite: the write lock of
+    BEGIN IMMEDIATE, held to the commit.
+    """
+    with engine.connect().execution_options(praison_write=True) as conn:
+        if conn.dialect.name in ("mysql", "mariadb"):
+            got = conn.execute(text("SELECT GET_LOCK(:n, 60)"), {"n": name[:64]}).scalar()
+            conn.commit()
+            if got != 1:
+                raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if not conn.invalidated:  # a dropped connection has lost the lock with it
+                    conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name[:64]})
+                    conn.commit()
+            return
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
+            yield conn
+
+
+# ---- conflicts and errors ----
+
+
+_RETRYABLE_CODES = {"40001", "40P01", 1213, 1205}  # serialization failure, deadlock, lock wait timeout
+
+
+def _is_retryable(error: sa_exc.DBAPIError) -> bool:
+    orig: Any = error.orig  # the driver's exception, whose attributes depend on the driver
+    code = getattr(orig, "sqlstate", None) or (orig.args[0] if getattr(orig, "args", None) else None)
+    return code in _RETRYABLE_CODES
+
+
+_CONFLICT_ATTEMPTS = 12
+
+
+def _conflict_backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (0-based): exponential with jitter, capped, so colliding writers spread out."""
+    return random.uniform(0.5, 1.0) * min(0.25, 0.004 * 2**attempt)
+
+
+def retry_conflicts(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-run a store method whose write transaction lost a deadlock or a lock wait (bounded, with backoff).
+
+    The database rolled the whole transaction back, so running the method again is safe; it must open its own
+    transaction(s) and have no other side effects.
+    """
+
+    @functools.wraps(method)
+    def retried(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except sa_exc.DBAPIError as e:
+                if attempt + 1 < _CONFLICT_ATTEMPTS and _is_retryable(e):
+                    pause(_conflict_backoff(attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    return retried
+
+
+def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
+    """A praison_db error for a SQLAlchemy/driver error; the message is one line with no password."""
+    if isinstance(error, errors.Error):
+        return error
+    if not isinstance(error, (sa_exc.SQLAlchemyError, OSError)):
+        return None
+    orig = getattr(error, "orig", None) or error
+    detail = redacted(orig, password)
+    lowered = detail.lower()
+    if isinstance(error, sa_exc.IntegrityError):
+        return errors.IntegrityError(f"{where}: {detail}")
+    if isinstance(error, sa_exc.DataError):
+        return errors.InputError(f"{where} rejected the value: {detail}")
+    if any(s in lowered for s in ("password authentication failed", "access denied", "no password supplied")) or (
+        "role" in lowered and "does not exist" in lowered
+    ):
+        return errors.ConfigError(f"{where}: the server refused the credentials; check the user and password in the URL")
+    if ("database" in lowered and "does not exist" in lowered) or "unknown database" in lowered:
+        return errors.ConfigError(f"{where}: the database does not exist; create it or fix the URL ({detail})")
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError)):
+        return errors.StoreUnavailable(f"{where} is unavailable: {detail}")
+    if isinstance(error, sa_exc.ProgrammingError) and ("does not exist" in lowered or "doesn't exist" in lowered):
+        return errors.SchemaError(f"{where}: the tables are missing; run `praison-db migrate URL` ({detail})")
+    return None
+
+
+# ---- engine creation and connection hooks ----
+
+
+def _create_engine(url: StoreURL, opts: dict[str, Any], driver_args: dict[str, Any], asynchronous: bool, where: str) -> Engine:
+    """The engine of a SQL URL (for the async API, the sync face of an async engine), with its dialect's hooks."""
+    drivername, extra, module = _DRIVERS[url.scheme]
+    if asynchronous:
+        drivername, module = _ASYNC_DRIVERS[drivername]
+    sa_url = _sqlalchemy_url(url, drivername, driver_args)
+    kwargs: dict[str, Any] = {"echo": opts["echo"], "json_serializer": lambda v: dumps(v)}
+    if drivername.startswith("sqlite"):
+        kwargs.update(_sqlite_engine_args(sa_url))  # a file has no connection to lose: no ping
+    else:
+        kwargs.update(
+            pool_pre_ping=True,  # a server restart costs the next call a reconnect, not an error
+            pool_size=opts["pool_size"],
+            max_overflow=opts["max_overflow"],
+            pool_recycle=opts["pool_recycle"],
+        )
+        if "connect_timeout" not in driver_args:
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(opts["connect_timeout"]))}
+    try:
+        if asynchronous:
+            # The async API runs this same code: the engine's pool holds async driver connections, which SQLAlchemy
+            # drives from the bridge greenlet (praison_db.bridge), exactly as AsyncConnection.run_sync does.
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            engine = create_async_engine(sa_url, **kwargs).sync_engine
+        else:
+            engine = create_engine(sa_url, **kwargs)
+        if drivername.startswith(("mysql", "mariadb")):
+            _install_mysql_hooks(engine, opts["connect_timeout"], opts["read_timeout"], where, asynchronous)
+        elif drivername == "postgresql+psycopg":
+            _install_psycopg_hooks(engine, opts["read_timeout"], asynchronous)
+    except ModuleNotFoundError as e:
+        fix = f"pip install 'praison-db[{extra}]'" if extra else f"pip install {module}"
+        if module == "psycopg2":
+            fix = "pip install psycopg2-binary (or use postgresql:// for psycopg 3)"
+        raise errors.ConfigError(f"{url.scheme}:// needs the {module} package: {fix}") from e
+    except (sa_exc.ArgumentError, TypeError, ValueError) as e:
+        raise errors.ConfigError(f"invalid options for {url.render()}: {redacted(e, url.secrets, limit=200)}") from e
+    if engine.dialect.name == "sqlite":
+        _install_sqlite_hooks(engine, memory=sa_url.database in (None, "", ":memory:"))
+    return engine
+
+
+def _sqlalchemy_url(url: StoreURL, drivername: str, driver_args: dict[str, Any]) -> URL:
+    if drivername.startswith("sqlite"):
+        database = url.path[1:] if url.path.startswith("/") else url.path
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return URL.create(drivername, database=database or ":memory:", query=driver_args)
+    # Built from the parsed parts, not re-parsed from text: the URL's password may hold '/', '?' or '@'.
+    base = URL.create(
+        drivername,
+        username=url.username,
+        password=url.password,
+        host=url.host,
+        port=url.port,
+        database=url.path.lstrip("/") or None,
+    )
+    query = dict(driver_args)
+    if drivername.startswith(("mysql", "mariadb")):
+        query.setdefault("charset", "utf8mb4")
+    return base.set(drivername=drivername, query=query)
+
+
+def _sqlite_engine_args(sa_url: URL) -> dict[str, Any]:
+    args: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if sa_url.database in (None, "", ":memory:"):
+        args["poolclass"] = StaticPool  # one connection, or each would see its own empty database
+    return args
+
+
+def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: float, where: str, asynchronous: bool) -> None:
+    """Bounded waits, strict mode and the packet limit on every new PyMySQL (or aiomysql) connection."""
+
+    # Lock waits end on the server (a retryable 1205) well before the client stops waiting for an answer.
+    lock_wait = max(1, int(read_timeout / 2))
+    init = (
+        "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'), "
+        f"SESSION innodb_lock_wait_timeout = {lock_wait}"
+    )
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if asynchronous:
+            return dialect.connect(*cargs, async_creator_fn=_aiomysql_connect, **cparams)
+        import pymysql
+
+        # PyMySQL bounds the handshake by its read timeout, not connect_timeout: a port that accepts and never
+        # answers would otherwise block for the read timeout (or forever without one). Connect with the connect
+        # timeout for both, then switch to the read timeout for the life of the connection.
+        params = {**cparams, "read_timeout": connect_timeout, "write_timeout": connect_timeout, "defer_connect": True}
+        params.setdefault("init_command", init)
+        conn = pymysql.connections.Connection(*cargs, **params)
+        conn.connect()
+        # PyMySQL reads these before every socket call.
+        conn._read_timeout, conn._write_timeout = read_timeout, float(cparams.get("write_timeout") or read_timeout)
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@max_allowed_packet")
+            conn.praison_max_packet = int(cur.fetchone()[0])  # type: ignore[attr-defined]
+        return conn
+
+    async def _aiomysql_connect(*cargs: Any, **cparams: Any) -> Any:
+        import aiomysql
+
+        # aiomysql has no read or write timeout (asyncio streams wait as long as they are awaited).
+        for name in ("read_timeout", "write_timeout"):
+            cparams.pop(name, None)
+        cparams.setdefault("init_command", init)
+        cparams["connect_timeout"] = connect_timeout
+        conn = await aiomysql.connect(*cargs, **cparams)
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT @@max_allowed_packet")
+            conn.praison_max_packet = int((await cur.fetchone())[0])
+        return conn
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check_packet(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        cursor = getattr(cursor, "_cursor", cursor)  # the driver's own cursor under SQLAlchemy's async adapter
+        limit = getattr(cursor.connection, "praison_max_packet", None)
+        if not limit or not parameters:
+            return
+        for row in parameters if executemany else [parameters]:
+            values = row.values() if isinstance(row, dict) else row
+            # Cheap upper bound first (4 bytes a character, doubled by escaping); the exact size only when close.
+            if len(statement) + 8 * sum(len(v) for v in values if isinstance(v, (str, bytes))) < limit - 1024:
+                continue
+            size = len(cursor.mogrify(statement, row).encode("utf-8", "surrogateescape")) + 1
+            if size > limit:
+                raise errors.InputError(
+                    f"{where}: this write needs a {size:,}-byte statement but the server's max_allowed_packet is "
+                    f"{limit:,} bytes; raise it (max_allowed_packet=64M under [mysqld], or SET GLOBAL "
+                    "max_allowed_packet=67108864) or store less"
+                )
+
+
+class _BoundedWait:
+    """Mixed into psycopg's Connection and AsyncConnection: every wait for the server ends after ``read_timeout``.
+
+    psycopg waits for the server without a deadline unless given one; a server frozen mid-call would block the
+    caller until it wakes. Past the deadline the connection is closed (its state is unknown), which SQLAlchemy
+    sees as a disconnect and replaces it.
+    """
+
+    read_timeout: float = 30.0
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self.read_timeout if timeout is None else timeout
+
+    def _timed_out(self, error: Exception, timeout: float | None) -> Exception:
+        import psycopg
+
+        if timeout is not None:
+            return error
+        self.pgconn.finish()  # type: ignore[attr-defined]
+        return psycopg.OperationalError(f"no answer from the server within {self.read_timeout:g} s (read_timeout)")
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        import psycopg
+
+        try:
+            return super().wait(gen, interval=interval, timeout=self._deadline(timeout))  # type: ignore[misc]
+        except psycopg.errors._WaitTimeout as e:
+            raise self._timed_out(e, timeout) from None
+
+
+class _AsyncBoundedWait(_BoundedWait):
+    async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:  # type: ignore[override]
+        import psycopg
+
+        try:
+            return await super(_BoundedWait, self).wait(gen, interval=interval, timeout=self._deadline(timeout))  # type: ignore[misc]
+        except psycopg.errors._WaitTimeout as e:
+            raise self._timed_out(e, timeout) from None
+
+
+@functools.cache
+def _bounded_psycopg_class(asynchronous: bool) -> Any:
+    import psycopg
+
+    if asynchronous:
+        return type("BoundedAsyncConnection", (_AsyncBoundedWait, psycopg.AsyncConnection), {})
+    return type("BoundedConnection", (_BoundedWait, psycopg.Connection), {})
+
+
+def _install_psycopg_hooks(engine: Engine, read_timeout: float, asynchronous: bool) -> None:
+    cls = _bounded_psycopg_class(asynchronous)
+
+    async def connect_async(*cargs: Any, **cparams: Any) -> Any:
+        conn = await cls.connect(*cargs, **cparams)
+        conn.read_timeout = read_timeout
+        return conn
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if asynchronous:
+            return dialect.connect(*cargs, async_creator_fn=connect_async, **cparams)
+        conn = cls.connect(*cargs, **cparams)  # psycopg bounds the connection itself by connect_timeout
+        conn.read_timeout = read_timeout
+        return conn
+
+
+def _install_sqlite_hooks(engine: Engine, *, memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below decides how transactions start
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cur.execute("PRAGMA synchronous=FULL")  # durable when commit returns, even on power loss
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writes take the write lock up front (no deadlock upgrading a read lock). Reads are single statements, which
+        # SQLite runs atomically without a BEGIN: one round trip fewer per read.
+        if conn.get_execution_options().get("praison_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
