@@ -11,7 +11,7 @@ import math
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -107,25 +107,19 @@ def state_value(i: int) -> dict[str, Any]:
 Make = Callable[[int], Callable[[], Any]]
 
 
-def interleaved(makes: dict[str, Make], total: int, rounds: int, budget_s: float) -> dict[str, list[float]]:
-    """Time up to ``total`` calls per side in ``rounds`` alternating blocks; seconds per call, per side.
+def call_order(names: list[str], total: int, rounds: int, budget_s: float) -> Iterator[tuple[str, int]]:
+    """The calls of one interleaved measurement, in order, as (side, call index) pairs.
 
-    Call 0 of each side runs first and prices a call: when ``total`` calls would not fit in ``budget_s``, fewer
-    are made (never fewer than ``rounds``). The run also stops after any round that ends past the budget.
+    Call 0 of each side comes first and prices a call: when ``total`` calls would not fit in ``budget_s``, fewer
+    are made (never fewer than ``rounds``). Then up to ``total`` calls per side follow in ``rounds`` alternating
+    blocks, and the run also stops after any round that ends past the budget. The caller makes each call before
+    asking for the next one (the generator reads the clock in between), so the same order drives the sync timer
+    below and the async one of ``benchmarks.aio``.
     """
-    samples: dict[str, list[float]] = {name: [] for name in makes}
-    names = list(makes)
-
-    def run(name: str, i: int) -> None:
-        thunk = makes[name](i)
-        t0 = time.perf_counter()
-        thunk()
-        samples[name].append(time.perf_counter() - t0)
-
     gc.collect()
     start = time.perf_counter()
     for name in names:
-        run(name, 0)
+        yield name, 0
     per_call = time.perf_counter() - start
     total = min(total, max(rounds, int(budget_s / max(per_call, 1e-9))))
     per_round = max(1, math.ceil((total - 1) / max(1, rounds)))
@@ -134,8 +128,19 @@ def interleaved(makes: dict[str, Make], total: int, rounds: int, budget_s: float
         block = range(i, min(i + per_round, total))
         for name in names if r % 2 else list(reversed(names)):
             for j in block:
-                run(name, j)
+                yield name, j
         i, r = block.stop, r + 1
+
+
+def interleaved(makes: dict[str, Make], total: int, rounds: int, budget_s: float) -> dict[str, list[float]]:
+    """Time up to ``total`` calls per side in ``rounds`` alternating blocks (see ``call_order``); seconds per call,
+    per side."""
+    samples: dict[str, list[float]] = {name: [] for name in makes}
+    for name, i in call_order(list(makes), total, rounds, budget_s):
+        thunk = makes[name](i)
+        t0 = time.perf_counter()
+        thunk()
+        samples[name].append(time.perf_counter() - t0)
     return samples
 
 
