@@ -5,6 +5,12 @@ URL needs it and cached. Third parties add schemes with :func:`register`::
 
     from praison_db.registry import register
     register("dynamodb", conversations="my_pkg.dynamo:DynamoConversationStore", extra=None)
+
+or, without an import, with an entry point in the ``praison_db.backends`` group naming a callable that registers
+them (looked up the first time a URL names a scheme not known here)::
+
+    [project.entry-points."praison_db.backends"]
+    dynamodb = "my_pkg.dynamo:register"
 """
 
 from __future__ import annotations
@@ -112,9 +118,34 @@ def known_schemes() -> list[str]:
     return sorted(_registry)
 
 
+ENTRY_POINT_GROUP = "praison_db.backends"
+_entry_points_loaded = False
+
+
+def _load_entry_points() -> None:
+    """Call the registering function of every installed ``praison_db.backends`` entry point, once."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name.lower() in _registry:
+            continue
+        try:
+            point.load()()
+        except Exception as e:  # noqa: BLE001 - one broken plugin must not break every other URL
+            raise ConfigError(f"the {ENTRY_POINT_GROUP} entry point {point.name!r} ({point.value}) failed: {type(e).__name__}: {e}") from e
+
+
 def entry_for(scheme: str) -> BackendEntry:
     """The registry entry of ``scheme``; an unknown scheme raises ConfigError naming the closest known one."""
     scheme = scheme.lower()
+    entry = _registry.get(scheme)
+    if entry is not None:
+        return entry
+    _load_entry_points()
     entry = _registry.get(scheme)
     if entry is not None:
         return entry

@@ -8,29 +8,11 @@ starts or finds the real server, yields its base URL and cleans up at the end of
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from pathlib import Path
 
+from praison_db.testing import Backend, TestContext, add_backend, for_role, require
 from tests import servers
 
-
-@dataclass(frozen=True)
-class TestContext:
-    tmp: Path
-    uid: str  # unique per test: use it in prefixes, databases, directories
-    server: str | None  # base URL of the per-run server, if the backend has one
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    url: Callable[[TestContext], str]
-    roles: tuple[str, ...] = ("conversations", "state")
-    server: Callable[[], AbstractContextManager[str]] | None = None
-    server_name: str = ""
-    options: dict[str, object] = field(default_factory=dict)
+__all__ = ["BACKENDS", "Backend", "TestContext", "for_role", "require"]
 
 
 def _with_query(base: str, query: str) -> str:
@@ -94,14 +76,5 @@ if os.environ.get("PRAISON_TEST_CLICKHOUSE_URL"):  # a real ClickHouse server ov
     )
 
 
-def for_role(role: str) -> list[Backend]:
-    return [b for b in BACKENDS if role in b.roles]
-
-
-def require(store: object, capability: str) -> None:
-    """Skip, showing the backend's own reason, when a store does not declare a capability."""
-    import pytest
-
-    caps = store.capabilities  # type: ignore[attr-defined]
-    if not getattr(caps, capability):
-        pytest.skip(f"{type(store).__name__} does not support {capability}: {caps.reason}")
+for _backend in BACKENDS:
+    add_backend(_backend)  # the conformance suite (praison_db.testing) runs on each

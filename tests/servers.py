@@ -11,21 +11,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from praison_db.testing import ServerMissing, in_ci, unavailable, wait_past
 
+__all__ = ["ServerMissing", "unavailable", "wait_past"]
 
-class ServerMissing(Exception):
-    """The server a backend needs cannot be reached."""
-
-
-def unavailable(what: str, why: object) -> None:
-    """Fail in CI, skip loudly elsewhere."""
-    message = f"{what} is unreachable ({str(why).splitlines()[0][:200]})"
-    if IN_CI:
-        pytest.fail(f"{message}; CI requires every backend's real server", pytrace=False)
-    pytest.skip(f"SKIPPED BACKEND: {message}; start it (see README, 'Running the tests')")
+IN_CI = in_ci()
 
 
 def run_id() -> str:
@@ -152,14 +143,6 @@ def mongodb_env_server() -> Iterator[str]:
             if name.startswith(f"m{RUN}"):
                 client.drop_database(name)
         client.close()
-
-
-def wait_past(deadline: float) -> None:
-    """Wait on the clock until a TTL deadline (a ``time.time()`` value) has passed: expiry is time-based."""
-    import time
-
-    while time.time() <= deadline:
-        time.sleep(max(0.0, deadline - time.time()) + 0.01)
 
 
 def wait_until(check, what: str, timeout: float = 60.0) -> None:

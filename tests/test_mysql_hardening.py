@@ -13,7 +13,7 @@ from praison_db import InputError, SessionNotFound, StoreUnavailable
 from praison_db.backends.sql import schema as sql_schema
 from praison_db.facade import open_store
 from tests.backends import BACKENDS
-from tests.conformance.workers import run_workers
+from praison_db.testing.workers import run_workers
 from tests.private_servers import private_mariadb
 
 MYSQL = next(b for b in BACKENDS if b.name == "mysql")

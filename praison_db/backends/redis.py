@@ -424,8 +424,13 @@ class _Connection(SharedConnection):
         return _classify(error, self.where, self.password)
 
     def _dispose(self) -> None:
-        close = getattr(self.client, "aclose", None) or self.client.close  # redis.asyncio names it aclose
-        close()
+        if self.asynchronous:
+            self.client.aclose()
+            return
+        # Idle connections close now; one another thread is using finishes its command and is closed with the pool.
+        # Closing a connection under another thread's feet races redis-py's reconnect (a recv on a reused file
+        # descriptor that waits out the socket timeout), so a call in flight during close() could hang for 30 s.
+        self.client.connection_pool.disconnect(inuse_connections=False)
 
 
 def _async_driver() -> tuple[Any, Any]:

@@ -6,7 +6,7 @@ import multiprocessing as mp
 import traceback
 from typing import Any
 
-from tests.aio_blocking import open_for_api
+from praison_db.testing.blocking import open_for_api
 
 
 def run_workers(target: Any, args_list: list[tuple[Any, ...]], timeout: float = 300) -> list[Any]:
