@@ -170,6 +170,12 @@ def _guarded(fn: F) -> F:
 _INPUT_FAILURES = (UnicodeError, OverflowError, RecursionError)
 
 
+def untranslated(where: str, error: BaseException, password: str | None) -> Error:
+    """The praison_db error for an exception no backend table knows: its type and text on one line, no password."""
+    kind = InputError if isinstance(error, _INPUT_FAILURES) else Error
+    return kind(f"{where} failed with {type(error).__name__}: {redacted(error, password)}")
+
+
 def _reraise(store: _Store, error: Exception) -> NoReturn:
     """Raise ``error`` as the backend's praison_db error for it; anything untranslated becomes a praison_db.Error
     naming the exception type, with its text on one line and no password."""
@@ -180,9 +186,7 @@ def _reraise(store: _Store, error: Exception) -> NoReturn:
         raise error
     translated = store._translate_error(error)
     if translated is None:
-        detail = redacted(error, store._secret())
-        kind = InputError if isinstance(error, _INPUT_FAILURES) else Error
-        translated = kind(f"{type(store).__name__} failed with {type(error).__name__}: {detail}")
+        translated = untranslated(type(store).__name__, error, store._secret())
     raise translated from error
 
 
@@ -200,9 +204,16 @@ class SharedConnection:
         self._refs = 1
         self._refs_lock = threading.Lock()
 
-    def translate(self, error: Exception) -> Error | None:
-        """The backend's praison_db error for a driver exception (None: the caller wraps it generically)."""
+    def classify(self, error: BaseException) -> Error | None:
+        """The backend's error table: its praison_db error for a driver exception it recognises, else None."""
         return None
+
+    def translate(self, error: BaseException) -> Error:
+        """Always a praison_db error: the backend's (``classify``), else a generic one naming the exception type, on one
+        line and without the password."""
+        if isinstance(error, Error):
+            return error
+        return self.classify(error) or untranslated(self.where, error, self.password)
 
     def acquire(self: Any) -> Any:
         with self._refs_lock:
@@ -236,20 +247,27 @@ class ConnectedStore:
         """The same store on the backend's async driver; its calls must run in a bridge greenlet (praison_db.aio)."""
         return cls._over(cls._connection_class(url, options, asynchronous=True))
 
+    def _connection(self) -> SharedConnection:
+        found = [v for v in vars(self).values() if isinstance(v, SharedConnection)]
+        assert len(found) == 1, f"{type(self).__name__} holds {len(found)} shared connections"
+        return found[0]
+
     @property
     def asynchronous(self) -> bool:
         """True when this store runs on the backend's async driver (opened by ``from_url_async``)."""
-        return any(isinstance(v, SharedConnection) and v.asynchronous for v in vars(self).values())
+        return self._connection().asynchronous
+
+    def _translate_error(self, error: Exception) -> Error | None:
+        return self._connection().translate(error)
 
     @classmethod
     def _over(cls, connection: SharedConnection) -> Any:
         try:
             return cls(connection)  # type: ignore[call-arg]
         except Exception as e:
-            translated = connection.translate(e)
-            if translated is None or translated is e:
+            if isinstance(e, Error):
                 raise
-            raise translated from e
+            raise connection.translate(e) from e
         finally:
             connection.release()  # the opener's reference: the store has acquired its own
 
@@ -286,6 +304,23 @@ class _Store:
 
     def _translate_error(self, error: Exception) -> Error | None:
         """Map a driver exception to a praison_db error (or None: the caller wraps it generically)."""
+        return None
+
+    @_guarded
+    def server_version(self) -> str | None:
+        """The version the server reports; None where there is no server (files, memory)."""
+        return self._server_version()
+
+    @_guarded
+    def schema_version(self) -> tuple[int, int] | None:
+        """(the schema version of the store's tables, the version this praison-db expects); None where the backend
+        keeps no versioned schema."""
+        return self._schema_version()
+
+    def _server_version(self) -> str | None:
+        return None
+
+    def _schema_version(self) -> tuple[int, int] | None:
         return None
 
     def _secret(self) -> str | None:
@@ -695,6 +730,11 @@ class ConversationStore(_Store, ABC):
         seq is taken by another message; SessionNotFound if the session is missing.
         """
         raise ConfigError(f"{type(self).__name__} cannot import numbered messages; copy with a newer backend")
+
+    def state_store(self) -> StateStore | None:
+        """A StateStore in the same database sharing this store's connections, where the backend can make one
+        (SQL, Redis, MongoDB); None elsewhere. ``db()`` uses it when no state_url is given."""
+        return None
 
     def get_history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` messages as OpenAI-style dicts, ready to send to a chat model."""

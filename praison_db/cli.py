@@ -28,6 +28,7 @@ from typing import Annotated, Any, NoReturn, Optional
 from . import __version__
 from .errors import ConfigError, Error, IntegrityError, SessionNotFound
 from .facade import DATABASE_URL_VARS, STATE_URL_VARS, PraisonDB, db, default_home, env_url
+from .registry import entry_for
 from .url import parse_url, redact_text
 
 try:
@@ -325,17 +326,6 @@ def sessions_delete(
 
 # ---- doctor ----
 
-# Distributions whose versions matter for each backend module.
-_BACKEND_DISTS = {
-    "praison_db.backends.sql.stores": ("sqlalchemy",),
-    "praison_db.backends.redis": ("redis",),
-    "praison_db.backends.mongo": ("pymongo",),
-    "praison_db.backends.clickhouse": ("clickhouse-connect", "chdb"),
-    "praison_db.backends.jsonfile": ("filelock",),
-}
-_SQL_DRIVER_DISTS = {"psycopg": ("psycopg",), "psycopg2": ("psycopg2", "psycopg2-binary"), "pymysql": ("pymysql",)}
-
-
 def _dist_version(*names: str) -> str | None:
     for name in names:
         try:
@@ -346,31 +336,28 @@ def _dist_version(*names: str) -> str | None:
 
 
 def _versions(store: Any) -> dict[str, str]:
+    """Versions of the packages the store's scheme runs on (facts of the registry)."""
+    scheme = str(store.url).split("://", 1)[0]
+    try:
+        entry = entry_for(scheme)
+    except Error:
+        return {}
     found = {}
-    for name in _BACKEND_DISTS.get(type(store).__module__, ()):
+    for name in entry.distributions:
         version = _dist_version(name)
         if version:
             found[name] = version
-    database = getattr(store, "db", None)
-    engine = getattr(database, "engine", None)
-    if engine is not None:
-        driver = engine.dialect.driver
-        if engine.dialect.name == "sqlite":
-            import sqlite3
+    if entry.driver == "sqlite3":
+        import sqlite3
 
-            found["sqlite3"] = sqlite3.sqlite_version
-        elif driver in _SQL_DRIVER_DISTS:
-            version = _dist_version(*_SQL_DRIVER_DISTS[driver])
-            if version:
-                found[driver] = version
+        found["sqlite3"] = sqlite3.sqlite_version
     return found
 
 
-def _error_text(store: Any, error: Exception) -> str:
-    if isinstance(error, Error):
+def _error_text(error: Exception) -> str:
+    if isinstance(error, Error):  # what every public call raises
         return str(error)
-    translated = store._translate_error(error) if hasattr(store, "_translate_error") else None
-    return str(translated) if translated is not None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def _check_store(role: str, store: Any) -> dict[str, Any]:
@@ -391,14 +378,10 @@ def _check_store(role: str, store: Any) -> dict[str, Any]:
         "error": None,
     }
     try:
-        database = getattr(store, "db", None)
-        server_version = getattr(database, "server_version", None) or getattr(store, "server_version", None)
-        if callable(server_version):
-            report["server_version"] = server_version()
-        if database is not None and hasattr(database, "current_version"):
-            from .backends.sql.schema import MIGRATIONS
-
-            report["schema"] = {"current": database.current_version(database.tables), "expected": len(MIGRATIONS)}
+        report["server_version"] = store.server_version()
+        schema = store.schema_version()
+        if schema is not None:
+            report["schema"] = {"current": schema[0], "expected": schema[1]}
         probe_id = f"praison-doctor-{uuid.uuid4().hex}"
         started = time.perf_counter()
         if role == "state":
@@ -415,14 +398,14 @@ def _check_store(role: str, store: Any) -> dict[str, Any]:
         report["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
         report["ok"] = True
     except Exception as e:  # noqa: BLE001 - every failure becomes one line of the report
-        report["error"] = _redact(_error_text(store, e))
+        report["error"] = _redact(_error_text(e))
     damaged_files = getattr(store, "damaged_files", None)  # file-backed stores: scan their folder, even after a failure
     if callable(damaged_files):
         try:
             damaged = report["damaged_files"] = damaged_files()
         except Exception as e:  # noqa: BLE001
             damaged = []
-            report["ok"], report["error"] = False, report["error"] or _redact(_error_text(store, e))
+            report["ok"], report["error"] = False, report["error"] or _redact(_error_text(e))
         if damaged:
             shown = "; ".join(f"{d['file']}: {d['problem']}" for d in damaged[:3])
             more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""

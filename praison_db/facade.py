@@ -109,7 +109,7 @@ def _open(url: str | StoreURL, role: StoreRole, options: dict[str, Any], *, asyn
         detail = redacted(e, parsed.secrets, limit=200)
         error = kind(f"could not open {parsed.render()} as a {role} store: {type(e).__name__}: {detail}")
         error.__cause__, error.__suppress_context__ = e, True
-        raise scrub_chain(error, parsed.secrets)  # not `from e`: that would put back a cause the scrub cut
+        raise scrub_chain(error, parsed.secrets)  # noqa: B904 - not `from e`: that would put back a cause the scrub cut
 
 
 class PraisonDB:
@@ -265,13 +265,13 @@ def assemble(
     return PraisonDB(conversations, state, session_dir=directory, database_url=conv_url, state_url=state_parsed, strict=strict)
 
 
-def _state_alongside(conversations: Any, url: StoreURL, options: dict[str, Any], asynchronous: bool) -> StateStore:
+def _state_alongside(conversations: ConversationStore, url: StoreURL, options: dict[str, Any], asynchronous: bool) -> StateStore:
     """State in the conversations database, sharing its connection pool where the backend can."""
-    share = getattr(conversations, "state_store", None)
-    if callable(share):
-        try:
-            return share()
-        except Error as e:
-            scrub_chain(e, url.secrets)
-            raise
+    try:
+        shared = conversations.state_store()
+    except Error as e:
+        scrub_chain(e, url.secrets)
+        raise
+    if shared is not None:
+        return shared
     return _open(url, "state", options, asynchronous=asynchronous)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .errors import ConfigError
@@ -30,13 +30,18 @@ StoreRole = Literal["conversations", "state"]
 
 @dataclass(frozen=True)
 class BackendEntry:
-    """What a scheme maps to: an import string per role, the pip extra its driver needs, and refusals."""
+    """Everything praison_db knows about a scheme, in one place: the store class of each role (import strings), the
+    pip extra and the driver modules it needs (sync and async API), refusals, and for SQL the SQLAlchemy dialect."""
 
     conversations: str | None
     state: str | None
     extra: str | None = None
     # Why a role is missing, said to the user instead of a generic message.
     refusals: tuple[tuple[str, str], ...] = ()
+    driver: str | None = None  # the module the sync stores import to talk to the server
+    async_driver: str | None = None  # the one praison_db.aio uses (None: the sync store runs in worker threads)
+    sqlalchemy: tuple[str, str] | None = None  # SQL schemes: SQLAlchemy driver names for the sync and async API
+    distributions: tuple[str, ...] = ()  # packages whose versions `praison-db doctor` reports
 
 
 _SQL = "praison_db.backends.sql:SqlConversationStore", "praison_db.backends.sql:SqlStateStore"
@@ -50,27 +55,56 @@ _CLICKHOUSE_STATE = (
 )
 _CH = "praison_db.backends.clickhouse:ClickHouseConversationStore"
 
+_SQLITE = BackendEntry(
+    *_SQL, driver="sqlite3", async_driver="aiosqlite", sqlalchemy=("sqlite+pysqlite", "sqlite+aiosqlite"),
+    distributions=("sqlalchemy", "aiosqlite"),
+)
+_POSTGRES = BackendEntry(
+    *_SQL, extra="postgres", driver="psycopg", async_driver="psycopg",
+    sqlalchemy=("postgresql+psycopg", "postgresql+psycopg"), distributions=("sqlalchemy", "psycopg"),
+)
+# psycopg2 has no asyncio: the async API speaks psycopg 3 to the same server.
+_PSYCOPG2 = BackendEntry(
+    *_SQL, extra=None, driver="psycopg2", async_driver="psycopg",
+    sqlalchemy=("postgresql+psycopg2", "postgresql+psycopg"), distributions=("sqlalchemy", "psycopg2", "psycopg2-binary"),
+)
+_MYSQL = BackendEntry(
+    *_SQL, extra="mysql", driver="pymysql", async_driver="aiomysql", sqlalchemy=("mysql+pymysql", "mysql+aiomysql"),
+    distributions=("sqlalchemy", "pymysql", "aiomysql"),
+)
+_MARIADB = BackendEntry(
+    *_SQL, extra="mysql", driver="pymysql", async_driver="aiomysql", sqlalchemy=("mariadb+pymysql", "mariadb+aiomysql"),
+    distributions=("sqlalchemy", "pymysql", "aiomysql"),
+)
+_CLICKHOUSE = BackendEntry(
+    _CH, None, extra="clickhouse", refusals=_CLICKHOUSE_STATE, driver="clickhouse_connect",
+    distributions=("clickhouse-connect",),
+)
+_REDIS_ENTRY = BackendEntry(*_REDIS, extra="redis", driver="redis", async_driver="redis.asyncio", distributions=("redis",))
+_MONGO_ENTRY = BackendEntry(*_MONGO, extra="mongo", driver="pymongo", async_driver="pymongo", distributions=("pymongo",))
+_JSON_ENTRY = BackendEntry(*_JSON, driver="filelock", distributions=("filelock",))
+
 _registry: dict[str, BackendEntry] = {
-    "sqlite": BackendEntry(*_SQL),
-    "sqlite+pysqlite": BackendEntry(*_SQL),
-    "postgresql": BackendEntry(*_SQL, extra="postgres"),
-    "postgres": BackendEntry(*_SQL, extra="postgres"),
-    "postgresql+psycopg": BackendEntry(*_SQL, extra="postgres"),
-    "postgresql+psycopg2": BackendEntry(*_SQL, extra="postgres"),
-    "mysql": BackendEntry(*_SQL, extra="mysql"),
-    "mysql+pymysql": BackendEntry(*_SQL, extra="mysql"),
-    "mariadb": BackendEntry(*_SQL, extra="mysql"),
-    "mariadb+pymysql": BackendEntry(*_SQL, extra="mysql"),
-    "clickhouse": BackendEntry(_CH, None, extra="clickhouse", refusals=_CLICKHOUSE_STATE),
-    "clickhouses": BackendEntry(_CH, None, extra="clickhouse", refusals=_CLICKHOUSE_STATE),
-    "chdb": BackendEntry(_CH, None, extra="chdb", refusals=_CLICKHOUSE_STATE),
-    "redis": BackendEntry(*_REDIS, extra="redis"),
-    "rediss": BackendEntry(*_REDIS, extra="redis"),
-    "unix": BackendEntry(*_REDIS, extra="redis"),
-    "mongodb": BackendEntry(*_MONGO, extra="mongo"),
-    "mongodb+srv": BackendEntry(*_MONGO, extra="mongo"),
-    "json": BackendEntry(*_JSON),
-    "file": BackendEntry(*_JSON),
+    "sqlite": _SQLITE,
+    "sqlite+pysqlite": _SQLITE,
+    "postgresql": _POSTGRES,
+    "postgres": _POSTGRES,
+    "postgresql+psycopg": _POSTGRES,
+    "postgresql+psycopg2": _PSYCOPG2,
+    "mysql": _MYSQL,
+    "mysql+pymysql": _MYSQL,
+    "mariadb": _MARIADB,
+    "mariadb+pymysql": _MARIADB,
+    "clickhouse": _CLICKHOUSE,
+    "clickhouses": _CLICKHOUSE,
+    "chdb": replace(_CLICKHOUSE, extra="chdb", distributions=("clickhouse-connect", "chdb")),
+    "redis": _REDIS_ENTRY,
+    "rediss": _REDIS_ENTRY,
+    "unix": _REDIS_ENTRY,
+    "mongodb": _MONGO_ENTRY,
+    "mongodb+srv": _MONGO_ENTRY,
+    "json": _JSON_ENTRY,
+    "file": _JSON_ENTRY,
     "memory": BackendEntry(*_MEMORY),
 }
 _loaded: dict[str, type] = {}

@@ -75,3 +75,35 @@ def test_a_ttl_option_beyond_a_century_is_a_config_error(make_url):
     redis = next(b for b in BACKENDS if b.name == "redis")
     with pytest.raises(ConfigError, match="at most 3155760000 seconds"):
         open_store(make_url(redis) + "&ttl=1e300", "state")
+
+
+def test_a_postgresql_permission_error_is_a_praison_error_everywhere(make_url: Any) -> None:
+    """A user without rights on the tables: opening, migrating and reading each raise a one-line praison_db error
+    naming the cause, never the driver's exception (which no backend table lists)."""
+    import uuid
+
+    import psycopg
+
+    from praison_db import db
+    from praison_db.backends.sql import migrate, schema_version
+    from praison_db.facade import open_store
+    from tests.backends import BACKENDS
+
+    url = make_url(next(b for b in BACKENDS if b.name == "postgresql"))
+    with open_store(url, "conversations") as store:
+        store.create_session("s")
+    role = f"praison_limited_{uuid.uuid4().hex[:8]}"
+    admin_url = url.split("?", 1)[0]
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        limited = url.replace("//postgres@", f"//{role}@", 1)
+        assert limited != url
+        for call in (lambda: migrate(limited), lambda: schema_version(limited), lambda: db(limited)):
+            with pytest.raises(Error) as caught:
+                call()
+            assert type(caught.value).__module__ == "praison_db.errors"
+            assert "permission denied" in str(caught.value) and "\n" not in str(caught.value)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')

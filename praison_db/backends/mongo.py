@@ -109,7 +109,7 @@ class _SessionTaken(Exception):
 # ---- errors ----
 
 
-def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
+def _classify(error: BaseException, where: str, password: str | None) -> errors.Error | None:
     """A praison_db error for a pymongo/bson error; one line, password masked."""
     if isinstance(error, UnicodeError):
         return errors.InputError(f"{where}: ids, keys and text must be valid Unicode (no lone surrogates)")
@@ -207,12 +207,10 @@ class _Connection(SharedConnection):
             client = getattr(self, "client", None)
             if client is not None:
                 client.close()
-            translated = _classify(e, self.where, self.password)
+            translated = self.classify(e)
             if isinstance(e, (TypeError, ValueError)) and translated is None:
                 translated = errors.ConfigError(f"invalid option for {url.render()}: {str(e).splitlines()[0][:200]}")
-            if translated is None:
-                raise
-            raise translated from e
+            raise (translated or self.translate(e)) from e
         # Multi-document transactions exist on replica sets (setName) and sharded clusters (mongos).
         self.transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
 
@@ -234,7 +232,7 @@ class _Connection(SharedConnection):
         with self.client.start_session() as session:
             return session.with_transaction(attempt)
 
-    def translate(self, error: Exception) -> errors.Error | None:
+    def classify(self, error: BaseException) -> errors.Error | None:
         return _classify(error, self.where, self.password)
 
     def _dispose(self) -> None:
@@ -265,9 +263,6 @@ class _MongoStore(ConnectedStore):
                 reason="a standalone mongod has no multi-document transactions (a process dying mid-append can leave "
                 "a seq gap); run it as a replica set",
             )
-
-    def _translate_error(self, error: Exception) -> errors.Error | None:
-        return self.conn.translate(error)
 
     def _close(self) -> None:
         self.conn.release()

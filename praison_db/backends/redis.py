@@ -118,7 +118,7 @@ def _text(value: bytes | None) -> str | None:
 # ---- errors ----
 
 
-def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
+def _classify(error: BaseException, where: str, password: str | None) -> errors.Error | None:
     """A praison_db error for a redis-py error; one line, password masked."""
     if isinstance(error, UnicodeError):
         return errors.InputError(f"{where}: ids, keys and text must be valid Unicode (no lone surrogates)")
@@ -412,15 +412,12 @@ class _Connection(SharedConnection):
                 first.ping()
         except Exception as e:
             self._dispose()
-            translated = _classify(e, self.where, self.password)
-            if translated is None:
-                raise
-            raise translated from e
+            raise self.translate(e) from e
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def translate(self, error: Exception) -> errors.Error | None:
+    def classify(self, error: BaseException) -> errors.Error | None:
         return _classify(error, self.where, self.password)
 
     def _dispose(self) -> None:
@@ -458,9 +455,6 @@ class _RedisStore(ConnectedStore):
         self.conn = conn.acquire()
         self.url = conn.url
         self.r: Any = conn.client  # a redis.Redis, or a bridged redis.asyncio client for the async API
-
-    def _translate_error(self, error: Exception) -> errors.Error | None:
-        return self.conn.translate(error)
 
     def _close(self) -> None:
         self.conn.release()

@@ -13,6 +13,7 @@ from typing import Any
 
 from praison_db.aio import _AsyncIterator, _AsyncStore, open_store
 from praison_db.base import StateStore
+from praison_db.registry import StoreRole
 
 API_VARIABLE = "PRAISON_TEST_API"  # "async": the multi-process workers open async stores too
 
@@ -33,12 +34,12 @@ def loop_thread() -> LoopThread:
     return LoopThread()
 
 
-def open_blocking(url: str, role: str, **options: Any) -> Any:
+def open_blocking(url: str, role: StoreRole, **options: Any) -> Any:
     """Open an async store and return its blocking face."""
     return blocking(loop_thread().run(open_store(url, role, **options)))  # type: ignore[arg-type]
 
 
-def open_for_api(url: str, role: str, **options: Any) -> Any:
+def open_for_api(url: str, role: StoreRole, **options: Any) -> Any:
     """What the workers open: a sync store, or the blocking face of an async one when the test runs the async API."""
     if os.environ.get(API_VARIABLE) == "async":
         return open_blocking(url, role, **options)
@@ -48,7 +49,7 @@ def open_for_api(url: str, role: str, **options: Any) -> Any:
 
 
 def blocking(shell: _AsyncStore) -> Any:
-    return _blocking_class(type(shell))(shell)
+    return _blocking_class(type(shell))(shell)  # type: ignore[arg-type]
 
 
 class Blocking:

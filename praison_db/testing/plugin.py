@@ -9,13 +9,14 @@ API through a blocking face), ``conv_backend`` / ``state_backend``, ``conv_url``
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from praison_db.registry import entry_for
+from praison_db.registry import StoreRole, entry_for
 
 from . import Backend, ServerMissing, TestContext, add_backend, for_role, unavailable
 from .blocking import API_VARIABLE, open_blocking
@@ -42,7 +43,11 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--praison-url takes NAME=URL_TEMPLATE, e.g. 'mine=mystore://{{tmp}}/db', not {spec!r}")
         entry = entry_for(template.split("://", 1)[0])
         roles = tuple(r for r in ("conversations", "state") if getattr(entry, r) is not None)
-        add_backend(Backend(name, lambda ctx, t=template: t.format(tmp=ctx.tmp, uid=ctx.uid), roles=roles))
+        add_backend(Backend(name, functools.partial(_fill_template, template), roles=roles))
+
+
+def _fill_template(template: str, ctx: TestContext) -> str:
+    return template.format(tmp=ctx.tmp, uid=ctx.uid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -102,12 +107,12 @@ def api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
-def _open(api: str, url: str, role: str, backend: Backend) -> Any:
+def _open(api: str, url: str, role: StoreRole, backend: Backend) -> Any:
     if api == "async":
         return open_blocking(url, role, **backend.options)
     from praison_db.facade import open_store
 
-    return open_store(url, role, **backend.options)  # type: ignore[arg-type]
+    return open_store(url, role, **backend.options)
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from ... import errors
 from ...base import SharedConnection, resolve_options
 from ...bridge import pause
 from ...models import utcnow
+from ...registry import entry_for
 from ...url import StoreURL
 from . import schema as sql_schema
-from .engine import OPTIONS, _DRIVERS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction
+from .engine import OPTIONS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction
 from .schema import Tables, _mysql_collation, build_tables
 
 log = logging.getLogger("praison_db")
@@ -50,14 +51,11 @@ class SqlDatabase(SharedConnection):
                     f"{self.where}: the driver cannot send the user, password or database name as written "
                     f"({type(e).__name__}); use characters it can encode"
                 ) from None
-            translated = _classify(e, self.where, self.password)
-            if translated is None:
-                raise
-            raise translated from e
+            raise self.translate(e) from e
 
     # ---- engine ----
 
-    def translate(self, error: Exception) -> errors.Error | None:
+    def classify(self, error: BaseException) -> errors.Error | None:
         return _classify(error, self.where, self.password)
 
     def _dispose(self) -> None:
@@ -149,7 +147,7 @@ def _open_unprepared(url: str | StoreURL, options: dict[str, Any]) -> SqlDatabas
     from ...url import parse_url
 
     parsed = parse_url(url)
-    if parsed.scheme not in _DRIVERS:
+    if entry_for(parsed.scheme).sqlalchemy is None:
         raise errors.ConfigError(f"schema versions apply to SQL URLs (sqlite, postgresql, mysql), not {parsed.scheme}://")
     return SqlDatabase(parsed, schema="skip", **options)
 
@@ -164,7 +162,7 @@ def migrate(url: str | StoreURL, **options: Any) -> tuple[int, int]:
     except errors.Error:
         raise
     except Exception as e:
-        raise (_classify(e, database.where, database.password) or e) from e
+        raise database.translate(e) from e
     finally:
         database.release()
 
@@ -177,6 +175,6 @@ def schema_version(url: str | StoreURL, **options: Any) -> tuple[int, int]:
     except errors.Error:
         raise
     except Exception as e:
-        raise (_classify(e, database.where, database.password) or e) from e
+        raise database.translate(e) from e
     finally:
         database.release()

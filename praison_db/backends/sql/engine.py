@@ -20,6 +20,7 @@ from ... import errors
 from ...base import BOOL, POSITIVE_SECONDS, Option, check_prefix
 from ...bridge import pause
 from ...models import dumps
+from ...registry import entry_for
 from ...url import StoreURL, redacted
 
 
@@ -119,28 +120,6 @@ def _check_url(url: StoreURL, driver_args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-# scheme -> (SQLAlchemy driver name, praison-db extra, driver module)
-_DRIVERS: dict[str, tuple[str, str | None, str]] = {
-    "sqlite": ("sqlite+pysqlite", None, "sqlite3"),
-    "sqlite+pysqlite": ("sqlite+pysqlite", None, "sqlite3"),
-    "postgresql": ("postgresql+psycopg", "postgres", "psycopg"),
-    "postgres": ("postgresql+psycopg", "postgres", "psycopg"),
-    "postgresql+psycopg": ("postgresql+psycopg", "postgres", "psycopg"),
-    "postgresql+psycopg2": ("postgresql+psycopg2", None, "psycopg2"),
-    "mysql": ("mysql+pymysql", "mysql", "pymysql"),
-    "mysql+pymysql": ("mysql+pymysql", "mysql", "pymysql"),
-    "mariadb": ("mariadb+pymysql", "mysql", "pymysql"),
-    "mariadb+pymysql": ("mariadb+pymysql", "mysql", "pymysql"),
-}
-# The async API's driver for each: aiosqlite, psycopg 3's AsyncConnection, aiomysql (built on PyMySQL, so the same
-# errors, conversions and connection arguments as the sync path).
-_ASYNC_DRIVERS: dict[str, tuple[str, str]] = {
-    "sqlite+pysqlite": ("sqlite+aiosqlite", "aiosqlite"),
-    "postgresql+psycopg": ("postgresql+psycopg", "psycopg"),
-    "postgresql+psycopg2": ("postgresql+psycopg", "psycopg"),
-    "mysql+pymysql": ("mysql+aiomysql", "aiomysql"),
-    "mariadb+pymysql": ("mariadb+aiomysql", "aiomysql"),
-}
 
 
 # ---- dialect quirks: the statements that differ per dialect ----
@@ -249,7 +228,7 @@ def retry_conflicts(method: Callable[..., Any]) -> Callable[..., Any]:
     return retried
 
 
-def _classify(error: Exception, where: str, password: str | None) -> errors.Error | None:
+def _classify(error: BaseException, where: str, password: str | None) -> errors.Error | None:
     """A praison_db error for a SQLAlchemy/driver error; the message is one line with no password."""
     if isinstance(error, errors.Error):
         return error
@@ -280,9 +259,12 @@ def _classify(error: Exception, where: str, password: str | None) -> errors.Erro
 
 def _create_engine(url: StoreURL, opts: dict[str, Any], driver_args: dict[str, Any], asynchronous: bool, where: str) -> Engine:
     """The engine of a SQL URL (for the async API, the sync face of an async engine), with its dialect's hooks."""
-    drivername, extra, module = _DRIVERS[url.scheme]
-    if asynchronous:
-        drivername, module = _ASYNC_DRIVERS[drivername]
+    entry = entry_for(url.scheme)  # the scheme's dialect, driver and extra: facts of the registry
+    assert entry.sqlalchemy is not None and entry.driver is not None, f"{url.scheme}:// is not a SQL scheme"
+    drivername = entry.sqlalchemy[1 if asynchronous else 0]
+    module, extra = (entry.async_driver or entry.driver) if asynchronous else entry.driver, entry.extra
+    if module == "psycopg":
+        extra = "postgres"  # psycopg2 URLs too: the async API speaks psycopg 3
     sa_url = _sqlalchemy_url(url, drivername, driver_args)
     kwargs: dict[str, Any] = {"echo": opts["echo"], "json_serializer": lambda v: dumps(v)}
     if drivername.startswith("sqlite"):

@@ -12,7 +12,6 @@ from sqlalchemy import BindParameter, and_, bindparam, case, delete, insert, or_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
-from ... import errors
 from ...base import (
     ConnectedStore,
     MISSING,
@@ -29,7 +28,8 @@ from ...base import (
 from ...models import Message, MessageDraft, Session, dumps
 from ...url import StoreURL
 from .database import SqlDatabase
-from .engine import OPTIONS, _classify, _insert_ignore, _upsert, retry_conflicts
+from .engine import OPTIONS, _insert_ignore, _upsert, retry_conflicts
+from .schema import MIGRATIONS
 
 T = TypeVar("T")
 
@@ -51,11 +51,14 @@ class _SqlStore(ConnectedStore):
         self.url = database.url.render()
         self.t = database.tables
 
-    def _translate_error(self, error: Exception) -> errors.Error | None:
-        return self.db.translate(error)
-
     def _close(self) -> None:
         self.db.release()
+
+    def _server_version(self) -> str | None:
+        return self.db.server_version()
+
+    def _schema_version(self) -> tuple[int, int] | None:
+        return self.db.current_version(self.t), len(MIGRATIONS)
 
 
 # Rows are unpacked by position (the tables' column order, see schema.py): attribute access on a Row costs more
@@ -397,7 +400,7 @@ class SqlStateStore(_SqlStore, StateStore):
             self.purge_expired()
         except Exception as e:
             self.db.release()
-            raise (_classify(e, self.db.where, self.db.password) or e) from e
+            raise self.db.translate(e) from e
 
     @functools.cached_property
     def _get_statements(self) -> tuple[Any, Any]:
