@@ -17,7 +17,6 @@ import textwrap
 import threading
 import time
 import uuid
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any

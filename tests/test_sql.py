@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import MetaData, String, insert, inspect, text
 
-from praison_db import ConfigError, InputError, SchemaError, StoreUnavailable, db
+from praison_db import ConfigError, Error, InputError, SchemaError, StoreUnavailable, db
 from praison_db.backends.sql import migrate, schema_version
 from praison_db.backends.sql import schema as sql_schema
 from praison_db.backends.sql.database import _open_unprepared
@@ -147,7 +147,7 @@ def test_a_failed_batch_stores_nothing(server_url):
         else:
             with store.db.write() as conn:  # a stray row at seq 3 makes the second insert of the batch fail
                 conn.execute(store.t.messages.insert().values(session_id="atomic", seq=3, id="stray", role="user", content="stray", metadata={}, created_at=store.get_session("atomic").created_at))
-            with pytest.raises(Exception):
+            with pytest.raises(Error):
                 store.add_messages("atomic", [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
             with store.db.write() as conn:
                 conn.execute(store.t.messages.delete().where(store.t.messages.c.id == "stray"))

@@ -7,6 +7,7 @@ conflicts, damaged files, and streaming in constant memory.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -386,11 +387,11 @@ def test_memory_stays_flat_as_the_session_grows_tenfold(open_db, tmp_path, opera
         destination = open_db("sqlite")
         if operation == "import":
             export(source, path, state=False)
-            peaks.append(peak_bytes(lambda: import_(destination, path)))
+            peaks.append(peak_bytes(functools.partial(import_, destination, path)))
         elif operation == "export":
-            peaks.append(peak_bytes(lambda: export(source, path, state=False)))
+            peaks.append(peak_bytes(functools.partial(export, source, path, state=False)))
         else:
-            peaks.append(peak_bytes(lambda: copy(source, destination, state=False)))
+            peaks.append(peak_bytes(functools.partial(copy, source, destination, state=False)))
         assert destination.conversations.count_messages("s") in (0, n)
     small, big = peaks
     assert big < small * 1.5 + 256 * 1024, f"peak traced memory grew from {small} to {big} bytes"

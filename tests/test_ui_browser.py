@@ -132,7 +132,7 @@ def shot(driver: WebDriver, name: str) -> None:
 
 def no_alert(driver: WebDriver) -> bool:
     try:
-        driver.switch_to.alert
+        _ = driver.switch_to.alert
     except NoAlertPresentException:
         return True
     return False

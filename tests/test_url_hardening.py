@@ -267,7 +267,7 @@ def test_scrub_chain_redacts_args_and_cuts_what_it_cannot_redact() -> None:
             try:
                 raise Opaque()
             except Opaque:
-                raise OSError(f"dial redis://:{secret}@h:1 failed")
+                raise OSError(f"dial redis://:{secret}@h:1 failed")  # noqa: B904 - the implicit context is the point
         except OSError as e:
             raise StoreUnavailable("down") from e
     except StoreUnavailable as e:
