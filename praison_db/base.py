@@ -1,8 +1,19 @@
-"""The two store protocols and everything about them that does not depend on a backend.
+"""The two store protocols and the kit every backend builds on.
 
 A backend subclasses :class:`ConversationStore` or :class:`StateStore` and implements the few ``_``-prefixed
 primitives. Validation, cursors, export/import, scoping, error translation and the closed-store check live here,
 once. The async API (praison_db.aio) runs these same classes, so nothing here is written twice.
+
+The kit (``__all__``), for backends ours and third-party:
+- protocols and lifecycle: ``ConversationStore``, ``StateStore``, ``Store``, ``Capabilities``, ``closed_error``;
+- connections: ``SharedConnection`` (one pool shared by a URL's stores, closed with the last; its ``classify`` is the
+  backend's error table, ``translate`` always gives a praison_db error) and ``ConnectedStore`` (``from_url`` and
+  ``from_url_async`` over it);
+- options: ``Option``, ``resolve_options``, ``BOOL``, ``POSITIVE_SECONDS``, ``check_prefix``;
+- shared semantics: ``SessionFilter``, ``activity_key``, ``newest_window``, ``after_last``, ``missing_session``,
+  ``seq_taken``, ``incremented``, ``not_an_integer``, ``MISSING``, ``loads``, ``untranslated``.
+Validation of values lives in :mod:`praison_db.models`; running sync code on an event loop in
+:mod:`praison_db.bridge`.
 """
 
 from __future__ import annotations
@@ -41,7 +52,32 @@ from .models import (
 )
 from .url import StoreURL, redacted
 
-__all__ = ["Capabilities", "ConnectedStore", "ConversationStore", "StateStore", "SessionFilter", "SharedConnection", "Option", "EXPORT_FORMAT"]
+__all__ = [
+    "BOOL",
+    "EXPORT_FORMAT",
+    "MISSING",
+    "POSITIVE_SECONDS",
+    "Capabilities",
+    "ConnectedStore",
+    "ConversationStore",
+    "Option",
+    "SessionFilter",
+    "SharedConnection",
+    "StateStore",
+    "Store",
+    "activity_key",
+    "after_last",
+    "check_prefix",
+    "closed_error",
+    "incremented",
+    "loads",
+    "missing_session",
+    "newest_window",
+    "not_an_integer",
+    "resolve_options",
+    "seq_taken",
+    "untranslated",
+]
 
 log = logging.getLogger("praison_db")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -1145,3 +1181,11 @@ class ScopedStateStore(StateStore):
 
     def _clear(self, prefix: str) -> int:
         return self._parent._clear(self._scope + prefix)
+
+
+Store = _Store  # the lifecycle both protocols share (url, capabilities, close, context manager)
+
+
+def closed_error(store: _Store) -> StoreClosed:
+    """The StoreClosed a call on a closed ``store`` raises."""
+    return _closed_error(store)

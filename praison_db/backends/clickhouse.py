@@ -509,6 +509,12 @@ class ClickHouseConversationStore(ConversationStore):
     def _close(self) -> None:
         self._client.close()
 
+    def _server_version(self) -> str | None:
+        return str(self._client.server_version)
+
+    def _schema_version(self) -> tuple[int, int] | None:
+        return int(self._rows(f"SELECT max(version) FROM {self._tables.version}")[0][0]), len(MIGRATIONS)
+
     def _rows(self, sql: str, **parameters: Any) -> list[Sequence[Any]]:
         return list(self._client.query(sql, parameters=parameters).result_rows)
 

@@ -267,6 +267,9 @@ class _MongoStore(ConnectedStore):
     def _close(self) -> None:
         self.conn.release()
 
+    def _server_version(self) -> str | None:
+        return str(self.conn.client.server_info().get("version", "?"))
+
 
 # ---- conversations ----
 

@@ -459,6 +459,9 @@ class _RedisStore(ConnectedStore):
     def _close(self) -> None:
         self.conn.release()
 
+    def _server_version(self) -> str | None:
+        return str(self.r.info("server").get("redis_version", "?"))
+
 
 _CAPS = Capabilities()
 

@@ -389,3 +389,10 @@ def test_eight_processes_get_or_create_one_session(conv, conv_url):
     names = run_workers(get_or_create, [(conv_url, "contested", w) for w in range(8)])
     assert len(set(names)) == 1  # everyone got the same (winner's) session
     assert len(conv.list_sessions(user_id="racer")) == 1
+
+
+def test_a_fresh_store_reports_its_server_and_an_up_to_date_schema(conv):
+    version = conv.server_version()
+    assert version is None or (isinstance(version, str) and version and version != "?")
+    schema = conv.schema_version()
+    assert schema is None or (schema[0] == schema[1] >= 1)
