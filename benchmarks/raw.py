@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from praison_db.backends.jsonfile import _fsync_dir, session_file_stem  # naming and folder fsync: plain helpers
+from praison_db.files import fsync_dir as _fsync_dir, session_file_stem  # naming and folder fsync: plain helpers
 from praison_db.facade import open_store
 
 __all__ = ["RawSql", "RawJson", "RawRedis", "RawMongo", "RawClickHouse"]

@@ -22,7 +22,7 @@ import pytest
 
 import praison_db
 from praison_db import Agent, InputError, StoreUnavailable, db
-from praison_db.backends.jsonfile import session_file_stem
+from praison_db.files import session_file_stem
 from tests import servers
 from tests.backends import BACKENDS
 from tests.test_agent import _break_json_writes

@@ -25,21 +25,17 @@ naming the file; listing skips such a session with a warning, ``delete_session``
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -58,26 +54,32 @@ from ..base import (
     resolve_options,
 )
 from ..errors import Error, IntegrityError, StoreUnavailable
+from ..files import (
+    PRIVATE_FILE,
+    damage_of,
+    damaged,
+    fsync_dir,
+    is_link,
+    marked,
+    shown,
+    unsafe,
+    why_damaged,
+    make_private_dir,
+    open_private,
+    private_lock,
+    session_file_stem,
+    write_private,
+)
 from ..models import Message, MessageDraft, Session, dumps
 from ..url import StoreURL
 
-__all__ = [
-    "JsonConversationStore",
-    "JsonStateStore",
-    "DefaultSessionStore",
-    "session_file_stem",
-    "open_private",
-    "private_lock",
-    "make_private_dir",
-    "write_private",
-]
+__all__ = ["JsonConversationStore", "JsonStateStore", "DefaultSessionStore"]
 
 log = logging.getLogger("praison_db")
 
 _OPTIONS = {"lock_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for another process's lock")}
 # Tails are read backwards a block at a time, small first (most reads need one or two lines), then doubling.
 _FIRST_BLOCK, _MAX_BLOCK = 4 * 1024, 1024 * 1024
-_SLUG = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 # File times come from the kernel's coarse clock and may trail the time stamped into the data by a tick (1-10 ms).
@@ -86,177 +88,6 @@ _MTIME_SLACK_NS = 50_000_000
 
 def _ns(moment: datetime) -> int:
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1_000
-
-
-def session_file_stem(session_id: str) -> str:
-    """File name stem for a session id: readable, collision-free, and confined to the directory."""
-    digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-    slug = _SLUG.sub("_", session_id)[:48].lstrip(".") or "s"
-    return f"{slug}-{digest}"
-
-
-PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# O_NONBLOCK: a FIFO planted at a file's path would otherwise block the open forever; regular files ignore it.
-_OPEN_FLAGS = _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-_MODES = {
-    "rb": os.O_RDONLY,
-    "r+b": os.O_RDWR | os.O_CREAT,
-    "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-    "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-    "r": os.O_RDONLY,
-    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-}
-
-
-def _why(error: BaseException, what: str) -> str:
-    """What is wrong with a file's content, in a few words."""
-    if isinstance(error, UnicodeDecodeError):
-        return "not UTF-8 text"
-    if isinstance(error, json.JSONDecodeError):
-        return f"not JSON: {error.msg} (byte {error.pos})"
-    if isinstance(error, RecursionError):
-        return "JSON nested too deeply"
-    errors = getattr(error, "errors", None)  # pydantic's ValidationError
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "the top level"
-        return f"not {what}: {where}: {first.get('msg', 'invalid')}"
-    return f"not {what}"
-
-
-def _shown(path: Path, root: Path | None) -> str:
-    if root is not None:
-        try:
-            return str(path.relative_to(root))
-        except ValueError:
-            pass
-    return str(path)
-
-
-def _unsafe(path: Path, root: Path | None, what: str) -> IntegrityError:
-    where = f" in {root}" if root is not None else ""
-    return IntegrityError(
-        f"{_shown(path, root)}{where} is {what}, where praison_db keeps a file of its own; it never reads or writes "
-        "through it: remove it and retry"
-    )
-
-
-def _damaged(path: Path, root: Path | None, why: str) -> IntegrityError:
-    where = f" in {root}" if root is not None else ""
-    return _marked(IntegrityError(f"{_shown(path, root)}{where} is damaged ({why}); restore it from a backup or delete it"), why)
-
-
-def _marked(error: IntegrityError, why: str) -> IntegrityError:
-    # Marks "a regular file with the wrong content" (a session with one can still be deleted), unlike a planted link.
-    error.damaged = why  # type: ignore[attr-defined]
-    return error
-
-
-def _damage(error: IntegrityError) -> str | None:
-    return getattr(error, "damaged", None)
-
-
-def _is_link(path: Path) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _check_folders(path: Path, root: Path | None) -> None:
-    """Refuse a link at a folder of ours between ``root`` and ``path`` (O_NOFOLLOW covers only the last part)."""
-    if root is None:
-        return
-    top = os.fspath(root)
-    folder = os.path.dirname(path)  # strings, not pathlib: this runs on every read
-    while len(folder) > len(top) and folder.startswith(top):
-        if _is_link(Path(folder)):
-            raise _unsafe(Path(folder), root, "a symbolic link")
-        folder = os.path.dirname(folder)
-
-
-def open_private(path: Path, mode: str, *, root: Path | None = None, encoding: str | None = None) -> IO[Any]:
-    """Open a store file without following a symbolic link at its path; a file it creates is owner-only (0600).
-
-    ``mode`` is one of ``rb``, ``r+b`` (created if missing), ``wb``, ``ab``, ``r``, ``a``. Raises IntegrityError
-    naming the file (relative to ``root``) when a link or anything but a regular file sits at ``path``, and
-    FileNotFoundError when reading a missing file.
-    """
-    _check_folders(path, root)
-    if not _NOFOLLOW and _is_link(path):  # no O_NOFOLLOW on this OS: check first (a narrow race remains)
-        raise _unsafe(path, root, "a symbolic link")
-    try:
-        fd = os.open(path, _MODES[mode] | _OPEN_FLAGS, PRIVATE_FILE)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        # Linux says ELOOP for a link under O_NOFOLLOW, the BSDs EMLINK or EFTYPE: ask the file system instead.
-        if e.errno == errno.ELOOP or _is_link(path):
-            raise _unsafe(path, root, "a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _unsafe(path, root, "not a regular file")
-        if _MODES[mode] & os.O_CREAT and stat.S_IMODE(st.st_mode) != PRIVATE_FILE and _owned(st):
-            os.fchmod(fd, PRIVATE_FILE)  # the umask may have left group/other bits, or an older file kept them
-        return os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding=encoding or "utf-8")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _owned(st: os.stat_result) -> bool:
-    getuid = getattr(os, "getuid", None)
-    return getuid is not None and hasattr(os, "fchmod") and st.st_uid == getuid()
-
-
-def make_private_dir(path: Path, *, root: Path | None = None, own: bool = True) -> None:
-    """Create ``path`` and its missing parents owner-only (0700), whatever the umask.
-
-    With ``own`` (a folder of praison_db's own inside the store), a symbolic link or a file in its place raises
-    IntegrityError; the store folder itself may be a link the user made.
-    """
-    missing: list[Path] = []
-    cursor = path
-    while not os.path.lexists(cursor) and cursor.parent != cursor:
-        missing.append(cursor)
-        cursor = cursor.parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, PRIVATE_DIR)
-        except FileExistsError:  # another process made it meanwhile
-            continue
-        os.chmod(folder, PRIVATE_DIR)
-    if own:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise _unsafe(path, root, "a symbolic link")
-        if not stat.S_ISDIR(st.st_mode):
-            raise _unsafe(path, root, "not a folder")
-
-
-@contextmanager
-def private_lock(path: Path, timeout: float, *, root: Path | None = None, lock: FileLock | None = None) -> Iterator[None]:
-    """Hold the cross-process lock file ``path`` (owner-only, never through a symbolic link).
-
-    Raises IntegrityError for a link at ``path`` and filelock's Timeout when another process keeps it ``timeout`` s.
-    """
-    _check_folders(path, root)
-    if _is_link(path):
-        raise _unsafe(path, root, "a symbolic link")
-    lock = lock or FileLock(path, timeout=timeout, mode=PRIVATE_FILE)
-    try:
-        lock.acquire()
-    except OSError as e:
-        if e.errno == errno.ELOOP or _is_link(path):  # planted between the check and the open
-            raise _unsafe(path, root, "a symbolic link") from None
-        raise
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _cover(target: Path | int, stamp_ns: int) -> None:
@@ -288,7 +119,7 @@ def _messages_problem(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except IntegrityError:
-        return "a symbolic link" if _is_link(path) else "not a regular file"
+        return "a symbolic link" if is_link(path) else "not a regular file"
     expected = 1
     with f:
         for number, raw in enumerate(f, start=1):
@@ -301,37 +132,6 @@ def _messages_problem(path: Path) -> str | None:
                 return f"line {number} has seq {record['seq']}, after seq {expected - 1}"
             expected = record["seq"] + 1
     return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (owner-only) so that a reader or a crash sees the old or the new file, never half.
-
-    A symbolic link at ``path`` is replaced, never written through.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, PRIVATE_FILE)  # mkstemp's 0600 is still subject to the umask
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
@@ -476,9 +276,9 @@ class JsonConversationStore(ConversationStore):
         try:
             session = Session.model_validate(json.loads(data))
         except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or not the shape of a session
-            raise _damaged(path, self.directory, "empty" if not data.strip() else _why(e, "a session header")) from None
+            raise damaged(path, self.directory, "empty" if not data.strip() else why_damaged(e, "a session header")) from None
         if session.updated_at.tzinfo is None or f"{session_file_stem(session.session_id)}.session.json" != path.name:
-            raise _damaged(path, self.directory, "it does not hold this session")
+            raise damaged(path, self.directory, "it does not hold this session")
         return session
 
     def _exists(self, header_path: Path) -> bool:
@@ -488,9 +288,9 @@ class JsonConversationStore(ConversationStore):
         except FileNotFoundError:
             return False
         if stat.S_ISLNK(mode):
-            raise _unsafe(header_path, self.directory, "a symbolic link")
+            raise unsafe(header_path, self.directory, "a symbolic link")
         if not stat.S_ISREG(mode):
-            raise _unsafe(header_path, self.directory, "not a regular file")
+            raise unsafe(header_path, self.directory, "not a regular file")
         return True
 
     def _last_record(self, messages_path: Path) -> tuple[int, datetime] | None:
@@ -500,9 +300,9 @@ class JsonConversationStore(ConversationStore):
         try:
             created = datetime.fromisoformat(last[0]["created_at"])
         except ValueError:
-            raise _damaged(messages_path, self.directory, "the last message has no valid created_at") from None
+            raise damaged(messages_path, self.directory, "the last message has no valid created_at") from None
         if created.tzinfo is None:
-            raise _damaged(messages_path, self.directory, "the last message has no time zone")
+            raise damaged(messages_path, self.directory, "the last message has no time zone")
         return last[0]["seq"], created
 
     def _load(self, header_path: Path, messages_path: Path) -> Session | None:
@@ -654,14 +454,14 @@ class JsonConversationStore(ConversationStore):
     def _remove(self, session_id: str, user_id: str | None) -> bool:
         header_path, messages_path, lock_path = self._paths(session_id)
         with self._locked(lock_path):
-            if _is_link(messages_path):  # refused before anything is removed
-                raise _unsafe(messages_path, self.directory, "a symbolic link")
+            if is_link(messages_path):  # refused before anything is removed
+                raise unsafe(messages_path, self.directory, "a symbolic link")
             if not self._exists(header_path):
                 return False
             try:
                 header = self._read_header(header_path)
             except IntegrityError as e:
-                if _damage(e) is None:
+                if damage_of(e) is None:
                     raise
                 if user_id is not None:
                     raise IntegrityError(
@@ -673,7 +473,7 @@ class JsonConversationStore(ConversationStore):
                 return False
             header_path.unlink()  # the session is gone from here on; the messages file is garbage
             messages_path.unlink(missing_ok=True)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             return True
 
     def _delete_session(self, session_id: str, user_id: str | None) -> bool:
@@ -698,7 +498,7 @@ class JsonConversationStore(ConversationStore):
             except IntegrityError as e:  # damaged or planted since listed: leave it, go on with the others
                 log.warning("praison_db: skipped session %r: %s", s.session_id, e)
         if count:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return count
 
     # ---- messages ----
@@ -817,7 +617,7 @@ class JsonConversationStore(ConversationStore):
         try:
             return [Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])}) for r in records]
         except ValueError:
-            raise _damaged(messages_path, self.directory, "a message has no valid created_at") from None
+            raise damaged(messages_path, self.directory, "a message has no valid created_at") from None
 
     def _read_all(self, path: Path) -> list[dict[str, Any]]:
         try:
@@ -903,7 +703,7 @@ class JsonConversationStore(ConversationStore):
         found: list[dict[str, str]] = []
 
         def report(path: Path, problem: str) -> None:
-            found.append({"file": _shown(path, self.directory), "problem": problem})
+            found.append({"file": shown(path, self.directory), "problem": problem})
 
         headers: set[str] = set()
         with os.scandir(self.directory) as entries:
@@ -926,11 +726,11 @@ class JsonConversationStore(ConversationStore):
                 try:
                     self._read_header(path)
                 except IntegrityError as e:
-                    report(path, _damage(e) or str(e))
+                    report(path, damage_of(e) or str(e))
         reported = {d["file"] for d in found}
         for stem in sorted(headers):
             path = self.directory / f"{stem}.jsonl"
-            problem = None if _shown(path, self.directory) in reported else _messages_problem(path)
+            problem = None if shown(path, self.directory) in reported else _messages_problem(path)
             if problem:
                 report(path, problem)
         return found
@@ -1011,14 +811,14 @@ class JsonStateStore(StateStore):
         try:
             items = json.loads(data)["items"]
         except (ValueError, RecursionError, TypeError, KeyError, IndexError) as e:  # not UTF-8, not JSON, no items
-            raise self._damaged("empty" if not data.strip() else _why(e, "a state file")) from None
+            raise self._damaged("empty" if not data.strip() else why_damaged(e, "a state file")) from None
         if not isinstance(items, dict) or not all(_is_item(v) for v in items.values()):
             raise self._damaged("its items are not [value, expiry] pairs")
         now = time.time()
         return {k: v for k, v in items.items() if v[1] is None or v[1] > now}
 
     def _damaged(self, why: str) -> IntegrityError:
-        return _marked(
+        return marked(
             IntegrityError(
                 f"the state file {self.path} is damaged ({why}); restore it from a backup, or move it aside to start empty"
             ),
@@ -1029,7 +829,7 @@ class JsonStateStore(StateStore):
         """The state file or its lock file when the store cannot use them, as ``{"file": ..., "problem": ...}``."""
         found = []
         for path in (self.path, self._lock_path):
-            if _is_link(path):
+            if is_link(path):
                 found.append({"file": path.name, "problem": "a symbolic link"})
             elif path.exists() and not path.is_file():
                 found.append({"file": path.name, "problem": "not a regular file"})
@@ -1037,7 +837,7 @@ class JsonStateStore(StateStore):
             try:
                 self._read()
             except IntegrityError as e:
-                found.append({"file": self.path.name, "problem": _damage(e) or str(e)})
+                found.append({"file": self.path.name, "problem": damage_of(e) or str(e)})
         return found
 
     def _write(self, items: dict[str, list[Any]]) -> None:
