@@ -8,6 +8,11 @@ With ``db(strict=False)`` a storage failure does not stop the agent: the message
 in a JSON Lines spool file under ``<session_dir>/unsaved/``, and written (in order, before anything newer) on the
 next successful write, by this Agent or by the next one opened on the same session. Nothing is dropped silently.
 
+In async code, ``await agent.achat(text)`` does the same with an ``AsyncPraisonDB`` from ``praison_db.aio.db(...)``:
+the same turn logic runs in a bridge greenlet on the event loop, every store call is awaited on the async store, and
+the model (and each tool) is awaited when it is a coroutine function, else run in a worker thread, so the loop keeps
+serving other tasks meanwhile. With a sync ``PraisonDB``, ``achat`` runs ``chat`` in a worker thread.
+
 Every message gets its id when the Agent creates it, and every write (the first and each retry) passes that id, so a
 write that landed although the caller saw a failure, or a spooled message written by two Agents, is stored once.
 A spooled message the store later refuses as invalid is set aside in ``<session_dir>/unsaved/<name>.rejected.jsonl``
@@ -17,15 +22,20 @@ Agent uses it is created again by the next write.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .aio import AsyncPraisonDB
 from .backends.jsonfile import make_private_dir, open_private, private_lock, session_file_stem, write_private
+from .bridge import Bridged, await_, greenlet_spawn, in_bridge, in_thread
 from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound
 from .facade import PraisonDB
 from .facade import db as open_db
@@ -37,6 +47,12 @@ __all__ = ["Agent"]
 log = logging.getLogger("praison_db")
 
 _MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+# The event loop of the ``achat`` that runs ``chat`` in a worker thread (a sync PraisonDB): an async model or tool
+# called there is run on that loop. asyncio.to_thread copies the context, so the thread sees it.
+_caller_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "praison_db_agent_loop", default=None
+)
 
 
 class Agent:
@@ -55,7 +71,7 @@ class Agent:
         name: str = "Assistant",
         instructions: str | None = None,
         llm: ChatModel | str | None = None,
-        db: PraisonDB | str | os.PathLike[str] | None = None,
+        db: PraisonDB | AsyncPraisonDB | str | os.PathLike[str] | None = None,
         session_id: str | None = None,
         user_id: str | None = None,
         history_limit: int | None = 50,
@@ -68,7 +84,8 @@ class Agent:
             instructions: the system prompt; sent with every request, never stored as a message.
             llm: None or ``"offline"`` (the deterministic offline model), a model name for an OpenAI-compatible
                 endpoint, or a callable taking OpenAI-style messages (see :mod:`praison_db.llm`).
-            db: a :class:`PraisonDB` from ``praison_db.db(...)``, or a database URL; None opens ``db()`` (zero
+            db: a :class:`PraisonDB` from ``praison_db.db(...)``, an :class:`~praison_db.aio.AsyncPraisonDB` from
+                ``praison_db.aio.db(...)`` (then use :meth:`achat`), or a database URL; None opens ``db()`` (zero
                 config). A store the Agent opened itself is closed by :meth:`close`.
             session_id: the conversation to continue or start; None generates one (``agent.session_id``).
             user_id: the session's owner.
@@ -96,14 +113,19 @@ class Agent:
         self.llm = resolve_llm(llm, self.tools)
         self._session_id = new_id() if session_id is None else check_id(session_id)
 
+        self.db: PraisonDB | AsyncPraisonDB
         if db is None or isinstance(db, (str, os.PathLike)):
             self.db = open_db(db)
             self._owns_db = True
-        elif isinstance(db, PraisonDB):
+        elif isinstance(db, (PraisonDB, AsyncPraisonDB)):
             self.db = db
             self._owns_db = False
         else:
-            raise ConfigError(f"db must be what praison_db.db(...) returns (or a URL), not {type(db).__name__}")
+            raise ConfigError(
+                f"db must be what praison_db.db(...) or praison_db.aio.db(...) returns (or a URL), not {type(db).__name__}"
+            )
+        # What the turn logic calls: the db itself, or (async) a sync face whose every call is awaited in the bridge.
+        self._store: Any = Bridged(self.db) if isinstance(self.db, AsyncPraisonDB) else self.db
 
         self._history: list[dict[str, Any]] = []
         self._unsaved: list[dict[str, Any]] = []
@@ -112,6 +134,8 @@ class Agent:
         self._ready: set[str] = set()  # session ids known to exist in the store
         self._spools_read: set[str] = set()
         self._lock = threading.RLock()
+        # achat turns share the loop's thread (the RLock lets them all in): they queue on an asyncio.Lock per loop.
+        self._async_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     # ---- public ----
 
@@ -152,14 +176,40 @@ class Agent:
         Raises:
             praison_db.Error: a storage failure while ``db.strict`` is True (the default).
             InputError: ``text`` is not a string, or a message cannot be stored at all (too large).
+            ConfigError: the Agent's db is an ``AsyncPraisonDB`` or its llm is a coroutine function (use
+                :meth:`achat`).
         """
+        self._refuse_async("chat")
+        if _is_async(self.llm) and _caller_loop.get() is None:
+            raise ConfigError("this Agent's llm is a coroutine function; use await agent.achat(...)")
+        return self._chat(text)
+
+    async def achat(self, text: str) -> str:
+        """``chat`` for async code: send a user message and return the reply, both stored before this returns.
+
+        With an ``AsyncPraisonDB`` every store call is awaited and the loop serves other tasks meanwhile; an async
+        llm (a coroutine function) is awaited, a sync one runs in a worker thread. With a sync ``PraisonDB``,
+        ``chat`` runs in a worker thread. Turns of one Agent run one at a time, in the order they were awaited.
+
+        Raises: as :meth:`chat`.
+        """
+        if not isinstance(self.db, AsyncPraisonDB):
+            async with self._turn_lock():
+                token = _caller_loop.set(asyncio.get_running_loop())
+                try:
+                    return await asyncio.to_thread(self._chat, text)
+                finally:
+                    _caller_loop.reset(token)
+        return await self._bridged(self._chat, text)  # type: ignore[no-any-return]
+
+    def _chat(self, text: str) -> str:
         if not isinstance(text, str):
             raise InputError(f"chat() takes a string, not {type(text).__name__}")
         with self._lock:
             self._start()
             turn_start = len(self._history)
             self._save({"role": "user", "content": text})
-            reply = normalize_reply(self.llm(self._prompt(turn_start)))
+            reply = normalize_reply(_invoke(self.llm, self._prompt(turn_start)))
             rounds = 0
             while reply.get("tool_calls"):
                 if rounds >= self.max_tool_rounds:
@@ -170,7 +220,7 @@ class Agent:
                 self._save(reply)
                 for call in reply["tool_calls"]:
                     self._save(self._run_tool(call))
-                reply = normalize_reply(self.llm(self._prompt(turn_start)))
+                reply = normalize_reply(_invoke(self.llm, self._prompt(turn_start)))
             answer = reply.get("content") or ""
             self._save({"role": "assistant", "content": answer})
             return answer
@@ -190,7 +240,19 @@ class Agent:
 
         Raises:
             praison_db.Error: a storage failure while ``db.strict`` is True.
+            ConfigError: the Agent's db is an ``AsyncPraisonDB`` (use :meth:`aflush`).
         """
+        self._refuse_async("flush")
+        return self._flush_now()
+
+    async def aflush(self) -> int:
+        """``flush`` for async code. Returns how many messages are still unsaved."""
+        if not isinstance(self.db, AsyncPraisonDB):
+            async with self._turn_lock():
+                return await asyncio.to_thread(self._flush_now)
+        return await self._bridged(self._flush_now)  # type: ignore[no-any-return]
+
+    def _flush_now(self) -> int:
         with self._lock:
             try:
                 self._flush()
@@ -201,13 +263,32 @@ class Agent:
             return len(self._unsaved)
 
     def close(self) -> None:
-        """Close the store if this Agent opened it. Unsaved messages stay in their spool files."""
+        """Close the store if this Agent opened it. Unsaved messages stay in their spool files.
+
+        Raises:
+            ConfigError: the Agent owns an ``AsyncPraisonDB`` (use :meth:`aclose`).
+        """
+        if self._owns_db and isinstance(self.db, AsyncPraisonDB):
+            raise ConfigError("this Agent's db is an AsyncPraisonDB; use await agent.aclose()")
+        self._warn_unsaved()
+        if self._owns_db:
+            self.db.close()
+
+    async def aclose(self) -> None:
+        """``close`` for async code: close the store if this Agent opened it (an async one is awaited)."""
+        self._warn_unsaved()
+        if not self._owns_db:
+            return
+        if isinstance(self.db, AsyncPraisonDB):
+            await self.db.aclose()
+        else:
+            await asyncio.to_thread(self.db.close)
+
+    def _warn_unsaved(self) -> None:
         if self._unsaved:
             log.warning(
                 "praison_db: closing with %d unsaved messages; they are kept in %s", len(self._unsaved), self._spool_dir()
             )
-        if self._owns_db:
-            self.db.close()
 
     def __enter__(self) -> Agent:
         return self
@@ -215,8 +296,34 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     def __repr__(self) -> str:
         return f"<Agent {self.name!r} session_id={self._session_id!r} db={self.db!r}>"
+
+    # ---- async ----
+
+    def _refuse_async(self, method: str) -> None:
+        if isinstance(self.db, AsyncPraisonDB) and not in_bridge():
+            raise ConfigError(f"this Agent's db is an AsyncPraisonDB; use await agent.a{method}(...)")
+
+    def _turn_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._async_lock is None or self._async_lock[0] is not loop:
+            self._async_lock = (loop, asyncio.Lock())
+        return self._async_lock[1]
+
+    async def _bridged(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run sync turn logic in a bridge greenlet on this loop, over the async db (opened first if need be)."""
+        assert isinstance(self.db, AsyncPraisonDB)
+        async with self._turn_lock():
+            if not self.db.closed:  # a closed one is not reopened: its stores raise StoreClosed
+                await self.db.open()
+            return await greenlet_spawn(fn, *args)
 
     # ---- turns ----
 
@@ -233,7 +340,7 @@ class Agent:
             self._ensure_session(sid)
             self._flush()
             if self.history_limit != 0:
-                messages = self.db.conversations.get_messages(sid, limit=self.history_limit)
+                messages = self._store.conversations.get_messages(sid, limit=self.history_limit)
                 restored = [m.to_openai() for m in messages]
         except Error as e:
             if not self._tolerated(e):
@@ -263,7 +370,7 @@ class Agent:
             arguments = json.loads(function.get("arguments") or "{}")
             if not isinstance(arguments, dict):
                 raise TypeError("tool arguments must be a JSON object")
-            result = fn(**arguments)
+            result = _invoke(fn, **arguments)
             content = result if isinstance(result, str) else json.dumps(result, default=str)
         except Exception as e:  # the model sees the error and can recover, as with any tool
             log.warning("praison_db: tool %r failed: %s: %s", tool_name, type(e).__name__, e)
@@ -277,7 +384,7 @@ class Agent:
 
         Bad input and someone else's session are never storage failures: retrying would not help.
         """
-        return not self.db.strict and not isinstance(error, (InputError, SessionExists))
+        return not self._store.strict and not isinstance(error, (InputError, SessionExists))
 
     def _save(self, message: dict[str, Any]) -> None:
         """Store one message (after any unsaved ones) and add it to the history; keep it locally if that fails."""
@@ -304,7 +411,7 @@ class Agent:
     def _ensure_session(self, session_id: str) -> None:
         if session_id in self._ready:
             return
-        session = self.db.conversations.get_or_create_session(session_id, user_id=self.user_id, agent_id=self.name)
+        session = self._store.conversations.get_or_create_session(session_id, user_id=self.user_id, agent_id=self.name)
         if self.user_id is not None and session.user_id is not None and session.user_id != self.user_id:
             raise SessionExists(f"session {session_id!r} belongs to another user; use another session_id")
         self._ready.add(session_id)
@@ -322,7 +429,7 @@ class Agent:
             self._add(record)
 
     def _add(self, record: dict[str, Any]) -> None:
-        self.db.conversations.add_message(
+        self._store.conversations.add_message(
             record["session_id"],
             record["role"],
             record.get("content"),
@@ -392,7 +499,7 @@ class Agent:
     # ---- the spool: JSON Lines, one file per session ----
 
     def _spool_dir(self) -> Path:
-        return Path(self.db.session_dir) / "unsaved"
+        return Path(self._store.session_dir) / "unsaved"
 
     def _spool_path(self, session_id: str) -> Path:
         return self._spool_dir() / f"{session_file_stem(session_id)}.jsonl"
@@ -431,6 +538,32 @@ class Agent:
                 _write_spool(path, [r for r in _spooled(path, session_id) if r.get("id") not in ids])
         except Exception as e:  # noqa: BLE001 - already stored, and ids make the next writer's retry a no-op
             log.warning("praison_db: could not update %s: %s", path, e)
+
+
+def _is_async(fn: Any) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or (callable(fn) and inspect.iscoroutinefunction(fn.__call__))
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the model or a tool. In a bridge greenlet the loop never waits on it: a coroutine function is awaited, a
+    sync one runs in a worker thread. In a worker thread of ``achat`` an awaitable result runs on the caller's loop."""
+    if in_bridge():
+        result = fn(*args, **kwargs) if _is_async(fn) else in_thread(fn, *args, **kwargs)
+        return await_(result) if inspect.isawaitable(result) else result
+    result = fn(*args, **kwargs)
+    if not inspect.isawaitable(result):
+        return result
+    loop = _caller_loop.get()
+    if loop is None:
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: say what to do instead of warning about it
+        raise ConfigError(f"{getattr(fn, '__name__', 'the llm')} returned an awaitable; use await agent.achat(...)")
+    return asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
 
 
 def _spool_lock(path: Path) -> Any:

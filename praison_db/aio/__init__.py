@@ -16,6 +16,9 @@ How it runs, written once: an async store wraps the very store class the sync AP
   (:mod:`praison_db.bridge`): the loop serves other tasks meanwhile, and a cancelled task stops at that wait.
 - JSON files, memory and chDB run each call in a worker thread, with the same cross-process file locks, so a file's
   fsync never stalls the loop.
+- A thread cannot be stopped: a call cancelled while it runs in a worker thread, or on SQLite (whose driver runs each
+  statement in a thread), finishes before CancelledError reaches the caller. Either way a cancelled append is stored
+  whole or not at all.
 
 Iterators (``iter_messages``, ``iter_sessions``, ``keys``) are async iterators; their argument errors surface at the
 first step of the ``async for``. ``scope()`` returns a view at once (it does no I/O). Close with ``await
@@ -51,6 +54,24 @@ def _take(items: Iterator[Any], n: int) -> list[Any]:
         if len(out) >= n:
             break
     return out
+
+
+async def _to_the_end(call: Any) -> Any:
+    """Await ``call``; a cancelled caller waits for it to finish before CancelledError reaches it. For work that
+    cannot be stopped (a thread): the call has then either happened or not, instead of still changing the store (or
+    racing a close) after the caller's ``await`` returned."""
+    future = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            try:
+                await asyncio.wait([future])
+            except asyncio.CancelledError:  # cancelled again: still wait for the end
+                continue
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller was cancelled, what the call raised is not reported
+        raise
 
 
 class _AsyncIterator:
@@ -96,11 +117,16 @@ class _AsyncStore:
         self._core = core
         # Native when the store was opened on its async driver; otherwise each call goes to a worker thread.
         self._native = bool(getattr(core, "asynchronous", False)) if native is None else native
+        # aiosqlite runs every statement in a thread of its own, which a cancellation cannot stop either; throwing
+        # the connection away mid-transaction instead can leave the SQLite file write-locked. So a cancelled call on
+        # SQLite, as in a worker thread, finishes before CancelledError reaches the caller.
+        self._finish_when_cancelled = not self._native or str(getattr(core, "url", "")).startswith("sqlite")
 
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._native:
-            return await greenlet_spawn(fn, *args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        call = greenlet_spawn(fn, *args, **kwargs) if self._native else asyncio.to_thread(fn, *args, **kwargs)
+        if self._finish_when_cancelled:
+            return await _to_the_end(call)
+        return await call
 
     def _adopt(self, result: Any) -> Any:
         """A store handed back by a call (``state_store()``) is wrapped, running the same way as this one."""
