@@ -525,3 +525,55 @@ def test_achat_with_a_sync_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "async saw 1"},
         ]
+
+
+def test_achat_awaits_an_async_tool(agent_url: str, tmp_path: Path) -> None:
+    def llm(messages: list[dict[str, Any]]) -> Any:
+        if messages[-1]["role"] == "tool":
+            return f"the weather: {messages[-1]['content']}"
+        call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+    async def main() -> None:
+        async def weather(city: str) -> str:
+            await asyncio.sleep(0)
+            return f"sunny in {city}"
+
+        async with async_db(agent_url, session_dir=tmp_path) as store:
+            agent = Agent(db=store, session_id="s", llm=llm, tools={"weather": weather})
+            assert await agent.achat("weather?") == "the weather: sunny in Paris"
+            history = await store.conversations.get_history("s")
+            assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
+            assert history[2]["content"] == "sunny in Paris" and history[2]["tool_call_id"] == "call_1"
+
+    asyncio.run(main())
+
+
+def test_achat_keeps_what_it_could_not_store_and_the_next_agent_writes_it(agent_url: str, tmp_path: Path) -> None:
+    """strict=False through the async store: a closed store's failures are spooled, then written by the next Agent."""
+
+    async def main() -> None:
+        async with async_db(agent_url, session_dir=tmp_path, strict=False) as store:
+            agent = Agent(db=store, session_id="s")
+            await agent.achat("My name is Carol")
+            await store.conversations.aclose()  # every write fails from now on
+            assert await agent.achat("What's my name?") == "Your name is Carol."  # the history is in memory
+            assert [m["content"] for m in agent.unsaved] == ["What's my name?", "Your name is Carol."]
+            [spool] = (tmp_path / "unsaved").glob("*.jsonl")  # and on disk, for a process that starts after a crash
+            assert len(spool.read_text().splitlines()) == 2
+        async with async_db(agent_url, session_dir=tmp_path, strict=False) as store:
+            assert await store.conversations.count_messages("s") == 2
+            again = Agent(db=store, session_id="s")
+            assert await again.achat("What's my name?") == "Your name is Carol."
+            assert again.unsaved == []
+            history = await store.conversations.get_history("s")
+            assert [m["content"] for m in history] == [
+                "My name is Carol",
+                "Nice to meet you, Carol! This is the start of our conversation.",
+                "What's my name?",
+                "Your name is Carol.",
+                "What's my name?",
+                "Your name is Carol.",
+            ]
+
+    asyncio.run(main())
