@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .aio import AsyncPraisonDB
-from .backends.jsonfile import make_private_dir, open_private, private_lock, session_file_stem, write_private
+from .files import make_private_dir, open_private, private_lock, session_file_stem, write_private
 from .bridge import Bridged, await_, greenlet_spawn, in_bridge, in_thread
 from .errors import ConfigError, Error, InputError, SessionExists, SessionNotFound
 from .facade import PraisonDB
