@@ -27,7 +27,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,10 +45,10 @@ from praison_db import aio  # noqa: E402
 from praison_db.facade import open_store  # noqa: E402
 
 from . import raw  # noqa: E402
-from .backends import BACKENDS, BY_NAME, Backend, Location, Unavailable  # noqa: E402
+from .backends import BY_NAME, Backend, Location, Unavailable  # noqa: E402
 from .harness import PRAISON, RAW, RESUME_N, call_order, content, export, fresh_id, messages  # noqa: E402
-from .report import TARGETS, _mark, _table, _time, machine_info  # noqa: E402
-from .run import Run, log  # noqa: E402
+from .report import TARGETS, _mark, _table, _time, backends_and_machine, machine_info  # noqa: E402
+from .run import Run, chosen, log, recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 SYNC = "sync"  # the sync store, timed in the same rounds for reference
@@ -386,10 +385,9 @@ async def run_backend(backend: Backend, sizes: AioSizes) -> dict[str, Any]:
     if reason:
         log(f"[{backend.name}] not available: {reason}")
         return {"status": "not available", "reason": reason}
-    started = time.perf_counter()
     raw_label = RAW_ASYNC.get(backend.name, ("", "none (no raw async side)"))[1]
     result: dict[str, Any] = {"status": "ok", "raw_driver": raw_label}
-    try:
+    with recorded(backend.name, result):
         async with AsyncExitStack() as stack:
             location: Location = stack.enter_context(backend.location())
             astore = await aio.open_store(location.praison_url, "conversations")
@@ -415,13 +413,6 @@ async def run_backend(backend: Backend, sizes: AioSizes) -> dict[str, Any]:
             await run.append_latency(setup)
             await run.resume_latency(setup, n)
             await run.throughput(astore, store)
-    except Unavailable as e:
-        log(f"[{backend.name}] not available: {e}")
-        return {"status": "not available", "reason": str(e)}
-    except Exception as e:
-        log(f"[{backend.name}] FAILED: {type(e).__name__}: {e}")
-        result.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", traceback=traceback.format_exc())
-    result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
@@ -536,23 +527,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines.extend(["", "## Targets missed", "", *([f"- {m}" for m in missed] or ["None."])])
 
-    lines.extend(["", "## Backends", ""])
-    body = []
-    for name, r in results["backends"].items():
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-        body.append([name, status, r.get("raw_driver", "—"), r.get("server", "—"), f"{r['seconds']:.0f} s" if "seconds" in r else "—"])
-    lines.extend(_table(["backend", "status", "raw async driver", "server (durability settings)", "run time"], body))
-    notes = [f"- {name}: {r['smaller']}" for name, r in ok.items() if "smaller" in r]
-    notes += [f"- {name}: {n}" for name, r in ok.items() for n in r.get("notes", [])]
-    if notes:
-        lines.extend(["", "Notes:", "", *notes])
-
-    lines.extend(["", "## Machine", ""])
-    for key in ("code", "cpu", "cores", "ram", "os", "python", "temp_dir", "load_average_at_start", "load_average_at_end"):
-        if key in machine:
-            lines.append(f"- {key.replace('_', ' ')}: {machine[key]}")
-    lines.append("- libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()))
-    lines.extend(["", f"Sizes: `{json.dumps(sizes)}`", ""])
+    lines.extend(backends_and_machine(results, raw_header="raw async driver"))
     return "\n".join(lines)
 
 
@@ -575,11 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="", help=f"comma-separated subset of {','.join(BY_NAME)} (default: all reachable)")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.backends.split(",") if n.strip()] or [b.name for b in BACKENDS]
-    unknown = [n for n in names if n not in BY_NAME]
-    if unknown:
-        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
-    out = args.out or (ROOT / "results" if args.size == "full" else ROOT / "results" / "smoke")
+    names, out = chosen(parser, args)
     sizes = SIZES[args.size]
 
     command = "python -m benchmarks.aio " + " ".join(argv if argv is not None else sys.argv[1:])

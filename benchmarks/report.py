@@ -225,13 +225,20 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
     if analysis:
         lines.extend(["", "Why, and what would close each gap: [analysis.md](analysis.md)."])
 
-    lines.extend(["", "## Backends", ""])
+    lines.extend(backends_and_machine(results, raw_header="raw driver", smaller_mark="*"))
+    return "\n".join(lines)
+
+
+def backends_and_machine(results: dict[str, Any], *, raw_header: str, smaller_mark: str = "") -> list[str]:
+    """The closing sections of a results page: each backend's status, server and notes; the machine; the sizes."""
+    ok, machine = _ok(results), results["machine"]
+    lines = ["", "## Backends", ""]
     body = []
     for name, r in results["backends"].items():
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
         body.append([name, status, r.get("raw_driver", "—"), r.get("server", "—"), f"{r['seconds']:.0f} s" if "seconds" in r else "—"])
-    lines.extend(_table(["backend", "status", "raw driver", "server (durability settings)", "run time"], body))
-    notes = [f"- {name}*: {r['smaller']}" for name, r in ok.items() if "smaller" in r]
+    lines.extend(_table(["backend", "status", raw_header, "server (durability settings)", "run time"], body))
+    notes = [f"- {name}{smaller_mark}: {r['smaller']}" for name, r in ok.items() if "smaller" in r]
     notes += [f"- {name}: {n}" for name, r in ok.items() for n in r.get("notes", [])]
     if notes:
         lines.extend(["", "Notes:", "", *notes])
@@ -241,8 +248,8 @@ def markdown(results: dict[str, Any], plot_name: str, analysis: bool = False) ->
         if key in machine:
             lines.append(f"- {key.replace('_', ' ')}: {machine[key]}")
     lines.append("- libraries: " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()))
-    lines.extend(["", f"Sizes: `{json.dumps(sizes)}`", ""])
-    return "\n".join(lines)
+    lines.extend(["", f"Sizes: `{json.dumps(results['sizes'])}`", ""])
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

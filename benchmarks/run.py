@@ -16,8 +16,8 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -180,45 +180,62 @@ def scaled_down(sizes: Sizes, caps: Mapping[str, int]) -> Sizes:
     return replace(smaller, growth_points=tuple(n for n in smaller.growth_points if n <= smaller.bulk_messages))
 
 
+@contextmanager
+def recorded(name: str, result: dict[str, Any]) -> Iterator[None]:
+    """Time one backend's run into ``result``; its failure becomes its status there instead of ending the whole run."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Unavailable as e:
+        log(f"[{name}] not available: {e}")
+        result.clear()
+        result.update(status="not available", reason=str(e))
+        return
+    except Exception as e:
+        log(f"[{name}] FAILED: {type(e).__name__}: {e}")
+        result.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", traceback=traceback.format_exc())
+    result["seconds"] = round(time.perf_counter() - started, 1)
+
+
 def run_backend(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     reason = backend.unavailable()
     if reason:
         log(f"[{backend.name}] not available: {reason}")
         return {"status": "not available", "reason": reason}
-    started = time.perf_counter()
     result: dict[str, Any] = {"status": "ok", "raw_driver": backend.raw_label}
-    try:
-        with backend.location() as location, ExitStack() as stack:
-            sides: dict[str, Any] = {PRAISON: PraisonSide(location.praison_url, location.tmp / "home")}
-            stack.callback(sides[PRAISON].close)
-            if location.raw is not None:
-                sides[RAW] = location.raw()
-                stack.callback(sides[RAW].close)
-                result["server"] = sides[RAW].version()
-            smaller = scaled_down(sizes, location.smaller)
-            if smaller != sizes:
-                sizes = smaller
-                result["sizes"] = asdict(sizes)
-                caps = ", ".join(f"{k}={v:,}" for k, v in location.smaller.items())
-                result["smaller"] = f"run with {caps}: {location.why_smaller}"
-            run = Run(backend.name, sides, sizes, location)
-            result["metrics"], result["notes"] = run.metrics, run.notes
-            log(f"[{backend.name}] {result.get('server', 'in-process')}")
-            run.append()
-            big = run.bulk_import()
-            run.resume(big)  # before growth appends to the same session: exactly bulk_messages long
-            run.growth(big)
-            run.list()
-            if backend.state:
-                run.state()
-    except Unavailable as e:
-        log(f"[{backend.name}] not available: {e}")
-        return {"status": "not available", "reason": str(e)}
-    except Exception as e:
-        log(f"[{backend.name}] FAILED: {type(e).__name__}: {e}")
-        result.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", traceback=traceback.format_exc())
-    result["seconds"] = round(time.perf_counter() - started, 1)
+    with recorded(backend.name, result), backend.location() as location, ExitStack() as stack:
+        sides: dict[str, Any] = {PRAISON: PraisonSide(location.praison_url, location.tmp / "home")}
+        stack.callback(sides[PRAISON].close)
+        if location.raw is not None:
+            sides[RAW] = location.raw()
+            stack.callback(sides[RAW].close)
+            result["server"] = sides[RAW].version()
+        smaller = scaled_down(sizes, location.smaller)
+        if smaller != sizes:
+            sizes = smaller
+            result["sizes"] = asdict(sizes)
+            caps = ", ".join(f"{k}={v:,}" for k, v in location.smaller.items())
+            result["smaller"] = f"run with {caps}: {location.why_smaller}"
+        run = Run(backend.name, sides, sizes, location)
+        result["metrics"], result["notes"] = run.metrics, run.notes
+        log(f"[{backend.name}] {result.get('server', 'in-process')}")
+        run.append()
+        big = run.bulk_import()
+        run.resume(big)  # before growth appends to the same session: exactly bulk_messages long
+        run.growth(big)
+        run.list()
+        if backend.state:
+            run.state()
     return result
+
+
+def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], Path]:
+    """The backends named by --backends (all when none) and the output folder (--out, else by --size)."""
+    names = [n.strip() for n in args.backends.split(",") if n.strip()] or [b.name for b in BACKENDS]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
+    return names, args.out or (ROOT / "results" if args.size == "full" else ROOT / "results" / "smoke")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,11 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         written = write_report(json.loads(args.render.read_text(encoding="utf-8")), args.out or args.render.parent)
         log(f"wrote {', '.join(str(p) for p in written)}")
         return 0
-    names = [n.strip() for n in args.backends.split(",") if n.strip()] or [b.name for b in BACKENDS]
-    unknown = [n for n in names if n not in BY_NAME]
-    if unknown:
-        parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
-    out = args.out or (ROOT / "results" if args.size == "full" else ROOT / "results" / "smoke")
+    names, out = chosen(parser, args)
     sizes = SIZES[args.size]
 
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])

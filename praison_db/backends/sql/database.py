@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, insert, select
 from sqlalchemy import exc as sa_exc
@@ -23,6 +23,7 @@ from .engine import OPTIONS, _check_url, _classify, _create_engine, _is_retryabl
 from .schema import Tables, _mysql_collation, build_tables
 
 log = logging.getLogger("praison_db")
+T = TypeVar("T")
 
 
 class SqlDatabase(SharedConnection):
@@ -152,29 +153,30 @@ def _open_unprepared(url: str | StoreURL, options: dict[str, Any]) -> SqlDatabas
     return SqlDatabase(parsed, schema="skip", **options)
 
 
-def migrate(url: str | StoreURL, **options: Any) -> tuple[int, int]:
-    """Bring the schema of a SQL database up to date. Returns (version before, version after). Idempotent."""
+def _with_schema(url: str | StoreURL, options: dict[str, Any], work: Callable[[SqlDatabase], T]) -> T:
+    """Run ``work`` on a database opened without touching its schema; errors as praison_db errors; closed after."""
     database = _open_unprepared(url, options)
     try:
-        before = database.current_version(database.tables)
-        database.upgrade(database.tables)
-        return before, database.current_version(database.tables)
+        return work(database)
     except errors.Error:
         raise
     except Exception as e:
         raise database.translate(e) from e
     finally:
         database.release()
+
+
+def _upgrade(database: SqlDatabase) -> tuple[int, int]:
+    before = database.current_version(database.tables)
+    database.upgrade(database.tables)
+    return before, database.current_version(database.tables)
+
+
+def migrate(url: str | StoreURL, **options: Any) -> tuple[int, int]:
+    """Bring the schema of a SQL database up to date. Returns (version before, version after). Idempotent."""
+    return _with_schema(url, options, _upgrade)
 
 
 def schema_version(url: str | StoreURL, **options: Any) -> tuple[int, int]:
     """(the database's schema version, the version this praison-db expects), without changing anything."""
-    database = _open_unprepared(url, options)
-    try:
-        return database.current_version(database.tables), len(sql_schema.MIGRATIONS)
-    except errors.Error:
-        raise
-    except Exception as e:
-        raise database.translate(e) from e
-    finally:
-        database.release()
+    return _with_schema(url, options, lambda database: (database.current_version(database.tables), len(sql_schema.MIGRATIONS)))
