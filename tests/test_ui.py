@@ -30,7 +30,7 @@ from praison_db.facade import PraisonDB  # noqa: E402
 from praison_db.ui import create_app  # noqa: E402
 from tests import servers  # noqa: E402
 from tests.backends import Backend  # noqa: E402
-from tests.conftest import server_url  # noqa: E402
+from praison_db.testing.plugin import server_url  # noqa: E402
 
 XSS = "<script>alert(1)</script>"
 BASE = "http://127.0.0.1"
