@@ -203,3 +203,22 @@ def test_a_session_deleted_and_created_elsewhere_is_read_afresh(directory):
         assert store.add_message("s", "user", "retry", id="m2").content == "second life"
         m = store.add_message("s", "user", "new", id="m1")
         assert (m.seq, m.content) == (2, "new")
+
+
+def test_state_reads_see_every_write_of_another_store_on_the_same_file(tmp_path):
+    """Reads keep the parsed file: a write by another store object (another process alike), even one of the same
+    size within the same clock tick, is seen by the very next read; and a returned value is the caller's own copy."""
+    from praison_db.backends.jsonfile import JsonStateStore
+
+    reader, writer = JsonStateStore(tmp_path / "state.json"), JsonStateStore(tmp_path / "state.json")
+    writer.set("doc", {"n": 1})
+    assert reader.get("doc") == {"n": 1}
+    for i in range(300):
+        writer.set("x", f"v{i:04d}")  # every file the same size, written faster than file times tick
+        assert reader.get("x") == f"v{i:04d}"
+        assert reader.get_many(["x", "doc"]) == {"x": f"v{i:04d}", "doc": {"n": 1}}
+    mine = reader.get("doc")
+    mine["n"] = 2
+    assert reader.get("doc") == {"n": 1}
+    writer.delete("x")
+    assert reader.get("x") is None and not reader.exists("x")

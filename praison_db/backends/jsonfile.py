@@ -25,6 +25,7 @@ naming the file; listing skips such a session with a warning, ``delete_session``
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -769,11 +770,26 @@ def _directory(url: StoreURL) -> Path:
     return Path(url.path)
 
 
+@dataclass
+class _Parsed:
+    """The state file as last read: its items and the file's identity (inode, size, times) when read."""
+
+    signature: tuple[int, int, int, int]
+    items: dict[str, list[Any]]
+    settled: bool  # read well after its last change: any later write must show a different signature
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class JsonStateStore(StateStore):
     """StateStore in one JSON file, rewritten atomically under a cross-process lock.
 
     Each write rewrites the file, so it suits the modest state of one agent machine; use Redis, MongoDB or SQL
-    for large or busy state.
+    for large or busy state. Reads keep the parsed file and parse it again only when the file has changed (one
+    ``lstat`` per read): every write replaces the file, and a file read well after its last change is trusted only
+    while its inode, size and times are unchanged.
     """
 
     OPTIONS = _OPTIONS
@@ -785,6 +801,7 @@ class JsonStateStore(StateStore):
         self._lock_path = Path(f"{self.path}.lock")
         self._lock_timeout = lock_timeout
         self._lock_object = FileLock(self._lock_path, timeout=lock_timeout, mode=PRIVATE_FILE)
+        self._parsed: _Parsed | None = None
 
     def _locked(self) -> Any:
         return private_lock(self._lock_path, self._lock_timeout, root=self.path.parent, lock=self._lock_object)
@@ -802,11 +819,28 @@ class JsonStateStore(StateStore):
         return None
 
     def _read(self) -> dict[str, list[Any]]:
-        """key -> [value, expires_at or None], without expired entries."""
+        """key -> [value, expires_at or None], without expired entries (a new dict with new pairs: callers may
+        change them; the values themselves are shared with the parsed copy and must not be changed)."""
+        items = self._items()
+        now = time.time()
+        return {k: [v[0], v[1]] for k, v in items.items() if v[1] is None or v[1] > now}
+
+    def _items(self) -> dict[str, list[Any]]:
+        """The file's items, parsed again only when the file changed since the last (settled) read."""
+        try:
+            current = _signature(os.lstat(self.path))
+        except FileNotFoundError:
+            self._parsed = None
+            return {}
+        parsed = self._parsed
+        if parsed is not None and parsed.settled and parsed.signature == current:
+            return parsed.items
         try:
             with open_private(self.path, "rb", root=self.path.parent) as f:
+                st = os.fstat(f.fileno())  # the identity of exactly what is read
                 data = f.read()
         except FileNotFoundError:
+            self._parsed = None
             return {}
         try:
             items = json.loads(data)["items"]
@@ -814,8 +848,11 @@ class JsonStateStore(StateStore):
             raise self._damaged("empty" if not data.strip() else why_damaged(e, "a state file")) from None
         if not isinstance(items, dict) or not all(_is_item(v) for v in items.values()):
             raise self._damaged("its items are not [value, expiry] pairs")
-        now = time.time()
-        return {k: v for k, v in items.items() if v[1] is None or v[1] > now}
+        # File times come from a coarse clock: a write within a tick of this one could leave the same times (and a
+        # reused inode, the same size); only a file older than the slack is trusted to change its signature.
+        settled = time.time_ns() - st.st_mtime_ns > _MTIME_SLACK_NS
+        self._parsed = _Parsed(_signature(st), items, settled)
+        return items
 
     def _damaged(self, why: str) -> IntegrityError:
         return marked(
@@ -843,9 +880,14 @@ class JsonStateStore(StateStore):
     def _write(self, items: dict[str, list[Any]]) -> None:
         write_private(self.path, json.dumps({"format": "praison_db.state/v1", "items": items}, ensure_ascii=False))
 
+    def _live(self, key: str, items: dict[str, list[Any]], now: float) -> list[Any] | None:
+        item = items.get(key)
+        return item if item is not None and (item[1] is None or item[1] > now) else None
+
     def _get_many(self, keys: list[str]) -> dict[str, Any]:
-        items = self._read()
-        return {k: items[k][0] for k in keys if k in items}
+        items, now = self._items(), time.time()
+        # Copies: a caller changing a returned dict or list must not change what later reads return.
+        return {k: copy.deepcopy(item[0]) for k in keys if (item := self._live(k, items, now)) is not None}
 
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
         with self._locked():
@@ -871,7 +913,7 @@ class JsonStateStore(StateStore):
             return new
 
     def _expires_at(self, key: str) -> float | None:
-        item = self._read().get(key)
+        item = self._live(key, self._items(), time.time())
         return item[1] if item else None
 
     def _expire(self, key: str, expires_at: float | None) -> bool:
