@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from praison_db import Agent, ConfigError, InputError, SessionNotFound, StoreClosed
+from praison_db import Agent, ConfigError, InputError, SessionNotFound, StoreClosed, StoreUnavailable
 from praison_db import db as sync_db
 from praison_db.aio import db as async_db
 from praison_db.aio import open_store
@@ -575,5 +575,25 @@ def test_achat_keeps_what_it_could_not_store_and_the_next_agent_writes_it(agent_
                 "What's my name?",
                 "Your name is Carol.",
             ]
+
+    asyncio.run(main())
+
+
+def test_tasks_awaiting_one_db_at_once_share_one_connection(tmp_path: Path) -> None:
+    """Two tasks awaiting the same db(...) object at once open it once; a failed open can be tried again."""
+    from praison_db.aio import db
+
+    async def main() -> None:
+        store = db(f"sqlite:///{tmp_path}/one.db")
+        first, second = await asyncio.gather(store.open(), store.open())
+        assert first is second is store
+        opened = store.sync_db
+        await store.open()
+        assert store.sync_db is opened
+        await store.aclose()
+        refused = db("postgresql://nobody@127.0.0.1:1/x?connect_timeout=1")
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable):
+                await refused
 
     asyncio.run(main())

@@ -34,7 +34,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ClassVar
 
-from ..base import ConversationStore, StateStore, _closed_error, _Store
+from ..base import ConversationStore, StateStore, Store, closed_error
 from ..bridge import greenlet_spawn
 from ..errors import ConfigError
 from ..facade import PraisonDB, _open, assemble
@@ -100,7 +100,7 @@ class _AsyncIterator:
             self._buffer.reverse()
             self._done = not self._buffer
         if self._store.closed:  # what was fetched before close() is not handed out after it
-            raise _closed_error(self._store._core)
+            raise closed_error(self._store._core)
         if not self._buffer:
             raise StopAsyncIteration
         return self._buffer.pop()
@@ -109,11 +109,11 @@ class _AsyncIterator:
 class _AsyncStore:
     """What both async stores share: the sync store they run, how they run it, lifecycle."""
 
-    _protocol: ClassVar[type[_Store]]
+    _protocol: ClassVar[type[Store]]
     _sync_names: ClassVar[frozenset[str]] = frozenset()  # methods that return at once, without I/O
     _iterator_names: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, core: _Store, *, native: bool | None = None) -> None:
+    def __init__(self, core: Store, *, native: bool | None = None) -> None:
         self._core = core
         # Native when the store was opened on its async driver; otherwise each call goes to a worker thread.
         self._native = bool(getattr(core, "asynchronous", False)) if native is None else native
@@ -130,7 +130,7 @@ class _AsyncStore:
 
     def _adopt(self, result: Any) -> Any:
         """A store handed back by a call (``state_store()``) is wrapped, running the same way as this one."""
-        return wrap(result, native=self._native) if isinstance(result, _Store) else result
+        return wrap(result, native=self._native) if isinstance(result, Store) else result
 
     @property
     def url(self) -> str:
@@ -145,7 +145,7 @@ class _AsyncStore:
         return self._core.closed
 
     @property
-    def sync_store(self) -> _Store:
+    def sync_store(self) -> Store:
         """The sync store underneath (for code that runs it in a thread or a bridge greenlet itself)."""
         return self._core
 
@@ -241,7 +241,7 @@ def _shell_class(core_class: type) -> type[_AsyncStore]:
     return shell
 
 
-def wrap(store: _Store, *, native: bool | None = None) -> Any:
+def wrap(store: Store, *, native: bool | None = None) -> Any:
     """The async face of a sync store object. ``native`` (default: whether it was opened on an async driver) runs
     its calls in a bridge greenlet on the loop; otherwise they go to worker threads."""
     if not isinstance(store, (ConversationStore, StateStore)):
@@ -258,6 +258,7 @@ class AsyncPraisonDB:
     def __init__(self, opener: Callable[[], PraisonDB]) -> None:
         self._opener = opener
         self._db: PraisonDB | None = None
+        self._opening: asyncio.Future[PraisonDB] | None = None
         self._stores: dict[str, Any] = {}
         self._closed = False
 
@@ -266,9 +267,17 @@ class AsyncPraisonDB:
         if self._closed:
             raise ConfigError("this AsyncPraisonDB is closed; open a new one with db(...)")
         if self._db is None:
-            core = await greenlet_spawn(self._opener)
-            self._stores = {"conversations": wrap(core.conversations), "state": wrap(core.state)}
-            self._db = core
+            if self._opening is None:  # one connect however many tasks await the same db(...) at once
+                self._opening = asyncio.ensure_future(greenlet_spawn(self._opener))
+            try:
+                core = await asyncio.shield(self._opening)
+            except BaseException:
+                if self._opening.done():
+                    self._opening = None  # a failed open may be tried again
+                raise
+            if self._db is None:
+                self._stores = {"conversations": wrap(core.conversations), "state": wrap(core.state)}
+                self._db = core
         return self
 
     def __await__(self) -> Any:
