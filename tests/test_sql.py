@@ -332,3 +332,31 @@ def test_version_1_database_upgrades_and_keeps_working(backend, make_url):
         assert [m.id for m in conv.get_messages("old", limit=4)] == [long_id, "Case", "case", "case "]
     with open_store(url, "conversations") as conv:  # opening again is a no-op
         assert conv.count_messages("old") == 7
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_once_idle_past_the_ping_window(server_url):
+    """Connections are pinged before use only after an idle second (a busy store saves a round trip per call): the
+    server killing a pooled connection costs the next call after that second a reconnect, not an error."""
+    from sqlalchemy import create_engine
+
+    from praison_db.backends.sql.engine import PING_AFTER_IDLE_SECONDS
+    from praison_db.facade import open_store
+    from praison_db.testing import wait_past
+
+    with open_store(server_url, "conversations") as store:
+        store.create_session("s")
+        with store.db.read() as conn:
+            if conn.dialect.name == "postgresql":
+                pid, kill = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar(), "SELECT pg_terminate_backend({})"
+            else:
+                pid, kill = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar(), "KILL {}"
+        admin = create_engine(store.db.engine.url)  # a connection of its own does the killing
+        try:
+            with admin.connect() as other:
+                other.exec_driver_sql(kill.format(int(pid)))
+                other.commit()
+        finally:
+            admin.dispose()
+        wait_past(time.time() + PING_AFTER_IDLE_SECONDS)
+        for i in range(3):
+            assert store.add_message("s", "user", f"after {i}").seq == i + 1
