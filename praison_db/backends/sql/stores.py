@@ -238,39 +238,9 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         count = select(s.message_count).where(s.session_id == bindparam("sid"))
         return bump, count, insert(self.t.messages)
 
-    @functools.cached_property
-    def _append_one_statement(self) -> Any:
-        """PostgreSQL: one message in one statement, its own transaction (autocommit): a data-modifying CTE bumps the
-        counter (taking the session's row lock) and the INSERT numbers the message from it. One round trip instead of
-        four (BEGIN, UPDATE, INSERT, COMMIT); None where the dialect cannot (no UPDATE ... RETURNING in a CTE)."""
-        if self.db.dialect != "postgresql":
-            return None
-        s, m = self.t.sessions.c, self.t.messages
-        bumped = (
-            update(self.t.sessions)
-            .where(s.session_id == bindparam("sid"))
-            .values(message_count=s.message_count + 1, updated_at=_later(s.updated_at, bindparam("now", type_=s.updated_at.type)))
-            .returning(s.message_count)
-            .cte("bumped")
-        )
-        # Parameters named apart from the sessions' columns: SQLAlchemy would read a "name" or "metadata" key as
-        # another SET of the UPDATE.
-        picks = [bumped.c.message_count if c.name == "seq" else bindparam(f"m_{c.name}", type_=c.type) for c in m.columns]
-        return insert(m).from_select([c.name for c in m.columns], select(*picks).select_from(bumped)).returning(m.c.seq)
-
-    def _append_one(self, session_id: str, draft: MessageDraft, now: datetime) -> list[Message]:
-        params = {f"m_{k}": v for k, v in _message_row(draft.stamp(session_id, 0, now)).items()}
-        with self.db.read() as conn:  # autocommit on PostgreSQL: the statement commits itself
-            seq = conn.execute(self._append_one_statement, {**params, "sid": session_id, "now": now}).scalar()
-        if seq is None:  # no session row to bump: nothing was inserted
-            raise missing_session(session_id)
-        return [draft.stamp(session_id, int(seq), now)]
-
     @retry_conflicts
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
         try:
-            if len(drafts) == 1 and self._append_one_statement is not None:
-                return self._append_one(session_id, drafts[0], now)
             return self._append_new(session_id, drafts, now)
         except sa_exc.IntegrityError:
             # The unique (session_id, id) index refused an id the session already holds (a retried append): that
