@@ -44,7 +44,6 @@ __all__ = ["db", "open_store", "AsyncPraisonDB", "AsyncConversationStore", "Asyn
 
 # Items an async iterator fetches per hop to the worker thread or greenlet (a hop costs tens of microseconds).
 _BATCH = 64
-_END: Any = object()
 
 
 def _take(items: Iterator[Any], n: int) -> list[Any]:
@@ -109,7 +108,6 @@ class _AsyncIterator:
 class _AsyncStore:
     """What both async stores share: the sync store they run, how they run it, lifecycle."""
 
-    _protocol: ClassVar[type[Store]]
     _sync_names: ClassVar[frozenset[str]] = frozenset()  # methods that return at once, without I/O
     _iterator_names: ClassVar[frozenset[str]] = frozenset()
 
@@ -208,7 +206,6 @@ class AsyncConversationStore(_AsyncStore):
     """A ConversationStore, awaited: every method of :class:`praison_db.base.ConversationStore` as a coroutine
     (``iter_messages`` and ``iter_sessions`` as async iterators)."""
 
-    _protocol = ConversationStore
     _iterator_names = frozenset({"iter_messages", "iter_sessions"})
 
 
@@ -216,7 +213,6 @@ class AsyncStateStore(_AsyncStore):
     """A StateStore, awaited: every method of :class:`praison_db.base.StateStore` as a coroutine (``keys`` as an
     async iterator, ``scope`` at once)."""
 
-    _protocol = StateStore
     _sync_names = frozenset({"scope"})
     _iterator_names = frozenset({"keys"})
 
