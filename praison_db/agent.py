@@ -341,7 +341,7 @@ class Agent:
             self._flush()
             if self.history_limit != 0:
                 messages = self._store.conversations.get_messages(sid, limit=self.history_limit)
-                restored = [m.to_openai() for m in messages]
+                restored = [chat for chat in (m.to_openai() for m in messages) if chat is not None]
         except Error as e:
             if not self._tolerated(e):
                 raise

@@ -635,35 +635,53 @@ class ConversationStore(_Store, ABC):
     def add_message(
         self,
         session_id: str,
-        role: str,
-        content: str | None,
+        role: str | None,
+        content: Any,
         *,
         id: str | None = None,
+        type: str | None = None,
         name: str | None = None,
         tool_calls: list[dict[str, Any]] | None = None,
         tool_call_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Message:
         """Append one message; durable when this returns.
 
         Args:
+            role: any short name ("user", "assistant", "developer", ...); None for a typed item without a role.
+            content: a string, None, or any JSON value (a list of content parts, a dict).
             id: the message's id (1-255 characters, no NUL), unique in the session; None generates one. If the
                 session already holds a message with this id, nothing is stored and that message is returned, so
                 a retried append never stores a turn twice.
+            type: the item's type, e.g. "message", "function_call", "reasoning".
+            extra: the item's other fields (a JSON dict), returned as given.
 
         Raises:
             SessionNotFound: create the session first (``get_or_create_session``).
-            InputError: unknown role, non-string content, non-JSON metadata or tool_calls, a bad id.
+            InputError: a bad role or type, content or metadata that JSON cannot hold exactly, a bad id.
         """
         check_id(session_id)
         draft = MessageDraft.build(
-            role, content, id=id, name=name, tool_calls=tool_calls, tool_call_id=tool_call_id, metadata=metadata
+            role,
+            content,
+            id=id,
+            type=type,
+            name=name,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            metadata=metadata,
+            extra=extra,
         )
         return self._add(session_id, [draft])[0]
 
     @_operation
     def add_messages(self, session_id: str, messages: Iterable[Mapping[str, Any] | Message]) -> list[Message]:
         """Append several messages in order, in one transaction where the backend has them (all or nothing).
+
+        Each item is a dict in any framework's shape (an OpenAI chat message, a Responses API item such as a
+        ``function_call`` or ``reasoning`` item, ...) or a Message; its fields beyond the message model are kept in
+        ``extra`` and :meth:`Message.to_item` gives the item back exactly.
 
         An item may carry an ``"id"``: one the session already holds is returned as stored and not appended again,
         and an id repeated within the batch is stored once. The others get contiguous seqs, in order.
@@ -773,8 +791,37 @@ class ConversationStore(_Store, ABC):
         return None
 
     def get_history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-        """The newest ``limit`` messages as OpenAI-style dicts, ready to send to a chat model."""
-        return [m.to_openai() for m in self.get_messages(session_id, limit=limit)]
+        """The newest ``limit`` messages as OpenAI chat messages, ready to send to a chat model.
+
+        Of those messages, the ones a chat model takes are included (role system, developer, user, assistant or
+        tool; no type or type "message"); typed items such as function calls and reasoning are left out (see
+        :meth:`Message.to_openai`), so fewer than ``limit`` dicts can come back.
+        """
+        chat = (m.to_openai() for m in self.get_messages(session_id, limit=limit))
+        return [m for m in chat if m is not None]
+
+    @_operation
+    def pop_message(self, session_id: str) -> Message | None:
+        """Remove the session's newest message and return it; None when the session has none (or does not exist).
+
+        Atomic: concurrent pops each get a different message. The next append takes the freed seq, so seqs stay
+        1..n without gaps or repeats.
+        """
+        check_id(session_id)
+        return self._pop(session_id, utcnow())
+
+    @_operation
+    def truncate(self, session_id: str, after_seq: int) -> int:
+        """Remove every message with ``seq > after_seq``, atomically; the session stays. Returns how many were
+        removed (0 for a missing session). The next append gets ``after_seq + 1``."""
+        check_id(session_id)
+        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+            raise InputError("after_seq must be a non-negative integer seq (0 removes every message)")
+        return self._truncate(session_id, min(int(after_seq), MAX_INT64), utcnow())
+
+    def clear_messages(self, session_id: str) -> int:
+        """Remove every message of the session, atomically, and keep the session. Returns how many."""
+        return self.truncate(session_id, 0)
 
     @_operation
     def count_messages(self, session_id: str) -> int:
@@ -828,7 +875,7 @@ class ConversationStore(_Store, ABC):
         check_json_dict(session.metadata)
         for m in messages:
             check_id(m.id, "message id")
-            MessageDraft.build(m.role, m.content, name=m.name, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, metadata=m.metadata)
+            MessageDraft.coerce(m)
         seqs = [m.seq for m in messages]
         if seqs != list(range(1, len(messages) + 1)) or any(m.session_id != session.session_id for m in messages):
             raise InputError("import_session: messages must belong to the session and have seqs 1..n in order")
@@ -902,6 +949,16 @@ class ConversationStore(_Store, ABC):
     @abstractmethod
     def _import(self, session: Session, messages: list[Message]) -> bool:
         """Store a whole session as given; False (and no change) if the id exists."""
+
+    def _pop(self, session_id: str, now: datetime) -> Message | None:
+        """Remove and return the newest message, atomically; None if there is none. message_count drops by one
+        (the next append takes the freed seq) and updated_at moves to ``now``."""
+        raise ConfigError(f"{type(self).__name__} cannot remove messages; use a backend that can")
+
+    def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
+        """Remove the messages with ``seq > after_seq`` atomically and return how many; message_count drops by that
+        many and updated_at moves to ``now`` when any went. 0 for a missing session."""
+        raise ConfigError(f"{type(self).__name__} cannot remove messages; use a backend that can")
 
 
 def missing_session(session_id: str) -> SessionNotFound:

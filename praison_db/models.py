@@ -16,14 +16,30 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import InputError
 
-__all__ = ["Message", "Session", "Page", "Role", "SessionType", "MAX_ID_LENGTH", "MAX_CONTENT_BYTES", "MAX_JSON_DEPTH"]
+__all__ = [
+    "Message",
+    "Session",
+    "Page",
+    "Role",
+    "SessionType",
+    "CHAT_ROLES",
+    "MAX_ID_LENGTH",
+    "MAX_ROLE_LENGTH",
+    "MAX_CONTENT_BYTES",
+    "MAX_JSON_DEPTH",
+]
 
-Role = Literal["system", "user", "assistant", "tool"]
+# Any short name is a role ("developer", "critic", a framework's own); these are the ones chat models take.
+Role = str
+CHAT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
 SessionType = Literal["agent", "team", "workflow"]
-ROLES: tuple[str, ...] = get_args(Role)
 SESSION_TYPES: tuple[str, ...] = get_args(SessionType)
 
 MAX_ID_LENGTH = 255
+# Roles and item types are short names; 64 characters leaves room for namespaced ones ("ai.example/critic").
+MAX_ROLE_LENGTH = 64
+# Fields of a message that are not part of an item's own fields: they come from the store or name a column.
+MESSAGE_FIELDS = frozenset({"id", "role", "type", "content", "name", "tool_calls", "tool_call_id", "metadata"})
 # Content up to 16 MB is accepted everywhere (MySQL LONGTEXT and MongoDB's 16 MB document cap set the bound).
 MAX_CONTENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
 # Nesting of user JSON (metadata, tool_calls, state values), the outermost list or dict counting as 1. MariaDB's
@@ -69,25 +85,69 @@ class _Model(BaseModel):
 
 
 class Message(_Model):
-    """One turn of a conversation, as stored.
+    """One turn of a conversation, or any item a framework keeps in one (a function call, a reasoning item), as
+    stored.
 
     ``seq`` numbers the messages of one session from 1 without gaps, in the order they were appended.
+
+    - ``role``: any short name ("user", "developer", a framework's own), or None for a typed item without one.
+    - ``type``: the item's type where it has one ("message", "function_call", "reasoning", ...).
+    - ``content``: a string, None, or any JSON value (a list of content parts, a dict).
+    - ``extra``: the item's other fields, kept as given (``status``, ``call_id``, ``arguments``, ...). When the
+      item carried its own ``id`` it is kept here too, so :meth:`to_item` gives back exactly what was added.
     """
 
     id: str
     session_id: str
     seq: int
-    role: Role
-    content: str | None = None
+    role: str | None = None
+    content: Any = None
+    type: str | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
 
-    def to_openai(self) -> dict[str, Any]:
-        """The message as an OpenAI-style chat message dict (only the fields that are set)."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+    def to_item(self) -> dict[str, Any]:
+        """The item as it was added: its own fields, no store fields (seq, session_id, created_at).
+
+        ``content`` is present when the item has a role or a content; ``name``, ``type``, ``tool_calls`` and
+        ``tool_call_id`` when set; ``metadata`` when not empty; ``id`` when the item carried one.
+        """
+        out: dict[str, Any] = dict(self.extra)
+        if self.type is not None:
+            out["type"] = self.type
+        if self.role is not None:
+            out["role"] = self.role
+        if self.role is not None or self.content is not None:
+            out["content"] = self.content
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+    def to_openai(self) -> dict[str, Any] | None:
+        """The message as an OpenAI chat message dict (only the fields that are set), or None for an item a chat
+        model does not take.
+
+        Included: messages whose role is system, developer, user, assistant or tool and whose type is None or
+        "message". Content parts written in the Responses API's form (``input_text``, ``output_text``) become chat
+        ``text`` parts; other content is passed as stored. Left out: typed items (function calls, reasoning) and
+        other roles; :meth:`to_item` returns those.
+        """
+        if self.role not in CHAT_ROLES or self.type not in (None, "message"):
+            return None
+        content = self.content
+        if isinstance(content, list):
+            content = [_chat_part(part) for part in content]
+        out: dict[str, Any] = {"role": self.role, "content": content}
         if self.name is not None:
             out["name"] = self.name
         if self.tool_calls:
@@ -95,6 +155,13 @@ class Message(_Model):
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
         return out
+
+
+def _chat_part(part: Any) -> Any:
+    """A Responses API text part as the chat API's text part; any other part unchanged."""
+    if isinstance(part, dict) and part.get("type") in ("input_text", "output_text") and isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    return part
 
 
 class Session(_Model):
@@ -172,10 +239,25 @@ def check_optional_text(value: object, what: str) -> str | None:
     return check_text(value, what)
 
 
-def check_role(value: object) -> str:
-    if not isinstance(value, str) or value not in ROLES:
-        raise InputError(f"role must be one of {', '.join(ROLES)}; got {_preview(value)}")
-    return value
+def check_name(value: object, what: str) -> str | None:
+    """A role or an item type: None or a non-empty string of at most MAX_ROLE_LENGTH characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what} must be a non-empty string or None, got {_preview(value)}")
+    if len(value) > MAX_ROLE_LENGTH:
+        raise InputError(f"{what} is {len(value)} characters long; use at most {MAX_ROLE_LENGTH}")
+    if "\x00" in value:
+        raise InputError(f"{what} must not contain NUL characters")
+    return check_text(value, what)
+
+
+def check_role(value: object, kind: str | None = None) -> str | None:
+    """Any short role name; None only for a typed item (one with a ``type``)."""
+    role = check_name(value, "role")
+    if role is None and kind is None:
+        raise InputError("a message needs a role (e.g. 'user'); an item without one needs a type (e.g. 'function_call')")
+    return role
 
 
 def check_session_type(value: object) -> str:
@@ -253,16 +335,34 @@ def check_json_dict(value: object, what: str = "metadata") -> dict[str, Any]:
     return json.loads(encode_json(dict(value), what))
 
 
-def check_content(value: object) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InputError(f"content must be a string or None, got {type(value).__name__}")
-    if value is not None and len(value) > MAX_CONTENT_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
-        raise InputError(f"content is larger than {MAX_CONTENT_BYTES // (1024 * 1024)} MB; store it elsewhere and keep a reference")
-    if value is not None:
+def _too_large(what: str) -> InputError:
+    return InputError(f"{what} is larger than {MAX_CONTENT_BYTES // (1024 * 1024)} MB; store it elsewhere and keep a reference")
+
+
+def check_content(value: object) -> Any:
+    """A string (no NUL: PostgreSQL cannot store it), None, or any JSON value (a list of parts, a dict); a detached
+    copy of JSON content."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if len(value) > MAX_CONTENT_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENT_BYTES:
+            raise _too_large("content")
         if "\x00" in value:
             raise InputError("content must not contain NUL characters (PostgreSQL cannot store them); strip them first")
-        check_text(value, "content")
-    return value
+        return check_text(value, "content")
+    text = encode_json(value, "content")
+    if len(text) > MAX_CONTENT_BYTES // 4 and len(text.encode("utf-8")) > MAX_CONTENT_BYTES:
+        raise _too_large("content")
+    return json.loads(text)
+
+
+def check_extra(value: object) -> dict[str, Any]:
+    """An item's own fields beyond the message model: a JSON dict whose keys are not message fields."""
+    extra = check_json_dict(value, "extra")
+    clash = sorted(MESSAGE_FIELDS.intersection(extra).difference({"id"}))
+    if clash:
+        raise InputError(f"extra must not hold {', '.join(clash)}: pass them as the message's own arguments")
+    return extra
 
 
 def check_tool_calls(value: object) -> list[dict[str, Any]] | None:
@@ -301,12 +401,14 @@ class MessageDraft(BaseModel):
     # True when the shared base drew the id: a fresh random id cannot be stored yet, so a store without a unique
     # index (ClickHouse) can skip looking it up.
     generated: bool = False
-    role: Role
-    content: str | None = None
+    role: str | None = None
+    content: Any = None
+    type: str | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def build(
@@ -315,40 +417,66 @@ class MessageDraft(BaseModel):
         content: object,
         *,
         id: object = None,
+        type: object = None,
         name: object = None,
         tool_calls: object = None,
         tool_call_id: object = None,
         metadata: object = None,
+        extra: object = None,
     ) -> MessageDraft:
+        kind = check_name(type, "type")
         return cls.model_construct(
             id=check_optional_id(id, "message id"),
-            role=check_role(role),
+            role=check_role(role, kind),
             content=check_content(content),
+            type=kind,
             name=check_optional_text(name, "name"),
             tool_calls=check_tool_calls(tool_calls),
             tool_call_id=check_optional_text(tool_call_id, "tool_call_id"),
             metadata=check_json_dict(metadata),
+            extra=check_extra(extra),
         )
 
     @classmethod
     def coerce(cls, item: object) -> MessageDraft:
-        """Accept a Message, a draft, or an OpenAI-style dict."""
+        """Accept a Message, a draft, or an item dict: an OpenAI chat message, a Responses API item, any framework's.
+
+        The message fields (role, content, type, name, tool_calls, tool_call_id, metadata, id) are read from the
+        item; every other field is kept in ``extra``. An item's own ``id`` is the message id and is kept in
+        ``extra`` too, so :meth:`Message.to_item` returns the item as given.
+        """
         if isinstance(item, MessageDraft):
             return item
         if isinstance(item, Message):
-            item = item.model_dump()
+            return cls.build(
+                item.role,
+                item.content,
+                id=item.id,
+                type=item.type,
+                name=item.name,
+                tool_calls=item.tool_calls,
+                tool_call_id=item.tool_call_id,
+                metadata=item.metadata,
+                extra=item.extra,
+            )
         if not isinstance(item, Mapping):
             raise InputError(f"each message must be a dict with 'role' and 'content', got {type(item).__name__}")
-        if "role" not in item:
-            raise InputError("each message needs a 'role'")
+        if item.get("role") is None and item.get("type") is None:
+            raise InputError("each message needs a 'role' (e.g. 'user'), or a 'type' for an item without one")
+        extra = {k: v for k, v in item.items() if k not in MESSAGE_FIELDS}
+        if "id" in item:
+            extra["id"] = item["id"]
+        item_id = item.get("id")
         return cls.build(
-            item["role"],
+            item.get("role"),
             item.get("content"),
-            id=item.get("id"),
+            id=item_id if isinstance(item_id, str) or item_id is None else _bad_id(item_id),
+            type=item.get("type"),
             name=item.get("name"),
             tool_calls=item.get("tool_calls"),
             tool_call_id=item.get("tool_call_id"),
             metadata=item.get("metadata"),
+            extra=extra,
         )
 
     def with_new_id(self) -> MessageDraft:
@@ -361,9 +489,36 @@ class MessageDraft(BaseModel):
             seq=seq,
             role=self.role,
             content=self.content,
+            type=self.type,
             name=self.name,
             tool_calls=self.tool_calls,
             tool_call_id=self.tool_call_id,
             metadata=self.metadata,
+            extra=self.extra,
             created_at=created_at,
         )
+
+
+def _bad_id(value: object) -> str:
+    raise InputError(f"message id must be a non-empty string, got {type(value).__name__}")
+
+
+# ---- how tables with a fixed set of columns keep the open fields (SQL, ClickHouse) ----
+
+
+def packed_extra(message: Message) -> dict[str, Any] | None:
+    """The one JSON column a table keeps for the open fields: ``extra``, plus the content when it is not text (the
+    text column holds strings). "content" is never a key of ``extra``, so the two cannot be confused."""
+    if message.content is None or isinstance(message.content, str):
+        return message.extra or None
+    return {**message.extra, "content": message.content}
+
+
+def unpacked_extra(content: str | None, packed: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """(content, extra) from the text column and the JSON column :func:`packed_extra` wrote."""
+    if not packed:
+        return content, {}
+    if "content" in packed:
+        packed = dict(packed)
+        return packed.pop("content"), packed
+    return content, packed

@@ -171,6 +171,35 @@ class MemoryConversationStore(ConversationStore):
     def _count_messages(self, session_id: str) -> int:
         return len(self._d.messages.get(session_id, ()))
 
+    def _pop(self, session_id: str, now: datetime) -> Message | None:
+        with self._d.lock:
+            messages = self._d.messages.get(session_id)
+            if not messages:
+                return None
+            return self._drop(session_id, len(messages) - 1, now)[0]
+
+    def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
+        with self._d.lock:
+            messages = self._d.messages.get(session_id)
+            if not messages:
+                return 0
+            keep = next((i for i in range(len(messages), 0, -1) if messages[i - 1].seq <= after_seq), 0)
+            return len(self._drop(session_id, keep, now))
+
+    def _drop(self, session_id: str, keep: int, now: datetime) -> list[Message]:
+        """Remove the messages from index ``keep`` on (the lock is held); the removed ones, oldest first."""
+        messages = self._d.messages[session_id]
+        gone, messages[keep:] = messages[keep:], []
+        known = self._d.ids[session_id]
+        for m in gone:
+            known.pop(m.id, None)
+        if gone:
+            session = self._d.sessions[session_id]
+            self._d.sessions[session_id] = session.model_copy(
+                update={"message_count": session.message_count - len(gone), "updated_at": max(now, session.updated_at)}
+            )
+        return gone
+
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
         with self._d.lock:
             session = self._d.sessions.get(session_id)

@@ -65,3 +65,10 @@ def incr_many(barrier: Any, url: str, key: str, count: int) -> int:
         for _ in range(count):
             last = store.incr(key)
         return last
+
+
+def pop_many(barrier: Any, url: str, session_id: str, count: int) -> list[int | None]:
+    with open_for_api(url, "conversations") as store:
+        store.get_session(session_id)
+        barrier.wait()
+        return [None if (m := store.pop_message(session_id)) is None else m.seq for _ in range(count)]

@@ -21,6 +21,7 @@ ARGUMENTS: dict[str, Any] = {
     "data": {},
     "user_id": "u",
     "older_than": timedelta(days=1),
+    "after_seq": 0,
     "key": "k",
     "value": 1,
     "keys": ["k"],

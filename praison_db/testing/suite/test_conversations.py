@@ -202,11 +202,11 @@ def test_bad_input_is_rejected_and_changes_nothing(conv):
         lambda: conv.create_session("t", metadata={"s": {1, 2}}),
         lambda: conv.create_session("t", metadata={"nan": float("nan")}),
         lambda: conv.create_session("t", metadata=["not", "a", "dict"]),  # type: ignore[arg-type]
-        lambda: conv.add_message("ok", "wizard", "x"),
-        lambda: conv.add_message("ok", "user", 42),  # type: ignore[arg-type]
+        lambda: conv.add_message("ok", "", "x"),
+        lambda: conv.add_message("ok", "user", b"bytes"),
         lambda: conv.add_message("ok", "user", "x", metadata={"o": object()}),
         lambda: conv.add_message("ok", "assistant", None, tool_calls="not a list"),  # type: ignore[arg-type]
-        lambda: conv.add_messages("ok", [{"role": "user", "content": "fine"}, {"role": "bogus", "content": "x"}]),
+        lambda: conv.add_messages("ok", [{"role": "user", "content": "fine"}, {"role": "x" * 65, "content": "x"}]),
         lambda: conv.add_messages("ok", [{"content": "no role"}]),
         lambda: conv.get_messages("ok", limit=-1),
         lambda: conv.list_sessions(limit=0),
