@@ -69,6 +69,40 @@ def test_a_new_migration_is_applied_on_open_and_data_survives(sql_url, monkeypat
     assert schema_version(sql_url) == (LATEST + 1, LATEST + 1) and migrate(sql_url) == (LATEST + 1, LATEST + 1)
 
 
+def test_a_database_written_before_open_items_migrates_and_reads_unchanged(sql_url, monkeypatch):
+    """Schema version 4 had no type/extra columns and 16-character roles; its rows read back as they were."""
+    with monkeypatch.context() as old:
+        old.setattr(sql_schema, "MIGRATIONS", sql_schema.MIGRATIONS[:4])
+        with open_store(sql_url, "conversations") as store:
+            store.create_session("old", user_id="alice")
+            table, dialect = store.t.messages.name, store.db.engine.dialect.name
+            with store.db.write() as conn:  # back to version 4's layout exactly, then a row as version 4 wrote it
+                for column in ("type", "extra"):
+                    conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+                if dialect == "postgresql":
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN role TYPE VARCHAR(16)")
+                elif dialect != "sqlite":
+                    conn.exec_driver_sql(f"ALTER TABLE {table} MODIFY role VARCHAR(16) NOT NULL")
+                row = {
+                    "session_id": "old", "seq": 1, "id": "v4", "role": "assistant", "content": None, "name": None,
+                    "tool_calls": [{"id": "c", "type": "function"}], "tool_call_id": None, "metadata": {"n": 1},
+                    "created_at": datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
+                }
+                conn.execute(insert(store.t.messages).values(**row))
+                conn.execute(store.t.sessions.update().values(message_count=1))
+    with open_store(sql_url, "conversations") as store:
+        assert schema_version(sql_url) == (LATEST, LATEST)
+        (kept,) = store.get_messages("old")
+        assert kept.model_dump(exclude={"type", "extra"}) == row
+        assert (kept.type, kept.extra) == (None, {})
+        assert kept.to_item() == {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}], "metadata": {"n": 1}}
+        long_role = "r" * 64
+        added = store.add_messages("old", [{"role": long_role, "content": {"a": [1]}}, {"type": "reasoning", "summary": []}])
+        assert [m.to_item() for m in store.get_messages("old")[1:]] == [m.to_item() for m in added]
+        assert added[0].to_item() == {"role": long_role, "content": {"a": [1]}}
+    assert migrate(sql_url) == (LATEST, LATEST)  # a re-run finds nothing left to do
+
+
 def test_a_newer_schema_is_refused(sql_url):
     with open_store(sql_url, "conversations") as store:
         stamp = store.get_or_create_session("x").created_at

@@ -37,6 +37,8 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = ["Tables", "build_tables", "MIGRATIONS", "Migration"]
 
+ROLE_LENGTH = 64  # models.MAX_ROLE_LENGTH: roles and item types
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, with microseconds on every dialect.
@@ -140,13 +142,18 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
         Column("session_id", key(255), ForeignKey(sessions.c.session_id, ondelete="CASCADE"), primary_key=True),
         Column("seq", BigInteger, primary_key=True, autoincrement=False),
         Column("id", key(255), nullable=False),
-        Column("role", String(16), nullable=False),
+        # "" for a typed item without a role: no role is empty, so it cannot be mistaken for one, and tables made
+        # before roles were optional keep their NOT NULL (SQLite cannot drop it without rebuilding the table).
+        Column("role", String(ROLE_LENGTH), nullable=False),
         Column("content", _LONG_TEXT),
         Column("name", _LONG_TEXT),
         Column("tool_calls", _JSON),
         Column("tool_call_id", _LONG_TEXT),
         Column("metadata", _JSON, nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
+        Column("type", String(ROLE_LENGTH)),
+        # The item's own fields beyond the columns, and content that is not text (models.packed_extra).
+        Column("extra", _JSON),
         # Message ids are unique per session: this index is what makes a retried append store nothing.
         Index(f"{prefix}messages_id", "session_id", "id", unique=True),
         **table_args,
@@ -237,6 +244,30 @@ def _v4_json_verbatim(conn: Connection, tables: Tables) -> None:
             conn.execute(text(f'ALTER TABLE "{table.name}" ALTER COLUMN "{column}" TYPE json USING "{column}"::text::json'))
 
 
+def _v5_open_items(conn: Connection, tables: Tables) -> None:
+    """Messages hold any item: roles up to 64 characters, and the new ``type`` and ``extra`` columns.
+
+    Rows written before keep type and extra NULL, which read back as no type and no other fields. Each step checks
+    what is there first, so a re-run after a crash half-way (MySQL DDL is not transactional) does only what is left.
+    """
+    m = tables.messages
+    name = conn.dialect.identifier_preparer.format_table(m)
+    quote = conn.dialect.identifier_preparer.quote
+    columns = {c["name"]: c for c in inspect(conn).get_columns(m.name)}
+    for column in (m.c.type, m.c.extra):
+        if column.name not in columns:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {quote(column.name)} {kind}")
+    # SQLite does not enforce VARCHAR lengths; the others hold 16 characters until widened.
+    length = getattr(columns["role"]["type"], "length", None)
+    if conn.dialect.name != "sqlite" and length is not None and length < ROLE_LENGTH:
+        role = quote("role")
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"ALTER TABLE {name} ALTER COLUMN {role} TYPE VARCHAR({ROLE_LENGTH})")
+        else:
+            conn.exec_driver_sql(f"ALTER TABLE {name} MODIFY {role} VARCHAR({ROLE_LENGTH}) NOT NULL")
+
+
 # Append-only: MIGRATIONS[i] brings a database from version i to i + 1. Never edit a released entry; add one.
 # Each must be safe to re-run after a crash half-way (DDL is not transactional on MySQL).
-MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids, _v3_mysql_long_text, _v4_json_verbatim]
+MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids, _v3_mysql_long_text, _v4_json_verbatim, _v5_open_items]

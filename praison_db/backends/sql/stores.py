@@ -25,7 +25,7 @@ from ...base import (
     missing_session,
     after_last,
 )
-from ...models import Message, MessageDraft, Session, dumps
+from ...models import Message, MessageDraft, Session, dumps, packed_extra, unpacked_extra
 from ...url import StoreURL
 from .database import SqlDatabase
 from .engine import OPTIONS, _insert_ignore, _upsert, retry_conflicts
@@ -91,17 +91,20 @@ def _chunks(values: list[T]) -> Iterator[list[T]]:
 
 
 def _message_from_row(row: Any) -> Message:
-    session_id, seq, id, role, content, name, tool_calls, tool_call_id, metadata, created_at = row
+    session_id, seq, id, role, content, name, tool_calls, tool_call_id, metadata, created_at, kind, packed = row
+    content, extra = unpacked_extra(content, packed)
     return Message.trusted(
         id=id,
         session_id=session_id,
         seq=seq,
-        role=role,
+        role=role or None,  # "" is how the column holds "no role"
         content=content,
+        type=kind,
         name=name,
         tool_calls=tool_calls,
         tool_call_id=tool_call_id,
         metadata=metadata or {},
+        extra=extra,
         created_at=created_at,
     )
 
@@ -111,13 +114,15 @@ def _message_row(m: Message) -> dict[str, Any]:
         "session_id": m.session_id,
         "seq": m.seq,
         "id": m.id,
-        "role": m.role,
-        "content": m.content,
+        "role": m.role or "",
+        "content": m.content if isinstance(m.content, str) else None,
         "name": m.name,
         "tool_calls": m.tool_calls,
         "tool_call_id": m.tool_call_id,
         "metadata": m.metadata,
         "created_at": m.created_at,
+        "type": m.type,
+        "extra": packed_extra(m),
     }
 
 
@@ -359,6 +364,47 @@ class SqlConversationStore(_SqlStore, ConversationStore):
                 .values(message_count=s.message_count + len(fresh), updated_at=_later(s.updated_at, stamp))
             )
         return len(fresh)
+
+    @retry_conflicts
+    def _pop(self, session_id: str, now: datetime) -> Message | None:
+        with self.db.write() as conn:
+            if not self._lock_session(conn, session_id):
+                return None
+            # A locking read, as in _append_known: the newest committed row, not an older snapshot's.
+            row = conn.execute(self._newest.with_for_update(), {"sid": session_id, "n": 1}).first()
+            if row is None:
+                return None
+            message = _message_from_row(row)
+            m = self.t.messages.c
+            conn.execute(delete(self.t.messages).where(m.session_id == session_id, m.seq == message.seq))
+            self._lower_count(conn, session_id, 1, now)
+        return message
+
+    @retry_conflicts
+    def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
+        m = self.t.messages.c
+        with self.db.write() as conn:
+            if not self._lock_session(conn, session_id):
+                return 0
+            removed = conn.execute(delete(self.t.messages).where(m.session_id == session_id, m.seq > after_seq)).rowcount
+            if removed:
+                self._lower_count(conn, session_id, removed, now)
+        return int(removed)
+
+    def _lock_session(self, conn: Connection, session_id: str) -> bool:
+        """Take the session's row lock, which queues removals behind appends; False if the session is missing."""
+        s = self.t.sessions.c
+        return conn.execute(select(s.message_count).where(s.session_id == session_id).with_for_update()).first() is not None
+
+    def _lower_count(self, conn: Connection, session_id: str, removed: int, now: datetime) -> None:
+        """message_count down by ``removed`` (the next append takes the freed seqs) and activity now."""
+        s = self.t.sessions.c
+        stamp = bindparam("at", now, type_=s.updated_at.type)
+        conn.execute(
+            update(self.t.sessions)
+            .where(s.session_id == session_id)
+            .values(message_count=s.message_count - removed, updated_at=_later(s.updated_at, stamp))
+        )
 
     @functools.cached_property
     def _newest_seq(self) -> Any:
