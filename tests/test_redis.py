@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from praison_db import ConfigError, StoreUnavailable
 from praison_db.facade import open_store
+from praison_db.testing.blocking import open_blocking
+from praison_db.testing.suite.test_numbers import same
 from tests import servers
 from tests.backends import BACKENDS
 from tests.servers import wait_past
@@ -181,6 +187,105 @@ def test_refused_port_is_unavailable_quickly_with_the_password_masked():
     assert time.monotonic() - start < 10
     text = str(info.value)
     assert "s3cret" not in text and "***" in text and "\n" not in text
+
+
+# ---- the previous message layout ----
+
+# Message bodies exactly as the previous version wrote them: "id", "role", "created_at" (µs) first, then the fields
+# that were set; never a "type" or "extra", and a role on every message.
+OLD_BODIES = [
+    '{"id":"m1","role":"system","created_at":1700000000000001,"content":"Sois bref, s\'il te plaît."}',
+    '{"id":"m2","role":"user","created_at":1700000000000002,"content":"Quel temps fait-il ?","name":"alice","metadata":{"lang":"fr","n":-0.0}}',
+    '{"id":"m3","role":"assistant","created_at":1700000000000003,"tool_calls":[{"id":"c1","type":"function","function":{"name":"weather","arguments":"{}"}}]}',
+    '{"id":"m4","role":"tool","created_at":1700000000000004,"content":"21 °C","tool_call_id":"c1"}',
+]
+OLD_ITEMS = [
+    {"role": "system", "content": "Sois bref, s'il te plaît."},
+    {"role": "user", "content": "Quel temps fait-il ?", "name": "alice", "metadata": {"lang": "fr", "n": -0.0}},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+    {"role": "tool", "content": "21 °C", "tool_call_id": "c1"},
+]
+
+
+def write_old_session(raw: redis.Redis, prefix: str, session_id: str, *, indexed: bool) -> None:
+    """A session as the previous version stored it; ``indexed=False`` is the older layout without the id index."""
+    raw.hset(
+        f"{prefix}:s:{session_id}",
+        mapping={"session_type": "agent", "metadata": "{}", "created_at": "1700000000000000", "updated_at": "1700000000000004", "message_count": "4"},
+    )
+    raw.rpush(f"{prefix}:m:{session_id}", *OLD_BODIES)
+    if indexed:
+        raw.hset(f"{prefix}:i:{session_id}", mapping={f"m{i}": str(i) for i in range(1, 5)})
+    raw.zadd(f"{prefix}:activity", {session_id: 1700000000000004})
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["with-id-index", "without-id-index"])
+def test_messages_of_the_previous_layout_read_pop_truncate_and_continue(url, raw, api, indexed):
+    p = prefix_of(url)
+    write_old_session(raw, p, "old", indexed=indexed)
+    with _open(api, url) as conv:
+        messages = conv.get_messages("old")
+        assert [(m.seq, m.id, m.type, m.extra) for m in messages] == [(i, f"m{i}", None, {}) for i in range(1, 5)]
+        assert same([m.to_item() for m in messages], OLD_ITEMS)
+        assert messages[1].created_at == datetime(2023, 11, 14, 22, 13, 20, 2, tzinfo=timezone.utc)
+        assert [h["role"] for h in conv.get_history("old")] == ["system", "user", "assistant", "tool"]
+        assert same([m.to_item() for m in conv.get_messages("old", limit=2)], OLD_ITEMS[2:])
+        # Removing old messages frees their seqs and ids, as with new ones.
+        popped = conv.pop_message("old")
+        assert (popped.seq, popped.id) == (4, "m4") and same(popped.to_item(), OLD_ITEMS[3])
+        assert conv.add_message("old", "tool", {"temp": 21.0}, id="m4", tool_call_id="c1").seq == 4
+        assert conv.truncate("old", 1) == 3
+        again = conv.add_message("old", "user", "Et demain ?", id="m2")
+        assert (again.seq, again.content) == (2, "Et demain ?")
+        assert conv.add_message("old", "user", "retry", id="m1").content == "Sois bref, s'il te plaît."
+        assert [m.id for m in conv.get_messages("old")] == ["m1", "m2"]
+        assert conv.get_session("old").message_count == conv.count_messages("old") == 2
+        assert raw.hgetall(f"{p}:i:old") == {b"m1": b"1", b"m2": b"2"}
+
+
+def _open(api: str, url: str) -> Any:
+    return open_blocking(url, "conversations") if api == "async" else open_store(url, "conversations")
+
+
+# ---- removing messages keeps the id index exact ----
+
+# Ids with the characters JSON escapes: the scripts read an id from the start of a stored body.
+_ids = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=40)
+
+
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(_ids | st.sampled_from(['"', "\\", '\\"', 'a"b\\', "é\U0001f600"]), min_size=1, max_size=6, unique=True), keep=st.integers(0, 6))
+def test_pop_and_truncate_drop_exactly_the_removed_ids_from_the_index(url, raw, ids, keep):
+    p, s = prefix_of(url), "s-" + uuid.uuid4().hex
+    with open_store(url, "conversations") as conv:
+        conv.create_session(s)
+        conv.add_messages(s, [{"role": "user", "content": i, "id": i} for i in ids])
+        assert conv.pop_message(s).id == ids[-1]
+        kept = ids[: min(keep, len(ids) - 1)]
+        assert conv.truncate(s, keep) == len(ids) - 1 - len(kept)
+        assert raw.hgetall(f"{p}:i:{s}") == {i.encode(): str(n).encode() for n, i in enumerate(kept, 1)}
+        # A removed id is stored anew; a kept one is still a repeat.
+        again = conv.add_messages(s, [{"role": "user", "content": "new", "id": i} for i in ids])
+        assert [m.content for m in again] == kept + ["new"] * (len(ids) - len(kept))
+        assert [m.seq for m in again] == list(range(1, len(ids) + 1))
+
+
+def test_removal_refreshes_the_session_ttl_and_activity(make_url, raw):
+    url = make_url(REDIS) + "&ttl=600"
+    p = url.split("prefix=", 1)[1].split("&", 1)[0]
+    with open_store(url, "conversations") as conv:
+        conv.create_session("t", user_id="alice")
+        conv.add_messages("t", [{"role": "user", "content": str(i)} for i in range(3)])
+        raw.pexpire(f"{p}:s:t", 5_000)
+        before = raw.zscore(f"{p}:u:alice", "t")
+        conv.pop_message("t")
+        assert 595_000 < raw.pttl(f"{p}:s:t") <= 600_000
+        assert raw.zscore(f"{p}:activity", "t") == raw.zscore(f"{p}:u:alice", "t") >= before
+        raw.pexpire(f"{p}:s:t", 5_000)
+        assert conv.clear_messages("t") == 2
+        assert 595_000 < raw.pttl(f"{p}:s:t") <= 600_000
+        assert raw.exists(f"{p}:m:t", f"{p}:i:t") == 0
+        assert conv.add_message("t", "user", "after").seq == 1 and 0 < raw.pttl(f"{p}:m:t") <= 600_000
 
 
 # ---- restart (last in this file: it restarts the machine's Redis) ----

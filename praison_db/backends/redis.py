@@ -16,7 +16,8 @@ Key layout (``p`` is the prefix; ids are used verbatim, they are the last part o
 
 - ``p:s:<session_id>``  hash: user_id, agent_id, session_type, name, metadata (JSON), created_at and updated_at
   (integer microseconds since the epoch), message_count, ttl_ms.
-- ``p:m:<session_id>``  list of message JSON; the message with seq ``n`` is at index ``n - 1``.
+- ``p:m:<session_id>``  list of message JSON (``id`` first, then the fields that are set: role, type, content of
+  any JSON type, name, tool_calls, tool_call_id, metadata, extra); the message with seq ``n`` is at index ``n - 1``.
 - ``p:i:<session_id>``  hash: message id -> seq; the append script checks it, so an id is stored once per session.
 - ``p:activity``, ``p:u:<user_id>``, ``p:g:<agent_id>``  sorted sets of session ids scored by updated_at (µs):
   list-by-activity walks one of them, newest first, without touching other keys.
@@ -26,7 +27,9 @@ Key layout (``p`` is the prefix; ids are used verbatim, they are the last part o
 
 Guarantees: an append is one Lua script (atomic on the server): it checks the session exists, bumps the counter,
 pushes the messages, moves ``updated_at`` (never backwards) and the activity indexes, and refreshes the TTL, so seqs
-are gap-free across any number of processes. The newest N messages are one LRANGE. Scores are integer microseconds,
+are gap-free across any number of processes. Pop and truncate are scripts too: they cut the list's tail, drop the
+removed ids from the id index and lower the counter to the list's length (the next append takes the freed seq), so
+concurrent pops each get a different message. The newest N messages are one LRANGE. Scores are integer microseconds,
 exact in a double up to 2**53, so the activity order keeps full timestamp precision; ties break on the session id,
 descending, as Redis orders equal scores bytewise. ``incr`` is Redis INCRBY on the JSON text (a JSON integer *is*
 its decimal text), limited to 64-bit integers. ``keys``/``clear`` use SCAN (never KEYS) and UNLINK in batches.
@@ -181,6 +184,25 @@ local function push(M, first)
     redis.call('RPUSH', M, unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
 end
+local function body_id(body)
+  -- Every body starts with {"id":"...": decode that one JSON string, not a body that may hold 16 MB of content.
+  if string.sub(body, 1, 7) ~= '{"id":"' then return cjson.decode(body)['id'] end
+  local i = 8
+  while true do
+    local c = string.byte(body, i)
+    if c == 34 then return cjson.decode(string.sub(body, 7, i)) end
+    if c == 92 then i = i + 2 else i = i + 1 end
+  end
+end
+-- After messages were removed: the counter follows the list (the next append takes the freed seq), and removal is
+-- activity (updated_at, indexes, TTL).
+local function shrunk(p, sid, count, now_us, ttl, now_ms)
+  local S = p .. ':s:' .. sid
+  redis.call('HSET', S, 'message_count', count)
+  local up = later(S, now_us)
+  redis.call('HSET', S, 'updated_at', up)
+  touch(p, sid, up, ttl, now_ms)
+end
 """
 
 # ARGV: prefix, sid, updated_us, ttl_ms, now_ms, field, value, ...  -> {1} created, or {0, HGETALL} if it existed.
@@ -204,7 +226,7 @@ local count = tonumber(redis.call('HGET', S, 'message_count'))
 if count > 0 and redis.call('EXISTS', I) == 0 then
   -- messages written before ids were indexed: index them once
   local old = redis.call('LRANGE', M, 0, -1)
-  for i = 1, #old do redis.call('HSET', I, cjson.decode(old[i])['id'], i) end
+  for i = 1, #old do redis.call('HSET', I, body_id(old[i]), i) end
 end
 local out, fresh = {}, {}
 for i = 1, n do
@@ -231,6 +253,42 @@ touch(p, sid, up, tonumber(ARGV[4]), tonumber(ARGV[5]))
 return out
 """
 
+# ARGV: prefix, sid, now_us, ttl_ms, now_ms  -> {seq, body} of the newest message, removed; nil if there is none.
+_LUA_POP = _LUA_COMMON + r"""
+local p, sid = ARGV[1], ARGV[2]
+local M, I = p .. ':m:' .. sid, p .. ':i:' .. sid
+if redis.call('EXISTS', p .. ':s:' .. sid) == 0 then return false end
+local body = redis.call('RPOP', M)
+if not body then return false end
+redis.call('HDEL', I, body_id(body))
+local count = redis.call('LLEN', M)
+shrunk(p, sid, count, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+return {count + 1, body}
+"""
+
+# ARGV: prefix, sid, now_us, ttl_ms, now_ms, after_seq  -> how many messages were removed (0 if the session is missing).
+_LUA_TRUNCATE = _LUA_COMMON + r"""
+local p, sid = ARGV[1], ARGV[2]
+local M, I = p .. ':m:' .. sid, p .. ':i:' .. sid
+if redis.call('EXISTS', p .. ':s:' .. sid) == 0 then return 0 end
+local n, keep = redis.call('LLEN', M), tonumber(ARGV[6])
+if keep >= n then return 0 end
+if keep == 0 then
+  redis.call('UNLINK', M, I)
+else
+  -- the ids of the removed messages leave the index; read in windows, so a long tail never sits in memory at once
+  for first = keep, n - 1, 200 do
+    local bodies = redis.call('LRANGE', M, first, math.min(first + 199, n - 1))
+    local ids = {}
+    for i = 1, #bodies do ids[i] = body_id(bodies[i]) end
+    redis.call('HDEL', I, unpack(ids))
+  end
+  redis.call('LTRIM', M, 0, keep - 1)
+end
+shrunk(p, sid, keep, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+return n - keep
+"""
+
 # ARGV: prefix, sid, now_us, ttl_ms, now_ms, (field, 's'|'d', value)...  -> HGETALL after, or nil if missing.
 _LUA_UPDATE = _LUA_COMMON + r"""
 local p, sid = ARGV[1], ARGV[2]
@@ -254,7 +312,7 @@ local n = tonumber(ARGV[5])
 redis.call('HSET', S, unpack(ARGV, 6, 5 + n))
 if #ARGV > 5 + n then
   push(p .. ':m:' .. sid, 6 + n)
-  for i = 6 + n, #ARGV do redis.call('HSET', p .. ':i:' .. sid, cjson.decode(ARGV[i])['id'], i - 5 - n) end
+  for i = 6 + n, #ARGV do redis.call('HSET', p .. ':i:' .. sid, body_id(ARGV[i]), i - 5 - n) end
 end
 touch(p, sid, redis.call('HGET', S, 'updated_at'), tonumber(ARGV[3]), tonumber(ARGV[4]))
 return 1
@@ -504,16 +562,23 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
 
 
 def _message_body(m: Message) -> str:
-    """A message as stored: JSON without seq and session_id (both follow from where it is stored)."""
-    body: dict[str, Any] = {"id": m.id, "role": m.role, "created_at": _us(m.created_at)}
-    if m.content is not None:
-        body["content"] = m.content
-    for name in ("name", "tool_calls", "tool_call_id"):
+    """A message as stored: JSON without seq and session_id (both follow from where it is stored).
+
+    "id" comes first: the scripts read it from the start of the body. Fields at their default are left out, so a
+    body of the previous layout (always a role, never a type or extra) is simply a message without them.
+    """
+    body: dict[str, Any] = {"id": m.id}
+    if m.role is not None:
+        body["role"] = m.role
+    body["created_at"] = _us(m.created_at)
+    for name in ("type", "content", "name", "tool_calls", "tool_call_id"):
         value = getattr(m, name)
         if value is not None:
             body[name] = value
     if m.metadata:
         body["metadata"] = m.metadata
+    if m.extra:
+        body["extra"] = m.extra
     return dumps(body)
 
 
@@ -523,12 +588,14 @@ def _message_from_body(session_id: str, seq: int, raw: bytes) -> Message:
         id=d["id"],
         session_id=session_id,
         seq=seq,
-        role=d["role"],
+        role=d.get("role"),
         content=d.get("content"),
+        type=d.get("type"),
         name=d.get("name"),
         tool_calls=d.get("tool_calls"),
         tool_call_id=d.get("tool_call_id"),
         metadata=d.get("metadata") or {},
+        extra=d.get("extra") or {},
         created_at=_from_us(d["created_at"]),
     )
 
@@ -550,6 +617,8 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         self._delete = r.register_script(_LUA_DELETE)
         self._sweep = r.register_script(_LUA_SWEEP)
         self._read = r.register_script(_LUA_READ)
+        self._pop_script = r.register_script(_LUA_POP)
+        self._truncate_script = r.register_script(_LUA_TRUNCATE)
 
     def state_store(self) -> RedisStateStore:
         """A StateStore with the same prefix, sharing this store's connection pool."""
@@ -703,6 +772,13 @@ class RedisConversationStore(_RedisStore, ConversationStore):
 
     def _count_messages(self, session_id: str) -> int:
         return int(self.r.hget(self.conn.key("s", session_id), "message_count") or 0)
+
+    def _pop(self, session_id: str, now: datetime) -> Message | None:
+        result = self._pop_script(args=self._script_head(session_id, now))
+        return None if result is None else _message_from_body(session_id, int(result[0]), result[1])
+
+    def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
+        return int(self._truncate_script(args=self._script_head(session_id, now) + [str(after_seq)]))
 
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
         head = self._script_head(session_id, updated_at) + [str(len(messages))]
