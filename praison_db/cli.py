@@ -293,13 +293,15 @@ def sessions_show(
     table.add_column("content", overflow="fold")
     table.add_column("at (UTC)")
     for m in messages:
-        content = m.content or ""
+        content = m.content if isinstance(m.content, str) else ("" if m.content is None else json.dumps(m.content, ensure_ascii=False))
+        if m.extra:
+            content = f"{content}\n{json.dumps(m.extra, ensure_ascii=False)}".strip()
         if m.tool_calls:
             calls = ", ".join(f"{c.get('function', {}).get('name')}({c.get('function', {}).get('arguments', '')})" for c in m.tool_calls)
             content = f"{content}\n→ {calls}".strip()
         if m.tool_call_id:
             content = f"[{m.tool_call_id}] {content}"
-        table.add_row(str(m.seq), m.role, Text(content), _when(m.created_at))
+        table.add_row(str(m.seq), m.role or f"({m.type})", Text(content), _when(m.created_at))
     out.print(table)
 
 
