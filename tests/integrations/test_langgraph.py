@@ -1,0 +1,456 @@
+"""PraisonCheckpointSaver: LangGraph's own conformance suite on every supported backend and both faces, real graphs
+across a restart, concurrent writers, metadata filters, paging, the schema and the errors a user sees."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
+from langgraph.types import Command
+
+from praison_db import ConfigError, InputError, SchemaError, StoreClosed, StoreUnavailable
+from praison_db.integrations.langgraph import MIGRATIONS, PraisonCheckpointSaver
+from tests.integrations.langgraph_support import BY_NAME, EXPECTED, SAVER_BACKENDS, approval_graph, chat_graph, conformance
+
+SQL = ["sqlite", "postgresql", "mysql"]
+
+
+@pytest.fixture(params=SAVER_BACKENDS)
+def url(request: pytest.FixtureRequest, make_url: Any) -> str:
+    """A fresh, isolated URL of one supported backend (its own tables, file or memory name)."""
+    return make_url(BY_NAME[request.param])  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=SQL)
+def sql_url(request: pytest.FixtureRequest, make_url: Any) -> str:
+    return make_url(BY_NAME[request.param])  # type: ignore[no-any-return]
+
+
+def config(thread_id: str, checkpoint_id: str | None = None, ns: str = "") -> dict[str, Any]:
+    inner: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ns}
+    if checkpoint_id is not None:
+        inner["checkpoint_id"] = checkpoint_id
+    return {"configurable": inner}
+
+
+def put(saver: PraisonCheckpointSaver, thread_id: str, parent: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
+    """Store an empty checkpoint (child of ``parent``) with this metadata; return the config naming it."""
+    cfg = config(thread_id, parent["configurable"]["checkpoint_id"] if parent else None)
+    return saver.put(cfg, empty_checkpoint(), {"source": "loop", "step": 0, **metadata}, {})  # type: ignore[arg-type]
+
+
+# ---- LangGraph's conformance suite ----
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+def test_conformance_every_capability_passes(url: str, face: str) -> None:
+    report = conformance(url, face)
+    results = report.results
+    assert set(results) == set(EXPECTED)
+    for capability, expected in EXPECTED.items():
+        result = results[capability]
+        assert result.detected, f"{capability} not detected"
+        assert result.failures == [], f"{capability}: {result.failures}"
+        assert (result.tests_passed, result.tests_failed) == (expected, 0), capability
+    assert report.conformance_level() == "FULL"
+
+
+# ---- real graphs, across a restart ----
+
+
+def test_graph_resumes_its_thread_in_a_new_saver(url: str) -> None:
+    thread = {"configurable": {"thread_id": f"user-{uuid.uuid4().hex[:8]}"}}
+    with PraisonCheckpointSaver(url) as saver:
+        first = chat_graph(saver).invoke({"messages": ["hi"]}, thread)
+    assert first["messages"] == ["hi", "echo:hi"]
+    with PraisonCheckpointSaver(url) as saver:  # a restarted process: a new saver on the same URL
+        graph = chat_graph(saver)
+        assert graph.get_state(thread).values["messages"] == ["hi", "echo:hi"]
+        second = graph.invoke({"messages": ["again"]}, thread)
+        assert second["messages"] == ["hi", "echo:hi", "again", "echo:again"]
+        # The whole history, newest first, across both savers: input, then START and reply, per run.
+        history = [(h.metadata["step"], h.metadata["source"], h.values["messages"]) for h in graph.get_state_history(thread)]
+        assert history == [
+            (4, "loop", ["hi", "echo:hi", "again", "echo:again"]),
+            (3, "loop", ["hi", "echo:hi", "again"]),
+            (2, "input", ["hi", "echo:hi"]),
+            (1, "loop", ["hi", "echo:hi"]),
+            (0, "loop", ["hi"]),
+            (-1, "input", []),
+        ]
+
+
+def test_graph_resumes_async_in_a_new_saver(url: str) -> None:
+    thread = {"configurable": {"thread_id": f"user-{uuid.uuid4().hex[:8]}"}}
+
+    async def run(text: str) -> Any:
+        async with PraisonCheckpointSaver(url) as saver:
+            return await chat_graph(saver).ainvoke({"messages": [text]}, thread)
+
+    assert asyncio.run(run("hi"))["messages"] == ["hi", "echo:hi"]
+    assert asyncio.run(run("again"))["messages"] == ["hi", "echo:hi", "again", "echo:again"]
+
+
+def test_interrupted_graph_is_resumed_by_a_new_saver(url: str) -> None:
+    thread = {"configurable": {"thread_id": f"user-{uuid.uuid4().hex[:8]}"}}
+    with PraisonCheckpointSaver(url) as saver:
+        paused = approval_graph(saver).invoke({"messages": ["start"]}, thread)
+    assert paused["__interrupt__"][0].value == "What is your name?"
+    with PraisonCheckpointSaver(url) as saver:
+        graph = approval_graph(saver)
+        assert graph.get_state(thread).next == ("ask",)
+        done = graph.invoke(Command(resume="Alice"), thread)
+        assert done["messages"] == ["start", "hello Alice"]
+        assert graph.get_state(thread).next == ()
+
+
+# ---- concurrency ----
+
+
+def test_concurrent_writers_store_each_write_once(url: str) -> None:
+    """Eight threads on two savers (two connection pools, as two processes) write at once: the same regular write
+    is stored once (the first stays), a special write once (one of them), and every checkpoint they add is there."""
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    savers = [PraisonCheckpointSaver(url), PraisonCheckpointSaver(url)]
+    try:
+        base = put(savers[0], tid)
+        n, per_thread = 8, 5
+        start = threading.Barrier(n)
+        failures: list[BaseException] = []
+
+        def writer(i: int) -> None:
+            saver = savers[i % 2]
+            try:
+                start.wait()
+                saver.put_writes(base, [("answer", f"value-{i}")], "task-1")
+                saver.put_writes(base, [(ERROR, f"error-{i}")], "task-2")
+                parent = base
+                for _ in range(per_thread):
+                    parent = put(saver, tid, parent, writer=i)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                failures.append(e)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        got = savers[1].get_tuple(base)
+        assert got is not None and got.pending_writes is not None
+        regular = [w for w in got.pending_writes if w[0] == "task-1"]
+        special = [w for w in got.pending_writes if w[0] == "task-2"]
+        assert len(regular) == 1 and regular[0][2] in {f"value-{i}" for i in range(n)}
+        assert len(special) == 1 and special[0][1] == ERROR and special[0][2] in {f"error-{i}" for i in range(n)}
+        # A retried regular write (same task, same idx) keeps the stored value.
+        savers[0].put_writes(base, [("answer", "late")], "task-1")
+        again = savers[0].get_tuple(base)
+        assert again is not None and [w for w in again.pending_writes or [] if w[0] == "task-1"] == regular
+        listed = list(savers[0].list(config(tid)))
+        assert len(listed) == 1 + n * per_thread
+        latest = savers[1].get_tuple(config(tid))
+        assert latest is not None
+        assert latest.config["configurable"]["checkpoint_id"] == max(t.config["configurable"]["checkpoint_id"] for t in listed)
+    finally:
+        for saver in savers:
+            saver.close()
+
+
+def test_concurrent_async_writers(url: str) -> None:
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> Any:
+        async with PraisonCheckpointSaver(url) as saver:
+            base = await saver.aput(config(tid), empty_checkpoint(), {"source": "input", "step": -1}, {})
+            await asyncio.gather(*(saver.aput_writes(base, [("answer", f"v{i}")], "task") for i in range(12)))
+            await asyncio.gather(*(saver.aput_writes(base, [(INTERRUPT, f"i{i}")], "task") for i in range(12)))
+            children = await asyncio.gather(
+                *(saver.aput(base, empty_checkpoint(), {"source": "loop", "step": i}, {}) for i in range(12))
+            )
+            listed = [t async for t in saver.alist(config(tid))]
+            return await saver.aget_tuple(base), children, listed
+
+    got, children, listed = asyncio.run(main())
+    assert [w[1] for w in got.pending_writes] in ([INTERRUPT, "answer"], ["answer", INTERRUPT])
+    assert len({c["configurable"]["checkpoint_id"] for c in children}) == 12
+    assert len(listed) == 13
+
+
+# ---- list: filters, before, limit, paging ----
+
+
+def test_list_pages_through_a_long_thread(url: str) -> None:
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(url) as saver:
+        parent = None
+        ids = []
+        for i in range(230):  # more than two pages of 100
+            parent = put(saver, tid, parent, step=i, source="input" if i % 3 == 0 else "loop")
+            ids.append(parent["configurable"]["checkpoint_id"])
+        newest_first = ids[::-1]
+        assert [t.config["configurable"]["checkpoint_id"] for t in saver.list(config(tid))] == newest_first
+        assert [t.metadata["step"] for t in saver.list(config(tid), limit=20)] == list(range(229, 209, -1))
+        before = config(tid, ids[150])
+        assert [t.config["configurable"]["checkpoint_id"] for t in saver.list(config(tid), before=before, limit=120)] == newest_first[80:200]
+        inputs = list(saver.list(config(tid), filter={"source": "input"}, limit=50))
+        assert [t.metadata["step"] for t in inputs] == [s for s in range(229, -1, -1) if s % 3 == 0][:50]
+        assert list(saver.list(config(tid), limit=0)) == []
+        assert list(saver.list(config(tid), filter={"step": 7, "source": "input"})) == []
+        everyone = [t.config["configurable"]["thread_id"] for t in saver.list(None, filter={"step": 7})]
+        assert everyone.count(tid) == 1
+
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from([0.0, 1.0, 2.5, -1.5]),
+    st.text(alphabet="aAb é\"'\\%_1", max_size=4),
+)
+_values = st.one_of(_scalars, st.lists(_scalars, max_size=2), st.dictionaries(st.sampled_from("xy"), _scalars, max_size=2))
+_keys = st.sampled_from(["source", "step", "score", "run tag", "ключ"])
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON value in a form where Python's == is JSON equality: numbers by value, booleans apart from numbers."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("object", tuple(sorted((k, _canonical(v)) for k, v in value.items())))
+    return value
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    """The documented filter semantics, written out independently of the saver's."""
+    return bool(_canonical(expected) == _canonical(actual))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=st.lists(st.dictionaries(_keys, _values, max_size=3), min_size=1, max_size=6), wanted=st.dictionaries(_keys, _values, min_size=1, max_size=2))
+def test_metadata_filters_match_json_equality(url: str, stored: list[dict[str, Any]], wanted: dict[str, Any]) -> None:
+    """Whatever the metadata and the filter, list() returns exactly the checkpoints whose metadata equals the filter's
+    values as JSON, a missing key counting as None; the database's narrowing never drops a match."""
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(url) as saver:
+        parent = None
+        expected = []
+        for metadata in stored:
+            parent = saver.put(config(tid, parent["configurable"]["checkpoint_id"] if parent else None), empty_checkpoint(), metadata, {})  # type: ignore[arg-type]
+            if all(_same(v, metadata.get(k)) for k, v in wanted.items()):
+                expected.append(parent["configurable"]["checkpoint_id"])
+        got = [t.config["configurable"]["checkpoint_id"] for t in saver.list(config(tid), filter=wanted)]
+        assert got == expected[::-1]
+
+
+# ---- storage: blobs, prune, delete_for_runs ----
+
+
+def test_unchanged_channels_are_not_stored_again(sql_url: str) -> None:
+    """A run that changes one channel stores one blob; the checkpoint reads the others at their old versions."""
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(sql_url) as saver:
+        graph = chat_graph(saver)
+        for text in ("a", "b", "c"):
+            graph.invoke({"messages": [text]}, config(tid))
+        storage = saver._storage()
+        with storage.db.read() as conn:  # type: ignore[attr-defined]
+            from sqlalchemy import func, select
+
+            blobs = storage.t.blobs  # type: ignore[attr-defined]
+            per_channel = dict(conn.execute(select(blobs.c.channel, func.count()).where(blobs.c.thread_id == tid).group_by(blobs.c.channel)).all())
+        # "messages" changes at every step (3 runs x 2 steps), not once per checkpoint per channel.
+        assert per_channel["messages"] == 6
+        assert graph.get_state(config(tid)).values["messages"] == ["a", "echo:a", "b", "echo:b", "c", "echo:c"]
+
+
+def test_prune_keeps_the_latest_and_what_it_needs(url: str) -> None:
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(url) as saver:
+        graph = chat_graph(saver)
+        for text in ("a", "b"):
+            graph.invoke({"messages": [text]}, config(tid))
+        before = graph.get_state(config(tid)).values
+        saver.prune([tid])
+        listed = list(saver.list(config(tid)))
+        assert len(listed) == 1 and listed[0].parent_config is None
+        assert graph.get_state(config(tid)).values == before
+        assert graph.invoke({"messages": ["c"]}, config(tid))["messages"][-2:] == ["c", "echo:c"]
+        if url.startswith(("sqlite", "postgresql", "mysql")):
+            storage = saver._storage()
+            from sqlalchemy import func, select
+
+            blobs = storage.t.blobs  # type: ignore[attr-defined]
+            with storage.db.read() as conn:  # type: ignore[attr-defined]
+                count = conn.execute(select(func.count()).select_from(blobs).where(blobs.c.thread_id == tid)).scalar_one()
+            saver.prune([tid])
+            with storage.db.read() as conn:  # type: ignore[attr-defined]
+                after = conn.execute(select(func.count()).select_from(blobs).where(blobs.c.thread_id == tid)).scalar_one()
+            assert after < count  # the blobs only pruned checkpoints used are gone
+
+
+def test_prune_refuses_delta_channel_threads(url: str) -> None:
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(url) as saver:
+        first = put(saver, tid, counters_since_delta_snapshot={"messages": [1, 1]})
+        put(saver, tid, first)
+        with pytest.raises(InputError, match="DeltaChannel"):
+            saver.prune([tid])
+        assert len(list(saver.list(config(tid)))) == 2  # nothing changed
+        saver.prune([tid], strategy="delete")
+        assert saver.get_tuple(config(tid)) is None
+
+
+def test_delete_for_runs_leaves_other_threads_and_runs(url: str) -> None:
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(url) as saver:
+        first = put(saver, a, run_id="run-1")
+        second = put(saver, a, first, run_id="run-2")
+        put(saver, b, run_id="run-1")
+        saver.put_writes(first, [("x", 1)], "task")
+        saver.delete_for_runs(["run-1"])
+        assert saver.get_tuple(config(b)) is None
+        left = list(saver.list(config(a)))
+        assert [t.config for t in left] == [saver.get_tuple(second).config]  # type: ignore[union-attr]
+        assert left[0].parent_config is None
+        saver.delete_for_runs([])
+        saver.delete_for_runs(["no-such-run"])
+        assert len(list(saver.list(config(a)))) == 1
+
+
+# ---- the schema ----
+
+
+def test_setup_is_idempotent_and_versioned(sql_url: str) -> None:
+    with PraisonCheckpointSaver(sql_url) as saver:
+        saver.setup()
+        saver.setup()
+        assert saver.schema_version() == (len(MIGRATIONS), len(MIGRATIONS))
+    with PraisonCheckpointSaver(sql_url) as saver:
+        assert saver.schema_version() == (len(MIGRATIONS), len(MIGRATIONS))
+
+
+def test_fresh_database_without_auto_upgrade_is_refused(sql_url: str) -> None:
+    saver = PraisonCheckpointSaver(sql_url, auto_upgrade=False)
+    with pytest.raises(SchemaError, match="auto_upgrade"):
+        saver.get_tuple(config("t"))
+    saver.close()
+
+
+def test_newer_schema_is_refused(sql_url: str) -> None:
+    with PraisonCheckpointSaver(sql_url) as saver:
+        saver.setup()
+        storage = saver._storage()
+        from sqlalchemy import insert
+
+        from praison_db.models import utcnow
+
+        with storage.db.write() as conn:  # type: ignore[attr-defined]
+            conn.execute(insert(storage.t.version).values(version=99, applied_at=utcnow()))  # type: ignore[attr-defined]
+    with PraisonCheckpointSaver(sql_url) as saver, pytest.raises(SchemaError, match="newer"):
+        saver.setup()
+
+
+def test_savers_opened_at_once_migrate_once(sql_url: str) -> None:
+    n = 4
+    start = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            start.wait()
+            with PraisonCheckpointSaver(sql_url) as saver:
+                saver.setup()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# ---- errors a user sees ----
+
+
+@pytest.mark.parametrize("bad", ["redis://localhost:6379/0", "mongodb://localhost/db", "json:///tmp/x", "chdb:///tmp/x"])
+def test_unsupported_urls_are_a_one_line_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        PraisonCheckpointSaver(bad)
+    message = str(caught.value)
+    assert "\n" not in message and "sqlite://" in message and "memory://" in message
+
+
+def test_unknown_scheme_and_option_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="did you mean postgresql"):
+        PraisonCheckpointSaver("postgressql://u:secret@localhost/db")
+    with pytest.raises(ConfigError, match="table_prefix"):
+        PraisonCheckpointSaver("sqlite:///x.db", tabel_prefix="x_")
+    with pytest.raises(ConfigError, match="unknown option"):
+        PraisonCheckpointSaver("memory://", pool_size=3)
+
+
+def test_unreachable_server_is_store_unavailable_without_the_password() -> None:
+    saver = PraisonCheckpointSaver("postgresql://ai:s3cret@127.0.0.1:1/ai", connect_timeout=1)
+    with pytest.raises(StoreUnavailable) as caught:
+        saver.get_tuple(config("t"))
+    assert "s3cret" not in str(caught.value)
+
+
+def test_bad_input_is_an_input_error_and_changes_nothing(url: str) -> None:
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(url) as saver:
+        with pytest.raises(InputError, match="thread_id"):
+            saver.get_tuple({"configurable": {}})
+        with pytest.raises(InputError, match="thread_id"):
+            saver.put({"configurable": {"thread_id": "x" * 300}}, empty_checkpoint(), {}, {})
+        with pytest.raises(InputError, match="checkpoint_id"):
+            saver.put_writes(config(tid), [("ch", 1)], "task")
+        with pytest.raises(InputError, match="JSON"):
+            saver.put(config(tid), empty_checkpoint(), {"when": object()}, {})  # type: ignore[dict-item]
+        with pytest.raises(InputError, match="strategy"):
+            saver.prune([tid], strategy="everything")
+        with pytest.raises(InputError, match="list of ids"):
+            saver.delete_for_runs("run-1")
+        assert saver.get_tuple(config(tid)) is None
+
+
+def test_closed_saver_refuses_calls(url: str) -> None:
+    saver = PraisonCheckpointSaver(url)
+    saver.setup()
+    saver.close()
+    saver.close()
+    with pytest.raises(StoreClosed):
+        saver.get_tuple(config("t"))
+
+    async def main() -> None:
+        asaver = PraisonCheckpointSaver(url)
+        await asaver.asetup()
+        await asaver.aclose()
+        with pytest.raises(StoreClosed):
+            await asaver.aget_tuple(config("t"))
+
+    asyncio.run(main())
+
+
+def test_latest_checkpoint_is_read_from_the_primary_key(make_url: Any) -> None:
+    """get_tuple without a checkpoint_id is an index search on SQLite, not a scan of the table."""
+    url = make_url(BY_NAME["sqlite"])
+    with PraisonCheckpointSaver(url) as saver:
+        saver.setup()
+        storage = saver._storage()
+        query = storage.q_latest  # type: ignore[attr-defined]
+        with storage.db.read() as conn:  # type: ignore[attr-defined]
+            compiled = query.compile(conn, compile_kwargs={"render_postcompile": True})
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), ("t", "", 1, 0)).all())
+        # The primary key's own index (SQLite names it sqlite_autoindex_<table>_1), read backwards: no sort, no scan.
+        assert f"SEARCH {storage.t.checkpoints.name} USING INDEX sqlite_autoindex_" in plan and "TEMP B-TREE" not in plan, plan  # type: ignore[attr-defined]
