@@ -480,7 +480,7 @@ class _SqlStorage(_Storage):
     """The primitives over SQLAlchemy Core, on a praison_db SqlDatabase (its engine, transactions and errors)."""
 
     def __init__(self, database: Any, auto_upgrade: bool) -> None:
-        from sqlalchemy import bindparam, select
+        from sqlalchemy import bindparam, literal_column, null, select, union_all
 
         from ..backends.sql.engine import _insert_ignore, _upsert
         from ..backends.sql.schema import _mysql_collation
@@ -498,6 +498,20 @@ class _SqlStorage(_Storage):
         where = (c.c.thread_id == bindparam("t"), c.c.checkpoint_ns == bindparam("ns"))
         self.q_latest = select(*self.columns).where(*where).order_by(c.c.checkpoint_id.desc()).limit(1)
         self.q_exact = select(*self.columns).where(*where, c.c.checkpoint_id == bindparam("cid"))
+        # The values and pending writes of checkpoints of one (thread, namespace), in one round trip: blobs by
+        # channel IN (...) AND version IN (...), an index lookup per pair on every dialect (a row-value IN list is
+        # a full scan on SQLite; the few extra blobs it may return are not asked for), then the writes by id.
+        blob_part = select(
+            literal_column("0"), b.c.channel, b.c.version, null(), b.c.type, b.c.blob, null(), null()
+        ).where(
+            b.c.thread_id == bindparam("t"), b.c.checkpoint_ns == bindparam("ns"),
+            b.c.channel.in_(bindparam("channels", expanding=True)), b.c.version.in_(bindparam("versions", expanding=True)),
+        )
+        write_part = select(
+            literal_column("1"), w.c.channel, w.c.task_id, w.c.idx, w.c.type, w.c.blob, w.c.task_path, w.c.checkpoint_id
+        ).where(w.c.thread_id == bindparam("t"), w.c.checkpoint_ns == bindparam("ns"), w.c.checkpoint_id.in_(bindparam("ids", expanding=True)))
+        self.q_values = union_all(blob_part, write_part)
+        self._pages: dict[tuple[bool, ...], Any] = {}
         self.s_blobs = _insert_ignore(self.dialect, b)
         self.s_checkpoint = _upsert(self.dialect, c, ["parent_checkpoint_id", "type", "checkpoint", "metadata", "run_id"])
         self.s_write_new = _insert_ignore(self.dialect, w)
@@ -571,6 +585,10 @@ class _SqlStorage(_Storage):
             "metadata": item.metadata, "run_id": item.run_id,
         }
 
+        if self.dialect == "postgresql":
+            self._retried(lambda: self._pg_put(item))
+            return
+
         def work() -> None:
             with self.db.write() as conn:
                 if blobs:
@@ -578,6 +596,38 @@ class _SqlStorage(_Storage):
                 conn.execute(self.s_checkpoint, [row])
 
         self._retried(work)
+
+    def _pg_put(self, item: _Put) -> None:
+        """PostgreSQL: the blobs and the checkpoint row in one statement (the blobs' INSERT in a CTE), autocommitted:
+        one round trip instead of four (BEGIN, two statements, COMMIT), and still all or nothing. Were the caller to
+        give up waiting (read_timeout) while the server goes on, the checkpoint could land afterwards: harmless, as a
+        put is idempotent (the same id always carries the same checkpoint)."""
+        params: list[Any] = []
+        for channel, version, kind, data in item.blobs:
+            params += [item.thread_id, item.ns, channel, version, kind, data]
+        params += [item.thread_id, item.ns, item.checkpoint_id, item.parent_id, item.type, item.data, item.metadata, item.run_id]
+        with self.db.read() as conn:  # read(): an autocommitted connection on PostgreSQL
+            conn.exec_driver_sql(self._pg_put_sql(conn, len(item.blobs)), tuple(params))
+
+    def _pg_put_sql(self, conn: Any, blobs: int) -> str:
+        cache = self.__dict__.setdefault("_pg_put_cache", {})
+        if blobs not in cache:
+            quote = conn.dialect.identifier_preparer.format_table
+            row = "(%s, %s, %s, %s, %s, %s)"
+            upsert = (
+                f"INSERT INTO {quote(self.t.checkpoints)} (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
+                "type, checkpoint, metadata, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET parent_checkpoint_id = "
+                "EXCLUDED.parent_checkpoint_id, type = EXCLUDED.type, checkpoint = EXCLUDED.checkpoint, "
+                "metadata = EXCLUDED.metadata, run_id = EXCLUDED.run_id"
+            )
+            if blobs:
+                upsert = (
+                    f"WITH new_blobs AS (INSERT INTO {quote(self.t.blobs)} (thread_id, checkpoint_ns, channel, version, type, blob) "
+                    f"VALUES {', '.join([row] * blobs)} ON CONFLICT DO NOTHING) {upsert}"
+                )
+            cache[blobs] = upsert
+        return cache[blobs]  # type: ignore[no-any-return]
 
     def put_writes(self, thread_id: str, ns: str, checkpoint_id: str, writes: list[Write]) -> None:
         rows: list[dict[str, Any]] = [
@@ -587,6 +637,16 @@ class _SqlStorage(_Storage):
         ]
         new = [r for r in rows if r["idx"] >= 0]
         over = [r for r in rows if r["idx"] < 0]
+
+        if self.dialect == "postgresql" and not (new and over):
+            # One statement (as many rows as it has), autocommitted: one round trip instead of three; a retried
+            # write stores what the first one did, so landing after a timeout is harmless (see _pg_put).
+            def one_statement() -> None:
+                with self.db.read() as conn:
+                    conn.execute(self.s_write_new if new else self.s_write_over, new or over)
+
+            self._retried(one_statement)
+            return
 
         def work() -> None:
             with self.db.write() as conn:
@@ -610,31 +670,44 @@ class _SqlStorage(_Storage):
             return self._complete(conn, [found], decode)[0]
 
     def page(self, query: _Query, after: tuple[str, str, str] | None, n: int, decode: Decode) -> list[_Row]:
-        from sqlalchemy import select, tuple_
+        shape = (query.thread_id is not None, query.ns is not None, query.checkpoint_id is not None, query.before is not None, after is not None)
+        if query.filter:
+            statement = self._page_statement(*shape, prefilter=self._prefilter(query.filter))
+        else:  # built once per shape, values bound
+            statement = self._pages.get(shape)
+            if statement is None:
+                statement = self._pages[shape] = self._page_statement(*shape, prefilter=[])
+        params: dict[str, Any] = {"t": query.thread_id, "ns": query.ns, "cid": query.checkpoint_id, "before": query.before, "n": n}
+        if after is not None:
+            params.update(after_cid=after[0], after_t=after[1], after_ns=after[2])
+        with self.db.read() as conn:
+            found = conn.execute(statement, params).all()
+            return self._complete(conn, found, decode) if found else []
+
+    def _page_statement(self, thread: bool, ns: bool, cid: bool, before: bool, after: bool, *, prefilter: list[Any]) -> Any:
+        from sqlalchemy import bindparam, select, tuple_
 
         c = self.t.checkpoints.c
         q = select(*self.columns)
-        if query.thread_id is not None:
-            q = q.where(c.thread_id == query.thread_id)
-        if query.ns is not None:
-            q = q.where(c.checkpoint_ns == query.ns)
-        if query.checkpoint_id is not None:
-            q = q.where(c.checkpoint_id == query.checkpoint_id)
-        if query.before is not None:
-            q = q.where(c.checkpoint_id < query.before)
-        q = q.where(*self._prefilter(query.filter))
-        if query.thread_id is not None and query.ns is not None:
+        if thread:
+            q = q.where(c.thread_id == bindparam("t"))
+        if ns:
+            q = q.where(c.checkpoint_ns == bindparam("ns"))
+        if cid:
+            q = q.where(c.checkpoint_id == bindparam("cid"))
+        if before:
+            q = q.where(c.checkpoint_id < bindparam("before"))
+        q = q.where(*prefilter)
+        if thread and ns:
             # One namespace of one thread: a range of the primary key, newest first.
-            if after is not None:
-                q = q.where(c.checkpoint_id < after[0])
+            if after:
+                q = q.where(c.checkpoint_id < bindparam("after_cid"))
             q = q.order_by(c.checkpoint_id.desc())
         else:
-            if after is not None:
-                q = q.where(tuple_(c.checkpoint_id, c.thread_id, c.checkpoint_ns) < tuple_(*after))
+            if after:
+                q = q.where(tuple_(c.checkpoint_id, c.thread_id, c.checkpoint_ns) < tuple_(bindparam("after_cid"), bindparam("after_t"), bindparam("after_ns")))
             q = q.order_by(c.checkpoint_id.desc(), c.thread_id.desc(), c.checkpoint_ns.desc())
-        with self.db.read() as conn:
-            found = conn.execute(q.limit(n)).all()
-            return self._complete(conn, found, decode) if found else []
+        return q.limit(bindparam("n"))
 
     def _prefilter(self, wanted: Mapping[str, Any]) -> list[Any]:
         """Conditions that keep every row whose metadata matches ``wanted`` (and maybe some more: the caller checks
@@ -670,36 +743,25 @@ class _SqlStorage(_Storage):
         return conditions
 
     def _complete(self, conn: Any, found: Sequence[Any], decode: Decode) -> list[_Row]:
-        """Rows with their blobs and pending writes: two reads per (thread, namespace) in the batch, on the keys."""
-        from sqlalchemy import select
-
+        """Rows with their blobs and pending writes: one more read per (thread, namespace) in the batch, on the keys."""
         decoded = [(r, decode((r[4], bytes(r[5])))) for r in found]
         groups: dict[tuple[str, str], list[tuple[Any, dict[str, Any]]]] = {}
         for r, checkpoint in decoded:
             groups.setdefault((r[0], r[1]), []).append((r, checkpoint))
-        b, w = self.t.blobs.c, self.t.writes.c
         blobs: dict[tuple[str, str, str, str], tuple[str, bytes | None]] = {}
         writes: dict[tuple[str, str, str], list[Write]] = {}
         for (thread_id, ns), members in groups.items():
             pairs = {pair for _, checkpoint in members for pair in _versions(checkpoint).items()}
             channels = sorted({p[0] for p in pairs})
             versions = sorted({p[1] for p in pairs})
-            # channel IN (...) AND version IN (...): an index lookup per pair on every dialect (a row-value IN list
-            # is a full scan on SQLite); the few extra rows it may return are not asked for below.
-            for some_channels in _chunks(channels, 100):
-                for some_versions in _chunks(versions, 200):
-                    q = select(b.channel, b.version, b.type, b.blob).where(
-                        b.thread_id == thread_id, b.checkpoint_ns == ns, b.channel.in_(some_channels), b.version.in_(some_versions)
-                    )
-                    for channel, version, kind, data in conn.execute(q):
-                        blobs[(thread_id, ns, channel, version)] = (kind, None if data is None else bytes(data))
             ids = [r[2] for r, _ in members]
-            for some in _chunks(ids):
-                q = select(w.checkpoint_id, w.task_id, w.idx, w.channel, w.type, w.blob, w.task_path).where(
-                    w.thread_id == thread_id, w.checkpoint_ns == ns, w.checkpoint_id.in_(some)
-                )
-                for checkpoint_id, task_id, idx, channel, kind, data, path in conn.execute(q):
-                    writes.setdefault((thread_id, ns, checkpoint_id), []).append((task_id, idx, channel, kind, bytes(data), path))
+            for first, some in enumerate(_chunks(versions, 2000) if versions else [[]]):
+                params = {"t": thread_id, "ns": ns, "channels": channels, "versions": list(some), "ids": ids if first == 0 else []}
+                for src, channel, key, idx, kind, data, path, checkpoint_id in conn.execute(self.q_values, params):
+                    if src == 0:
+                        blobs[(thread_id, ns, channel, key)] = (kind, None if data is None else bytes(data))
+                    else:
+                        writes.setdefault((thread_id, ns, checkpoint_id), []).append((key, idx, channel, kind, bytes(data), path))
         rows = []
         for r, checkpoint in decoded:
             thread_id, ns, checkpoint_id = r[0], r[1], r[2]
@@ -1111,7 +1173,8 @@ class PraisonCheckpointSaver(BaseCheckpointSaver[str]):
         run_id = meta.get("run_id")
         return _Put(
             thread_id, ns, checkpoint_id, _checkpoint_id(inner), kind, data, dumps(meta, "checkpoint metadata"),
-            None if run_id is None else _ident(run_id, "metadata run_id", MAX_RUN_ID), tuple(blobs),
+            # Sorted: concurrent puts insert shared blob keys in one order, so they wait for each other, never deadlock.
+            None if run_id is None else _ident(run_id, "metadata run_id", MAX_RUN_ID), tuple(sorted(blobs, key=lambda b: b[:2])),
         )
 
     def _encode_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> tuple[str, str, str, builtins.list[Write]]:
@@ -1129,7 +1192,7 @@ class PraisonCheckpointSaver(BaseCheckpointSaver[str]):
                 continue
             kind, data = self.serde.dumps_typed(value)
             rows[key] = (task, key[1], _ident(channel, "channel name", 10_000), kind, data, path)
-        return thread_id, ns, checkpoint_id, builtins.list(rows.values())
+        return thread_id, ns, checkpoint_id, [rows[key] for key in sorted(rows)]  # one key order: no deadlocks
 
     def _tuple(self, row: _Row, metadata: Any = None) -> CheckpointTuple:
         values = {ch: self.serde.loads_typed((kind, data)) for ch, (kind, data) in row.values.items() if kind != EMPTY and data is not None}
