@@ -3,6 +3,7 @@ contract itself is in tests/conformance, run on MongoDB (SecantusDB in-process) 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
@@ -14,9 +15,13 @@ from typing import Any
 
 import pymongo
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from praison_db import ConfigError, IntegrityError, StoreUnavailable
 from praison_db.facade import open_store
+from praison_db.models import MESSAGE_FIELDS
+from praison_db.testing.suite.test_numbers import same
 from tests import servers
 from tests.backends import BACKENDS
 
@@ -370,3 +375,214 @@ def test_older_data_with_an_id_twice_still_opens_and_works(url, raw, caplog):
         assert conv.add_message("old", "user", "retry", id="twice").seq in (1, 2)
         assert conv.add_message("old", "user", "three", id="new").seq == 3
         assert [m.content for m in conv.get_messages("old")] == [first.content, "two", "three"]
+
+
+# ---- the open message model: any item, stored exactly ----
+
+_AWKWARD: dict[str, Any] = {
+    "$set": {"a.b": [[-0.0, 0.0], [2**64 + 1, -(2**70)]]},
+    "x.y": [None, True, 1, 1.0, "1"],
+    "$": {"": [], ".": {}},
+}
+
+
+def test_awkward_json_in_content_and_extra_round_trips_on_both_deployments(any_url):
+    """Integers beyond 64 bits, -0.0, nested lists, keys with dots or a leading $ (none of which BSON stores as
+    given) in content and in the item's own fields: stored as JSON text, read back deep-equal with their types."""
+    item = {"type": "custom", "role": None, "content": _AWKWARD, "$weird.field": _AWKWARD, "big": 2**80}
+    expected = {k: v for k, v in item.items() if k != "role"}
+    with open_store(any_url, "conversations") as conv:
+        conv.create_session("odd")
+        conv.add_messages("odd", [item, {"role": "user", "content": [2**65, -0.0]}, {"role": "user", "content": "text"}])
+        back = conv.get_messages("odd")
+        assert same(back[0].to_item(), expected) and back[0].role is None
+        assert same(back[1].content, [2**65, -0.0]) and back[2].content == "text"
+        assert same(conv.get_messages("odd", limit=1)[0].content, "text")
+        assert same(conv.pop_message("odd").content, "text")
+        assert same(conv.pop_message("odd").content, [2**65, -0.0])
+        assert same(conv.pop_message("odd").to_item(), expected)
+    raw_client: pymongo.MongoClient = pymongo.MongoClient(any_url)
+    try:
+        assert raw_client.get_default_database()["praison_messages"].count_documents({"session_id": "odd"}) == 0
+    finally:
+        raw_client.close()
+
+
+def test_text_content_stays_a_bson_string_and_other_content_is_json_text(url, raw):
+    with open_store(url, "conversations") as conv:
+        conv.create_session("layout")
+        conv.add_messages(
+            "layout",
+            [
+                {"role": "user", "content": "plain"},
+                {"role": "critic", "content": {"score": 2**70}, "mood": "$ok"},
+                {"type": "function_call", "call_id": "c1", "arguments": "{}"},
+            ],
+        )
+    docs = list(raw["praison_messages"].find({"session_id": "layout"}, {"_id": 0}).sort("seq", 1))
+    assert docs[0]["content"] == "plain" and "extra" not in docs[0] and "type" not in docs[0]
+    assert docs[1]["content"] is None and docs[1]["extra"] == '{"mood":"$ok","content":{"score":1180591620717411303424}}'
+    assert docs[2]["type"] == "function_call" and docs[2]["role"] is None
+    assert docs[2]["extra"] == '{"call_id":"c1","arguments":"{}"}'
+
+
+_json_key = st.text(st.sampled_from("$.ab\u00e9"), max_size=4)
+_any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_json_key, inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=_any_json, extra=st.dictionaries(_json_key.filter(lambda k: k not in MESSAGE_FIELDS), _any_json, max_size=3))
+def test_any_json_comes_back_exactly(conv_on_mongo, content, extra):
+    """Unbounded integers and keys made of "$" and "." too (the conformance suite keeps to 64-bit integers)."""
+    sid = "h" + uuid.uuid4().hex
+    conv_on_mongo.create_session(sid)
+    added = conv_on_mongo.add_message(sid, "tool", content, extra=extra)
+    back = conv_on_mongo.get_messages(sid)[0]
+    assert same(back.content, content) and same(back.extra, extra) and back == added
+
+
+@pytest.fixture
+def conv_on_mongo(url) -> Iterator[Any]:
+    with open_store(url, "conversations") as conv:
+        yield conv
+
+
+def test_messages_written_before_the_open_message_model_read_back_unchanged(url, raw):
+    """The layout of the previous version, written directly: role always set, content a string or null, no type
+    and no extra field. Reads, pops, truncation and appends work on it as on new documents."""
+    with open_store(url, "conversations") as conv:
+        conv.create_session("before", user_id="u")
+    inc = raw["praison_sessions"].find_one({"_id": "before"})["inc"]
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    old = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi", "name": "alice", "metadata": '{"n":1}'},
+        {"role": "assistant", "content": None, "tool_calls": json.dumps(calls)},
+        {"role": "tool", "content": "42", "tool_call_id": "call_1"},
+    ]
+    raw["praison_messages"].insert_many(
+        [{"session_id": "before", "inc": inc, "seq": i, "id": f"m{i}", "created_us": 1_700_000_000_000_000 + i, **d} for i, d in enumerate(old, 1)]
+    )
+    raw["praison_sessions"].update_one({"_id": "before"}, {"$set": {"message_count": 4}})
+    with open_store(url, "conversations") as conv:
+        back = conv.get_messages("before")
+        assert [m.to_item() for m in back] == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi", "name": "alice", "metadata": {"n": 1}},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "content": "42", "tool_call_id": "call_1"},
+        ]
+        assert all(m.type is None and m.extra == {} for m in back)
+        assert back[1].created_at == datetime(2023, 11, 14, 22, 13, 20, 2, tzinfo=timezone.utc)
+        assert conv.get_history("before")[2] == {"role": "assistant", "content": None, "tool_calls": calls}
+        assert conv.get_messages("before", limit=2) == back[2:]
+        assert conv.pop_message("before") == back[3]
+        assert conv.add_message("before", "user", "new").seq == 4
+        assert conv.truncate("before", 1) == 3 and conv.get_messages("before") == back[:1]
+        assert conv.get_session("before").message_count == 1
+
+
+# ---- removing messages ----
+
+
+def test_pops_and_appends_from_several_threads_lose_nothing(url):
+    """Two threads append while two pop, on one session: every message is either popped once or still there,
+    and what is left is numbered 1..n with message_count n (removal and append are ordered by transactions)."""
+    with open_store(url, "conversations") as conv:
+        conv.create_session("busy")
+        conv.add_messages("busy", [{"role": "user", "content": "seed", "id": f"seed{i}"} for i in range(10)])
+        popped: list[Any] = []
+        failures: list[BaseException] = []
+
+        def append(who: str) -> None:
+            try:
+                for i in range(15):
+                    conv.add_message("busy", "user", f"{who}{i}", id=f"{who}{i}")
+            except BaseException as e:
+                failures.append(e)
+
+        def pop() -> None:
+            try:
+                popped.extend(m for _ in range(12) if (m := conv.pop_message("busy")) is not None)
+            except BaseException as e:
+                failures.append(e)
+
+        threads = [threading.Thread(target=append, args=(w,)) for w in "ab"] + [threading.Thread(target=pop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not failures, repr(failures[0])
+        left = conv.get_messages("busy")
+        assert [m.seq for m in left] == list(range(1, len(left) + 1))
+        assert conv.get_session("busy").message_count == len(left) == len(conv.get_messages("busy", limit=len(left) + 5))
+        ids = [m.id for m in popped] + [m.id for m in left]
+        assert sorted(ids) == sorted([f"seed{i}" for i in range(10)] + [f"{w}{i}" for w in "ab" for i in range(15)])
+
+
+def test_pops_on_a_standalone_server_each_get_a_different_message(standalone_url):
+    """Without transactions a pop is one atomic find-and-delete and a $min on the counter: concurrent pops still
+    never share a message, and the counter ends where the messages do."""
+    with open_store(standalone_url, "conversations") as conv:
+        assert conv.capabilities.transactions is False
+        conv.create_session("s")
+        conv.add_messages("s", [{"role": "user", "content": str(i)} for i in range(30)])
+        got: list[Any] = []
+        threads = [threading.Thread(target=lambda: got.extend(conv.pop_message("s") for _ in range(10))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        seqs = sorted(m.seq for m in got if m is not None)
+        assert seqs == list(range(1, 31)) and got.count(None) == 10
+        assert conv.get_session("s").message_count == 0 and conv.add_message("s", "user", "next").seq == 1
+        conv.add_messages("s", [{"role": "user", "content": str(i)} for i in range(5)])
+        assert conv.truncate("s", 2) == 4 and conv.add_message("s", "user", "x").seq == 3
+
+
+def test_a_pop_between_counter_and_insert_on_a_standalone_server_repeats_no_seq(standalone_url):
+    """The one race a standalone server leaves open: a pop lands between an append's counter bump and its insert.
+    It can leave a gap in the seqs, never two messages at one seq: the appender raises the counter again."""
+    with open_store(standalone_url, "conversations") as a, open_store(standalone_url, "conversations") as b:
+        a.create_session("raced")
+        a.add_messages("raced", [{"role": "user", "content": f"old {i}"} for i in range(3)])
+        popped: list[Any] = []
+        a.messages = _RunsFirst(a.messages, lambda: popped.append(b.pop_message("raced")))
+        late = a.add_message("raced", "user", "late")
+        assert late.seq == 4 and popped[0].seq == 3
+        after = [a.add_message("raced", "user", f"after {i}").seq for i in range(2)]
+        seqs = [m.seq for m in a.get_messages("raced")]
+        assert seqs == [1, 2, 4, 5, 6] and after == [5, 6] and a.get_session("raced").message_count == 6
+        assert [m.seq for m in a.get_messages("raced", limit=3)] == [4, 5, 6]
+
+
+class _DeletesAfter:
+    """The store's messages collection, running ``before`` once ahead of the next delete_one: another client's pop
+    lands between this pop's read of the newest message and its delete."""
+
+    def __init__(self, real: Any, before: Callable[[], None]) -> None:
+        self._real, self._before = real, before
+
+    def delete_one(self, *args: Any, **kwargs: Any) -> Any:
+        before, self._before = self._before, lambda: None
+        before()
+        return self._real.delete_one(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def test_a_pop_that_loses_its_message_to_another_pop_takes_the_next(any_url):
+    with open_store(any_url, "conversations") as a, open_store(any_url, "conversations") as b:
+        a.create_session("race")
+        a.add_messages("race", [{"role": "user", "content": str(i)} for i in range(1, 5)])
+        other: list[Any] = []
+        a.messages = _DeletesAfter(a.messages, lambda: other.append(b.pop_message("race")))
+        mine = a.pop_message("race")  # read seq 4, which b then popped: a looks again and takes seq 3
+        assert (other[0].seq, mine.seq) == (4, 3)
+        assert [m.seq for m in b.get_messages("race")] == [1, 2] and b.get_session("race").message_count == 2
+        assert b.add_message("race", "user", "next").seq == 3

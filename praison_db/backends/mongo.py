@@ -22,13 +22,23 @@ Guarantees:
   and the insert are two writes: a process dying between them leaves a gap in the seqs, and ``capabilities``
   says ``transactions=False``. There, a delete can also run between the two writes; the messages then land in the
   deleted incarnation (invisible), and the appender, which checks the session after inserting, removes them.
+- ``pop_message`` and ``truncate`` delete the newest messages and lower ``message_count`` to the newest seq kept
+  (a ``$min``, so the next append takes the first freed seq), in one transaction that also writes the session
+  document, which orders them against appends. A pop claims the newest message by deleting it by ``_id``; one whose
+  delete finds it gone looks again, so concurrent pops never take the same message, on a standalone server too.
+  There, a pop or truncate landing between an append's counter bump and its insert can leave a gap in the seqs
+  (the appender raises the counter past what it inserted), never two messages at one seq.
 - A delete removes the session document first and then the messages of that incarnation, so a session is either
   listed with all its messages or not at all; an import inserts the messages first and the session document last.
 - Timestamps are stored as integer microseconds since the epoch (``created_us``, ``updated_us``): BSON dates keep
   only milliseconds, and the stores promise exact round trips.
-- User-supplied JSON (metadata, tool_calls, state values) is stored as JSON text: BSON cannot hold integers beyond
-  64 bits, and field names starting with ``$`` or containing ``.`` are restricted. Integer state values in the
-  64-bit range are stored as BSON integers so ``incr`` is a server-side ``$inc``.
+- A message's role, type, name and text content are BSON strings (null when absent); content that is not text
+  goes, with the item's own fields (``extra``), into one JSON text field ``extra``. Messages written before items
+  had a type and extra fields read back unchanged.
+- User-supplied JSON (metadata, tool_calls, an item's own fields and non-text content, state values) is stored as
+  JSON text: BSON cannot hold integers beyond 64 bits, and field names starting with ``$`` or containing ``.`` are
+  restricted. Integer state values in the 64-bit range are stored as BSON integers so ``incr`` is a server-side
+  ``$inc``.
 - State expiry: a TTL index on ``e`` (``expireAfterSeconds=0``) lets the server delete expired keys, and every read
   also checks the exact expiry ``x`` (Unix seconds), so an expired key is gone at once, before the server's sweep.
 - ``delete_user`` and ``prune`` delete in batches of ids with ``$in`` (never document by document).
@@ -72,7 +82,7 @@ from ..base import (
     not_an_integer,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session, dumps
+from ..models import Message, MessageDraft, Session, dumps, packed_extra, unpacked_extra
 from ..url import StoreURL, redacted
 
 __all__ = ["MongoConversationStore", "MongoStateStore"]
@@ -104,6 +114,13 @@ def _from_us(value: int) -> datetime:
 
 class _SessionTaken(Exception):
     """Raised inside an import transaction to abort it when the session id exists."""
+
+
+class _LostRace:
+    """What a pop's transaction body returns when another pop deleted the message it read first."""
+
+
+_LOST_RACE = _LostRace()
 
 
 # ---- errors ----
@@ -304,15 +321,23 @@ def _session_from_doc(d: Mapping[str, Any]) -> Session:
 
 
 def _message_doc(m: Message, inc: ObjectId | None) -> dict[str, Any]:
+    # Text content stays a BSON string (as before the open message model); any other content goes, with the item's
+    # own fields, into one JSON text field: BSON cannot hold integers beyond 64 bits, and the item's keys may
+    # start with "$" or hold dots.
+    packed = packed_extra(m)
     doc: dict[str, Any] = {
         "session_id": m.session_id,
         "inc": inc,
         "seq": m.seq,
         "id": m.id,
         "role": m.role,
-        "content": m.content,
+        "content": m.content if isinstance(m.content, str) else None,
         "created_us": _us(m.created_at),
     }
+    if m.type is not None:
+        doc["type"] = m.type
+    if packed is not None:
+        doc["extra"] = dumps(packed)
     if m.name is not None:
         doc["name"] = m.name
     if m.tool_calls is not None:
@@ -325,22 +350,29 @@ def _message_doc(m: Message, inc: ObjectId | None) -> dict[str, Any]:
 
 
 def _message_from_doc(d: Mapping[str, Any]) -> Message:
+    # Documents written before the open message model have no type and no extra: they read as before.
+    content, extra = unpacked_extra(d.get("content"), loads(d["extra"]) if "extra" in d else None)
     return Message.trusted(
         id=d["id"],
         session_id=d["session_id"],
         seq=int(d["seq"]),
-        role=d["role"],
-        content=d.get("content"),
+        role=d.get("role"),
+        content=content,
+        type=d.get("type"),
         name=d.get("name"),
         tool_calls=loads(d["tool_calls"]) if "tool_calls" in d else None,
         tool_call_id=d.get("tool_call_id"),
         metadata=loads(d["metadata"]) if "metadata" in d else {},
+        extra=extra,
         created_at=_from_us(d["created_us"]),
     )
 
 
 log = logging.getLogger("praison_db")
 _ID_RACE_ATTEMPTS = 5
+_POP_ATTEMPTS = 100  # each retry means another pop took the message this one read, so the session shrank
+_POP_WINDOW = 16
+
 _ACTIVITY = [("updated_us", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
 
 
@@ -529,8 +561,11 @@ class MongoConversationStore(_MongoStore, ConversationStore):
             raise
         # A delete may have run between the counter bump and the insert: the messages then belong to a deleted
         # incarnation, which no read shows. A delete removes the session document before the messages, so either
-        # its message removal ran after this insert, or the session is gone by now and this cleans up.
-        if self.sessions.find_one({"_id": session_id, "inc": inc}, {"_id": 1}) is None:
+        # its message removal ran after this insert, or the session is gone by now and this cleans up. A pop or
+        # truncate in between lowered the counter below these seqs: raise it again, so the next append cannot
+        # take a seq stored here (the seqs they freed stay a gap).
+        raised = self.sessions.update_one({"_id": session_id, "inc": inc}, {"$max": {"message_count": stored[-1].seq}})
+        if raised.matched_count == 0:
             self._drop_incarnations([(session_id, inc)])
 
     @staticmethod
@@ -578,6 +613,67 @@ class MongoConversationStore(_MongoStore, ConversationStore):
     def _count_messages(self, session_id: str) -> int:
         doc = self.sessions.find_one({"_id": session_id}, {"message_count": 1})
         return int(doc["message_count"]) if doc else 0
+
+    def _pop(self, session_id: str, now: datetime) -> Message | None:
+        def work(s: ClientSession | None) -> Message | None | _LostRace:
+            head = self.sessions.find_one({"_id": session_id}, {"inc": 1, "message_count": 1}, session=s)
+            if head is None:
+                return None
+            inc = head.get("inc")
+            doc = self._newest(session_id, inc, int(head["message_count"]), s)
+            if doc is None:
+                return None
+            # Deleting by _id is the claim: of two pops that read the same message, one deletes it and the other
+            # (without a transaction) sees deleted_count 0 and looks again. In a transaction the loser gets a write
+            # conflict, and the whole transaction is retried. (A find-and-delete would claim in one call, but
+            # SecantusDB runs it as a collection scan.)
+            if self.messages.delete_one({"_id": doc["_id"]}, session=s).deleted_count == 0:
+                return _LOST_RACE
+            popped = _message_from_doc(doc)
+            self._lower_count(session_id, inc, popped.seq - 1, now, s)
+            return popped
+
+        for _ in range(_POP_ATTEMPTS):
+            result = self.conn.transaction(work)
+            if not isinstance(result, _LostRace):
+                return result
+        raise errors.StoreUnavailable(f"{self.conn.where}: pop_message on {session_id!r} kept losing races with other writers")
+
+    def _newest(self, session_id: str, inc: Any, count: int, s: ClientSession | None) -> dict[str, Any] | None:
+        """The session's newest message document. It sits at the counter's seq, or just below it while another pop
+        has not lowered the counter yet: a short index range first, where a sort over the whole session makes
+        some servers (SecantusDB) sort every message of it; the whole session only when that range is empty (a
+        gap left on a standalone server)."""
+        mine = {"session_id": session_id, "inc": inc}
+        for query in ({**mine, "seq": {"$gt": count - _POP_WINDOW}}, mine):
+            doc = self.messages.find_one(query, sort=[("seq", -1)], session=s)
+            if doc is not None:
+                return dict(doc)
+        return None
+
+    def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
+        def work(s: ClientSession | None) -> int:
+            head = self.sessions.find_one({"_id": session_id}, {"inc": 1}, session=s)
+            if head is None:
+                return 0
+            inc = head.get("inc")
+            gone = self.messages.delete_many({"session_id": session_id, "inc": inc, "seq": {"$gt": after_seq}}, session=s)
+            if gone.deleted_count:
+                self._lower_count(session_id, inc, after_seq, now, s)
+            return int(gone.deleted_count)
+
+        return self.conn.transaction(work)
+
+    def _lower_count(self, session_id: str, inc: Any, last: int, now: datetime, s: ClientSession | None) -> None:
+        """The counter down to ``last``, the newest seq kept, so the next append takes the first freed seq.
+
+        ``$min`` rather than a decrement: pops that run without a transaction lower it to the same value whatever
+        order their updates land in. In a transaction this write to the session document also orders the removal
+        against appends, which write the same document.
+        """
+        self.sessions.update_one(
+            {"_id": session_id, "inc": inc}, {"$min": {"message_count": last}, "$max": {"updated_us": _us(now)}}, session=s
+        )
 
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
         ids = [m.id for m in messages]
