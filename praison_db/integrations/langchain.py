@@ -293,7 +293,8 @@ class PraisonChatMessageHistory(BaseChatMessageHistory):
             **options: backend options for a URL (``table_prefix``, ``prefix``, ...).
 
         Raises:
-            ConfigError: ``db`` is of the wrong kind or an unknown URL scheme; options given with a db object.
+            ConfigError: ``db`` is of the wrong kind, an unknown URL scheme or one whose driver extra is missing;
+                options given with a db object.
             InputError: a bad session id, user id, agent id or limit.
         """
         super().__init__()
@@ -329,6 +330,8 @@ class PraisonChatMessageHistory(BaseChatMessageHistory):
                 "db must be a praison_db URL, praison_db.db(...), praison_db.aio.db(...) or a conversations store, "
                 f"not {type(db).__name__}"
             )
+        if self._url is not None:
+            resolve(self._url.scheme, "conversations")  # an unknown scheme or a missing driver fails here, not at first use
         if options and self._url is None:
             raise ConfigError(f"options {sorted(options)} apply to a URL; set them where the db object was opened")
         self._given_async = self._async is not None or self._async_db is not None

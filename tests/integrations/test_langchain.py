@@ -193,15 +193,12 @@ def test_messages_written_by_other_code_are_read_by_role(conv_url: str) -> None:
         conv.add_message(s, "tool", "no call id")  # a ToolMessage needs one: shown as a chat message
     with PraisonChatMessageHistory(s, conv_url) as history:
         got = history.messages
-    assert got[:3] == [
-        SystemMessage("Be brief."),
-        HumanMessage("weather?"),
-        AIMessage(
-            "",
-            tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "c1", "type": "tool_call"}],
-            invalid_tool_calls=[{"name": "weather", "args": "{not json", "id": "c2", "error": got[2].invalid_tool_calls[0]["error"], "type": "invalid_tool_call"}],
-        ),
-    ]
+    assert got[:2] == [SystemMessage("Be brief."), HumanMessage("weather?")]
+    assert isinstance(got[2], AIMessage) and got[2].content == ""
+    assert got[2].tool_calls == [{"name": "weather", "args": {"city": "Paris"}, "id": "c1", "type": "tool_call"}]
+    [invalid] = got[2].invalid_tool_calls  # arguments that are not JSON: an invalid tool call, as LangChain parses it
+    assert (invalid["name"], invalid["args"], invalid["id"]) == ("weather", "{not json", "c2")
+    assert (invalid["error"] or "").startswith("arguments are not JSON")
     assert got[3:] == [
         ToolMessage("21 °C", tool_call_id="c1"),
         ChatMessage(role="developer", content="Use metric units."),
