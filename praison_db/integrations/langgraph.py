@@ -31,7 +31,8 @@ Guarantees:
 - ``put_writes`` is one transaction. Per (task_id, idx): a regular write is insert-if-absent, so a retried task
   stores nothing twice; a special one (error, interrupt, scheduled, resume: negative idx) overwrites.
 - ``get_tuple`` without a checkpoint_id reads the newest checkpoint with ``ORDER BY checkpoint_id DESC LIMIT 1`` on
-  the primary key; its values and pending writes come from two more indexed reads.
+  the primary key; its values and pending writes come in one more read, on the blobs' and writes' keys.
+- On PostgreSQL a ``put`` (and a ``put_writes`` of one kind) is a single autocommitted statement: one round trip.
 - ``list`` returns newest first and reads a page of rows at a time, never a whole thread. A metadata ``filter``
   matches when each value equals the stored one as JSON (numbers by value, ``True`` is not ``1``, a missing key
   equals None); the database narrows the rows where it can, and every row is checked exactly before it is returned.
