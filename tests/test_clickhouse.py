@@ -11,6 +11,8 @@ folder or the in-memory engine run in a child process.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -22,10 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from praison_db import ConfigError, IntegrityError, StoreUnavailable, db
 from praison_db.base import EXPORT_FORMAT
 from praison_db.facade import open_store
+from praison_db.models import Message
+from praison_db.testing.suite.test_numbers import same
 from tests.backends import BACKENDS, Backend
 
 CLICKHOUSE = [b for b in BACKENDS if b.name.startswith("clickhouse")]
@@ -356,11 +362,236 @@ def test_tables_from_schema_version_1_are_upgraded_and_old_duplicates_read_once(
         for content in ("two", "duplicate two"):  # two old writers at seq 2
             store._command(f"INSERT INTO {t.messages} {columns} VALUES ('old', 2, '{content}', 'user', '{content}', '{{}}', now64(6))")
     with open_store(chdb_url, "conversations") as store:
-        assert int(store._rows(f"SELECT max(version) FROM {store._tables.version}")[0][0]) == len(MIGRATIONS) == 2
+        assert int(store._rows(f"SELECT max(version) FROM {store._tables.version}")[0][0]) == len(MIGRATIONS) == 3
         got = [(m.seq, m.content) for m in store.get_messages("old")]
         assert got[0] == (1, "one") and len(got) == 2 and got[1] in ((2, "two"), (2, "duplicate two"))
         assert store.get_messages("old", limit=1) == store.get_messages("old")[1:]
         assert store.add_message("old", "user", "new").seq == 3
+        # A removal counts a seq once and takes every row at it, the duplicate too.
+        assert store.truncate("old", 1) == 2
+        assert _raw_rows(store, "old") == [(1, "one")]
+        assert store.add_message("old", "user", "two again").seq == 2 and store.count_messages("old") == 2
+
+
+# ---- the open message model on tables of the previous schema version ----
+
+# The tables as schema version 2 created them (before type and extra), spelled out so the test keeps that layout.
+_V2_MESSAGES = (
+    "session_id String, seq UInt64, id String, role LowCardinality(String), content Nullable(String), "
+    "name Nullable(String), tool_calls Nullable(String), tool_call_id Nullable(String), metadata String, "
+    "created_at DateTime64(6, 'UTC'), writer UUID DEFAULT '00000000-0000-0000-0000-000000000000'"
+)
+_V2_SESSIONS = (
+    "session_id String, user_id Nullable(String), agent_id Nullable(String), session_type LowCardinality(String), "
+    "name Nullable(String), metadata String, created_at DateTime64(6, 'UTC'), updated_at DateTime64(6, 'UTC'), "
+    "message_count UInt64, version UInt64"
+)
+_V2_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id", "metadata")
+
+# What the previous version stored: a role on every message, text or no content.
+OLD_ITEMS: list[dict[str, Any]] = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": '{"looks": "like JSON", "but": "is text"}', "metadata": {"lang": "en", "score": 1.0}},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+    {"role": "tool", "content": "", "tool_call_id": "c1", "name": "f"},
+    {"role": "critic", "content": "ça va ✓", "metadata": {"nested": {"list": [1, -0.0, None, True]}}},
+]
+
+
+def _old_messages(items: list[dict[str, Any]]) -> list[Message]:
+    """The messages the previous version held for these items, seqs 1..n in session "old"."""
+    start = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    return [
+        Message(
+            id=f"old-{seq}",
+            session_id="old",
+            seq=seq,
+            created_at=start + timedelta(seconds=seq),
+            **{"metadata": {}, **{k: v for k, v in item.items() if k in _V2_FIELDS}},
+        )
+        for seq, item in enumerate(items, 1)
+    ]
+
+
+def _write_version_2_tables(url: str, messages: list[Message]) -> None:
+    """Replace the store's tables by schema version 2's, holding session "old" with ``messages``, written the way that
+    version wrote them (JSON text for tool_calls and metadata, a writer id per insert)."""
+    with open_store(url, "conversations") as store:
+        t, client = store._tables, store._client
+        for table in (t.messages, t.sessions, t.version):
+            store._command(f"DROP TABLE {table}")
+        store._command(
+            f"CREATE TABLE {t.messages} ({_V2_MESSAGES}) ENGINE = MergeTree ORDER BY (session_id, seq) "
+            "SETTINGS enable_block_number_column = 1"
+        )
+        store._command(f"CREATE TABLE {t.sessions} ({_V2_SESSIONS}) ENGINE = ReplacingMergeTree(version) ORDER BY session_id")
+        store._command(f"CREATE TABLE {t.version} (version UInt32, applied_at DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY version")
+        store._command(f"INSERT INTO {t.version} VALUES (1, now64(6)), (2, now64(6))")
+        now = datetime.now(timezone.utc)
+        client.insert(f"{t.prefix}sessions", [["old", None, None, "agent", None, "{}", now, now, len(messages), 1]], database=t.database)
+        if messages:
+            rows = [
+                [m.session_id, m.seq, m.id, m.role, m.content, m.name, None if m.tool_calls is None else json.dumps(m.tool_calls),
+                 m.tool_call_id, json.dumps(m.metadata), m.created_at, uuid.uuid4()]
+                for m in messages
+            ]
+            client.insert(
+                f"{t.prefix}messages", rows, database=t.database,
+                column_names=["session_id", "seq", "id", "role", "content", "name", "tool_calls", "tool_call_id", "metadata", "created_at", "writer"],
+            )
+
+
+def test_tables_of_schema_version_2_are_migrated_and_old_rows_read_back_unchanged(chdb_url):
+    from praison_db.backends.clickhouse import MIGRATIONS
+
+    old = _old_messages(OLD_ITEMS)
+    _write_version_2_tables(chdb_url, old)
+    with open_store(chdb_url, "conversations") as store:
+        assert store.schema_version() == (3, 3)
+        got = store.get_messages("old")
+        assert got == old and all(m.type is None and m.extra == {} for m in got)
+        assert same([m.to_item() for m in got], OLD_ITEMS)  # text that looks like JSON stays text, "" stays ""
+        assert store.get_messages("old", limit=2) == old[-2:] and store.export_session("old")["messages"] == [
+            m.model_dump(mode="json") for m in old
+        ]
+        # Running the migration again (another process opening the tables at the same moment does) changes nothing.
+        MIGRATIONS[2](store._client, store._tables, False)
+        assert store.get_messages("old") == old
+    with open_store(chdb_url, "conversations") as store:
+        t = store._tables
+        assert [int(r[0]) for r in store._rows(f"SELECT version FROM {t.version} ORDER BY version")] == [1, 2, 3]
+        assert store.get_messages("old") == old
+        # The old session goes on under the open model, and the old messages can be removed like new ones.
+        item = {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}", "status": "completed"}
+        assert store.add_messages("old", [item])[0].seq == len(old) + 1
+        assert same(store.pop_message("old").to_item(), item)
+        assert store.pop_message("old") == old[-1]
+        assert store.get_messages("old") == old[:-1] and store.get_session("old").message_count == len(old) - 1
+
+
+_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=6,
+)
+_old_item = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool"]) | _text.filter(bool), "content": st.none() | _text},
+    optional={
+        "name": _text,
+        "tool_calls": st.lists(st.dictionaries(_text, _json, max_size=3), max_size=2),
+        "tool_call_id": _text,
+        "metadata": st.dictionaries(_text, _json, min_size=1, max_size=3),
+    },
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("PRAISON_FUZZ_EXAMPLES", "15")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(items=st.lists(_old_item, min_size=1, max_size=5))
+def test_any_row_of_schema_version_2_reads_back_unchanged(chdb_url, items):
+    old = _old_messages(items)
+    _write_version_2_tables(chdb_url, old)
+    with open_store(chdb_url, "conversations") as store:
+        got = store.get_messages("old")
+        assert got == old and same([m.to_item() for m in got], items)
+
+
+# ---- removing messages without transactions ----
+
+
+def test_pops_and_appends_from_threads_keep_seqs_gap_free(ch_url):
+    """Threads appending and popping one session at once (the per-session lock serialises them): every pop returns
+    a different message, each message is either popped or still there, and what is left is numbered 1..n."""
+    store = open_store(ch_url + "&fsync=false", "conversations")
+    store.create_session("mixed")
+    threads_n, rounds = 4, 8
+    start = threading.Barrier(threads_n)
+    added: list[str] = []
+    popped: list[Any] = []
+    failures: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            start.wait()
+            for i in range(rounds):
+                added.extend(m.id for m in store.add_messages("mixed", [{"role": "user", "content": f"{worker}-{i}-{j}"} for j in (0, 1)]))
+                popped.append(store.pop_message("mixed"))
+        except BaseException as e:  # surfaced below
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(threads_n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not failures, failures[0]
+        left = store.get_messages("mixed")
+        popped_ids = [m.id for m in popped if m is not None]
+        assert len(popped_ids) == threads_n * rounds and len(set(popped_ids)) == len(popped_ids)
+        assert sorted(popped_ids + [m.id for m in left]) == sorted(added)
+        assert [m.seq for m in left] == list(range(1, threads_n * rounds + 1))
+        assert store.count_messages("mixed") == len(left) and store.add_message("mixed", "user", "next").seq == len(left) + 1
+    finally:
+        store.close()
+
+
+def test_a_removal_that_fails_midway_loses_nothing_and_a_retry_finishes_it(ch):
+    ch.create_session("r")
+    ch.add_messages("r", [{"role": "user", "content": f"m{i}"} for i in (1, 2, 3)])
+    real_command = ch._command
+
+    def delete_fails(sql: str, **parameters: Any) -> None:
+        if sql.startswith("DELETE"):
+            raise StoreUnavailable("the server went away before the DELETE")
+        real_command(sql, **parameters)
+
+    ch._command = delete_fails
+    with pytest.raises(StoreUnavailable):
+        ch.pop_message("r")
+    del ch._command
+    assert [m.content for m in ch.get_messages("r")] == ["m1", "m2", "m3"]
+    # The next append numbers from the messages and puts the count right.
+    assert ch.add_message("r", "user", "m4").seq == 4 and ch.count_messages("r") == 4
+    ch._command = delete_fails
+    with pytest.raises(StoreUnavailable):
+        ch.truncate("r", 1)
+    del ch._command
+    assert [m.content for m in ch.get_messages("r")] == ["m1", "m2", "m3", "m4"]
+    assert ch.truncate("r", 1) == 3 and [m.content for m in ch.get_messages("r")] == ["m1"]
+    assert ch.count_messages("r") == 1 and ch.pop_message("r").content == "m1" and ch.pop_message("r") is None
+
+
+def test_two_processes_popping_at_once_can_both_get_the_newest_message(ch_url):
+    """What the capabilities declare (multi_process=False): without a shared lock, two pops at the same moment can
+    both return the newest message. It is removed once, and the session stays consistent."""
+    first, second = _writers(ch_url)
+    try:
+        caps = first.capabilities
+        assert not caps.multi_process and "popping one session at the same moment" in caps.reason
+        first.create_session("popped")
+        first.add_messages("popped", [{"role": "user", "content": c} for c in ("a", "b", "c")])
+        real_remove = second._remove
+        from_first: list[Any] = []
+
+        def first_pops_meanwhile(*args: Any) -> None:
+            # second has read the newest message and not yet removed it
+            from_first.append(first.pop_message("popped"))
+            real_remove(*args)
+
+        second._remove = first_pops_meanwhile
+        from_second = second.pop_message("popped")
+        assert from_first == [from_second] and from_second.content == "c"
+        assert _raw_rows(first, "popped") == [(1, "a"), (2, "b")]
+        assert first.count_messages("popped") == 2 and first.add_message("popped", "user", "next").seq == 3
+    finally:
+        first.close()
+        second.close()
 
 
 # ---- volume ----

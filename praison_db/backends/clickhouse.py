@@ -11,13 +11,17 @@ tables are created with ``fsync_after_insert``), and for servers only ``connect_
 
 Layout, designed for what ClickHouse is (append-only, no transactions, no cheap row updates):
 
-- ``<prefix>messages``: MergeTree ordered by ``(session_id, seq)``. Messages are only ever inserted, in one batch
-  per ``add_messages``/``import_session``; the newest N of a session is ``ORDER BY seq DESC LIMIT N`` on the
-  primary key, reading N rows whatever the session's length.
+- ``<prefix>messages``: MergeTree ordered by ``(session_id, seq)``. Messages are inserted in one batch per
+  ``add_messages``/``import_session``; the newest N of a session is ``ORDER BY seq DESC LIMIT N`` on the primary
+  key, reading N rows whatever the session's length. An item comes back exactly (deep-equal, types included): text
+  content is in ``content``; ``extra`` is the JSON text of the item's other fields and of content that is not text
+  ('' when there are none); ``role`` and ``type`` are '' when absent (neither can be empty). Schema version 3 added
+  ``type`` and ``extra`` as columns with a default, which rewrites no data: older rows read back with no type and
+  no extra.
 - ``<prefix>sessions``: ReplacingMergeTree(version) ordered by ``session_id``. Every change (create, append,
   update) inserts a whole new row version; reads use ``FINAL``, so they see only the newest version.
-- Deletes (``delete_session``, ``delete_user``, ``prune``) are lightweight ``DELETE``s run with
-  ``lightweight_deletes_sync=2``: a read after the call returns does not see the rows.
+- Deletes (``delete_session``, ``delete_user``, ``prune``, and the removals below) are lightweight ``DELETE``s run
+  with ``lightweight_deletes_sync=2``: a read after the call returns does not see the rows.
 - Inserts are synchronous (``async_insert=0``): a message is in a table part when the call returns, and with
   ``fsync`` that part has been fsynced. Every value travels as a server-side query parameter; table names come
   from the validated prefix and database name.
@@ -41,10 +45,24 @@ new version (message_count, updated_at). Hence:
   ClickHouse release that has that table setting; the order holds on one server's MergeTree, the engine these
   tables are created with.
 
+Removing messages (``pop_message``, ``truncate``, ``clear_messages``) takes the same per-session lock. One read finds
+the session and the seqs to remove; then a new session version is inserted (``message_count`` = the newest seq
+kept, ``updated_at`` moved) and one DELETE removes exactly the seqs that read found (every row at them, a
+collision's leftovers too). The next append numbers from the stored messages, so it takes the freed seq, and a
+removed id can be added again. Hence, within one process, concurrent pops each get a different message and
+removals and appends never interleave. Across processes nothing serialises them (no transactions, no row locks),
+so removals, like appends, need one writer process per session at a time: two processes popping one session at
+the same moment can both return the same message (it is removed once and ``message_count`` stays right); two
+truncates at the same moment can both count the same messages; a removal overlapping another process's append can
+leave a gap in the seqs (the append keeps the seq it was given; the removed seq below it is not reused). The
+capabilities say so (``multi_process=False``, with the reason), and the conformance suite skips those cases.
+
 Without transactions, a crash between the two inserts of an append leaves ``message_count``/``updated_at`` one
-step behind until the next append (seqs stay right: they come from the messages). Deletes remove the session row
-before its messages, and imports insert messages before the session row, so an interrupted delete or import leaves
-at worst messages without a session; they are removed when that id is created or imported again.
+step behind until the next append (seqs stay right: they come from the messages). A removal that fails between its
+two statements leaves every message in place with ``message_count`` already lowered: retrying it removes the same
+messages, and the next append puts the count right anyway. Deletes remove the session row before its messages,
+and imports insert messages before the session row, so an interrupted delete or import leaves at worst messages
+without a session; they are removed when that id is created or imported again.
 """
 
 from __future__ import annotations
@@ -79,7 +97,7 @@ from ..base import (
     after_last,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session, dumps, utcnow
+from ..models import Message, MessageDraft, Session, dumps, packed_extra, unpacked_extra, utcnow
 from ..url import StoreURL, redacted
 
 __all__ = ["ClickHouseConversationStore", "MIGRATIONS"]
@@ -118,12 +136,13 @@ _SERVER_ONLY = ("connect_timeout", "query_timeout", "verify", "ca_cert")
 _CLIENT_SETTINGS = {"async_insert": 0, "lightweight_deletes_sync": 2}
 
 _DT = "DateTime64(6, 'UTC')"  # microseconds, like the models' datetimes, so they round-trip exactly
+# The messages table as schema version 1 created it; later versions add columns (writer, then _OPEN_COLUMNS).
 _MESSAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("session_id", "String"),
     ("seq", "UInt64"),
     ("id", "String"),
-    ("role", "LowCardinality(String)"),
-    ("content", "Nullable(String)"),
+    ("role", "LowCardinality(String)"),  # '' for an item without a role (a role is never empty)
+    ("content", "Nullable(String)"),  # text content; any other content is kept in extra
     ("name", "Nullable(String)"),
     ("tool_calls", "Nullable(String)"),  # JSON text
     ("tool_call_id", "Nullable(String)"),
@@ -142,11 +161,17 @@ _SESSION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("message_count", "UInt64"),
     ("version", "UInt64"),  # ReplacingMergeTree keeps the row with the highest version
 )
-_M_NAMES = [c for c, _ in _MESSAGE_COLUMNS]
-_M_TYPES = [t for _, t in _MESSAGE_COLUMNS]
+# Added by schema version 3, the open message model. Not Nullable (ClickHouse advises against it, and an empty type
+# is never valid): '' stands for no type and for no open fields.
+_OPEN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("type", "LowCardinality(String)"),
+    ("extra", "String"),  # JSON text of models.packed_extra: the item's other fields, and content that is not text
+)
+_M_NAMES = [c for c, _ in (*_MESSAGE_COLUMNS, *_OPEN_COLUMNS)]
+_M_TYPES = [t for _, t in (*_MESSAGE_COLUMNS, *_OPEN_COLUMNS)]
 _S_NAMES = [c for c, _ in _SESSION_COLUMNS]
 _S_TYPES = [t for _, t in _SESSION_COLUMNS]
-_M_SELECT = ", ".join(_M_NAMES)
+_M_SELECT = ", ".join(f"`{c}`" for c in _M_NAMES)
 _S_SELECT = ", ".join(_S_NAMES)
 _ID_CHUNK = 1000  # session ids per DELETE ... IN (...) statement
 
@@ -206,8 +231,15 @@ def _v2(client: Client, t: _Tables, fsync: bool) -> None:
     client.command(f"ALTER TABLE {t.messages} MODIFY SETTING enable_block_number_column = 1")
 
 
+def _v3(client: Client, t: _Tables, fsync: bool) -> None:
+    """The open message model: an item's type and its other fields. ClickHouse adds a column with a default in the
+    table's metadata only, rewriting no part: rows written before read back with no type and no extra."""
+    for name, type_ in _OPEN_COLUMNS:
+        client.command(f"ALTER TABLE {t.messages} ADD COLUMN IF NOT EXISTS `{name}` {type_} DEFAULT ''")
+
+
 # MIGRATIONS[i] brings the tables from schema version i to i + 1. Append only; each step must be idempotent.
-MIGRATIONS: list[Callable[[Client, _Tables, bool], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Client, _Tables, bool], None]] = [_v1, _v2, _v3]
 
 
 # ---- locks shared by every store on the same tables in this process ----
@@ -292,18 +324,26 @@ def _session_row(s: Session, version: int) -> list[Any]:
 
 
 def _message_from_row(row: Sequence[Any]) -> Message:
+    content, extra = unpacked_extra(row[4], json.loads(row[11]) if row[11] else None)
     return Message.trusted(
+        id=row[2],
         session_id=row[0],
         seq=int(row[1]),
-        id=row[2],
-        role=row[3],
-        content=row[4],
+        role=row[3] or None,
+        content=content,
+        type=row[10] or None,
         name=row[5],
         tool_calls=json.loads(row[6]) if row[6] is not None else None,
         tool_call_id=row[7],
         metadata=json.loads(row[8]) if row[8] else {},
+        extra=extra,
         created_at=_utc(row[9]),
     )
+
+
+def _packed(message: Message) -> str:
+    packed = packed_extra(message)
+    return dumps(packed) if packed else ""
 
 
 def _message_columns(messages: Sequence[Message]) -> list[list[Any]]:
@@ -312,13 +352,15 @@ def _message_columns(messages: Sequence[Message]) -> list[list[Any]]:
         [m.session_id for m in messages],
         [m.seq for m in messages],
         [m.id for m in messages],
-        [m.role for m in messages],
-        [m.content for m in messages],
+        [m.role or "" for m in messages],
+        [m.content if m.content is None or isinstance(m.content, str) else None for m in messages],
         [m.name for m in messages],
         [None if m.tool_calls is None else dumps(m.tool_calls) for m in messages],
         [m.tool_call_id for m in messages],
         [dumps(m.metadata) if m.metadata else "{}" for m in messages],  # most are empty: skip the encoder
         [m.created_at for m in messages],
+        [m.type or "" for m in messages],
+        [_packed(m) for m in messages],
     ]
 
 
@@ -433,9 +475,10 @@ _CAPABILITIES = Capabilities(
     transactions=False,
     multi_process=False,
     reason=(
-        "ClickHouse has no transactions or unique keys: seqs and get_or_create are serialised by a lock inside one "
-        "process, so of two processes appending to one session at the same moment one can lose (it stores nothing "
-        "and raises IntegrityError); chDB also lets only one process open a data folder"
+        "ClickHouse has no transactions or unique keys: seqs, get_or_create and removals are serialised by a lock "
+        "inside one process, so of two processes appending to one session at the same moment one can lose (it stores "
+        "nothing and raises IntegrityError), and two processes popping one session at the same moment can both "
+        "return the same message; chDB also lets only one process open a data folder"
     ),
 )
 
@@ -775,6 +818,55 @@ class ClickHouseConversationStore(ConversationStore):
     def _count_messages(self, session_id: str) -> int:
         current = self._current(session_id)
         return current.session.message_count if current else 0
+
+    def _pop(self, session_id: str, now: datetime) -> Message | None:
+        with self._locks.of(session_id):
+            current = self._current(session_id)
+            newest = self._get_messages(session_id, 1, None, None) if current is not None else []
+            if current is None or not newest:
+                return None
+            popped = newest[0]
+            self._remove(current, popped.seq, popped.seq, popped.seq - 1, now)
+            return popped
+
+    def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
+        t = self._tables
+        scope = f"FROM {t.messages} WHERE session_id = {{sid:String}} AND seq"
+        doomed = f"SELECT (uniqExact(seq), max(seq)) {scope} > {{after:UInt64}}"
+        kept = f"SELECT seq {scope} <= {{after:UInt64}} ORDER BY seq DESC LIMIT 1"
+        with self._locks.of(session_id):
+            rows = self._rows(
+                f"SELECT {_S_SELECT}, ({doomed}), ifNull(({kept}), 0) FROM {t.sessions} FINAL WHERE session_id = {{sid:String}}",
+                sid=session_id,
+                after=after_seq,
+            )
+            if not rows:
+                return 0
+            row = rows[0]
+            (count, last), last_kept = row[10], int(row[11])
+            if not count:
+                return 0
+            self._remove(_Current(_session_from_row(row), int(row[9]), int(last)), after_seq + 1, int(last), last_kept, now)
+            return int(count)
+
+    def _remove(self, current: _Current, first: int, last: int, last_kept: int, now: datetime) -> None:
+        """Remove the messages at seqs first..last of a session whose lock is held; ``last_kept`` is the newest seq
+        left, the new message_count.
+
+        The new session version goes first: if the DELETE then fails, the messages are all still there and a retry
+        removes the same ones (the other order would have a retried pop remove a second message). The next append
+        numbers from the messages, so it takes the freed seq; the removed ids are free too (deleted rows are not
+        found by its id lookup). Only the seqs this call read are deleted, never what it did not count.
+        """
+        sid = current.session.session_id
+        session = current.session.model_copy(update={"message_count": last_kept, "updated_at": max(now, current.session.updated_at)})
+        self._insert_session_version(session, _next_version(current.version, now))
+        self._command(
+            f"DELETE FROM {self._tables.messages} WHERE session_id = {{sid:String}} AND seq BETWEEN {{a:UInt64}} AND {{b:UInt64}}",
+            sid=sid,
+            a=first,
+            b=last,
+        )
 
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
         t = self._tables
