@@ -365,7 +365,7 @@ class PraisonChatMessageHistory(BaseChatMessageHistory):
             InputError: a message that is not one of LangChain's classes or holds something JSON cannot (nothing
                 of the batch is stored).
         """
-        items = [to_item(m) for m in messages]
+        items = _items(messages)
         if not items:
             return
         store = self._sync_face()
@@ -380,7 +380,7 @@ class PraisonChatMessageHistory(BaseChatMessageHistory):
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """:meth:`add_messages` on the async API."""
-        items = [to_item(m) for m in messages]
+        items = _items(messages)
         if items:
             await self._aappend(items)
 
@@ -518,6 +518,12 @@ class PraisonChatMessageHistory(BaseChatMessageHistory):
                 "aget_messages(), aadd_messages() or aclear(); for sync code give the history a URL or praison_db.db(...)"
             )
         return asyncio.run_coroutine_threadsafe(call, loop).result()
+
+
+def _items(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    if isinstance(messages, BaseMessage):  # iterating one would yield its fields
+        raise InputError("add_messages takes a list of messages; pass [message], or call add_message(message)")
+    return [to_item(m) for m in messages]
 
 
 def _converted(stored: list[Message]) -> list[BaseMessage]:

@@ -549,6 +549,10 @@ def test_arguments_are_checked_when_the_history_is_made(tmp_path: Path) -> None:
         PraisonChatMessageHistory("s", "nosuch://x")
     with pytest.raises(ConfigError, match="options"):
         PraisonChatMessageHistory("s", db("memory://", session_dir=tmp_path), table_prefix="x_")
+    with pytest.raises(InputError, match="a list of messages"):
+        PraisonChatMessageHistory("s", "memory://").add_messages(HumanMessage("one"))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="LangChain's message classes"):
+        PraisonChatMessageHistory("s", "memory://").add_messages([{"role": "user", "content": "a dict"}])  # type: ignore[list-item]
     with pytest.raises(InputError, match="LangChain's message classes"):
 
         class Custom(HumanMessage):
