@@ -9,7 +9,12 @@
     await history.aget_messages()      # the same on praison_db's async API
 
 It works on every backend (any praison_db URL, a ``praison_db.db(...)``, a ``praison_db.aio.db(...)`` or one of their
-conversation stores) and with ``RunnableWithMessageHistory``. Needs ``pip install 'praison-db[langchain]'``.
+conversation stores). Needs ``pip install 'praison-db[langchain]'``. A history given a URL opens a connection pool of
+its own; where histories are made per call (``RunnableWithMessageHistory``), open the db once and hand it over::
+
+    store = praison_db.db("postgresql://ai:ai@localhost/ai")      # or: await praison_db.aio.db(...) in async code
+    chain = RunnableWithMessageHistory(prompt | model, lambda session_id: PraisonChatMessageHistory(session_id, store,
+                                       limit=50), input_messages_key="question", history_messages_key="history")
 
 How a LangChain message is stored, so that praison_db's own reads (``get_history``, the CLI, the UI) see a normal
 conversation and the message comes back exactly (same class, same fields):
@@ -31,8 +36,8 @@ any other field             ``extra`` under its own name, when it differs from t
 ==========================  ===============================================================================
 
 ``extra["langchain_type"]`` names the class where the role alone does not (a ChatMessage whose role is "user", the
-``*Chunk`` classes, RemoveMessage). A RemoveMessage is kept as a record of the removal (a typed item, type
-"remove", its target in ``extra["remove_id"]``), as LangChain's in-memory history keeps it: nothing is deleted.
+``*Chunk`` classes). A RemoveMessage is kept as a record of the removal (an item without a role, type "remove", its
+target in ``extra["remove_id"]`` and an id of its own), as LangChain's in-memory history keeps it: nothing is deleted.
 Messages written by other code (praison_db's Agent, another framework) are read by their role; items without a
 role (function calls, reasoning) are left out of ``messages``.
 
