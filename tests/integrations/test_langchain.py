@@ -574,3 +574,21 @@ def test_no_db_uses_the_database_url_or_the_default_json_store(tmp_path: Path, m
         history.add_messages([HumanMessage("in DATABASE_URL")])
     with db(f"sqlite:///{tmp_path}/env.db", session_dir=tmp_path) as store:
         assert store.conversations.count_messages("s") == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_one_async_db_shared_by_the_histories_a_runnable_makes(kind: str, tmp_path: Path) -> None:
+    """The documented pattern for async code: open the db once; RunnableWithMessageHistory makes a history per call."""
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+    from langchain_core.runnables.history import RunnableWithMessageHistory
+
+    async def two_turns() -> list[BaseMessage]:
+        async with aio.db(_local_url(kind, tmp_path), session_dir=tmp_path / "home") as store:
+            model = FakeMessagesListChatModel(responses=[AIMessage("one", id="r1"), AIMessage("two", id="r2")])
+            chain = RunnableWithMessageHistory(model, lambda session_id: PraisonChatMessageHistory(session_id, store, limit=50))
+            config: Any = {"configurable": {"session_id": "s"}}
+            await chain.ainvoke([HumanMessage("first")], config)
+            await chain.ainvoke([HumanMessage("second")], config)
+            return await PraisonChatMessageHistory("s", store).aget_messages()
+
+    assert in_loop(two_turns()) == [HumanMessage("first"), AIMessage("one", id="r1"), HumanMessage("second"), AIMessage("two", id="r2")]
