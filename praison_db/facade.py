@@ -23,6 +23,7 @@ log = logging.getLogger("praison_db")
 
 DATABASE_URL_VARS = ("PRAISON_DATABASE_URL", "DATABASE_URL")
 STATE_URL_VARS = ("PRAISON_STATE_URL",)
+READ_URL_VARS = ("PRAISON_READ_URL",)  # a read replica of the conversations database (SQL: read_url)
 
 
 def default_home() -> Path:
@@ -237,11 +238,13 @@ def assemble(
     state_parsed = parse_url(state_text) if state_text is not None else None
     if conv_url is None and state_parsed is None and options:
         raise ConfigError(f"options {sorted(options)} need a database_url or state_url to apply to")
+    read_text = env_url(READ_URL_VARS) if "read_url" not in options and "read_url" not in (conv_url.query if conv_url else {}) else None
 
     opened: list[Any] = []
     try:
         if conv_url is not None:
-            conversations = _open(conv_url, "conversations", options, asynchronous=asynchronous)
+            conv_options = {**options, "read_url": read_text} if read_text is not None else options
+            conversations = _open(conv_url, "conversations", conv_options, asynchronous=asynchronous)
         else:
             from .backends.jsonfile import JsonConversationStore
 

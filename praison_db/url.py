@@ -37,8 +37,8 @@ NETWORK_SCHEMES = frozenset(
     }
 )  # fmt: skip
 # Query keys whose values are secrets (libpq password/sslpassword/oauth_client_secret/scram_*, PyMySQL password and
-# ssl_key_password, MongoDB authMechanismProperties): masked like the password.
-_SECRET_KEY = re.compile(r"pass|secret|token|credential|scram_|authmechanismproperties", re.IGNORECASE)
+# ssl_key_password, MongoDB authMechanismProperties) or URLs that may hold one (read_url): masked like the password.
+_SECRET_KEY = re.compile(r"pass|secret|token|credential|scram_|authmechanismproperties|_url$", re.IGNORECASE)
 # Query keys that may repeat: libpq multi-host (?host=a&host=b, as SQLAlchemy documents) and MongoDB's
 # readPreferenceTags. Any other repeated key is a mistake.
 _REPEATABLE = frozenset({"host", "port", "readpreferencetags"})

@@ -20,6 +20,7 @@ from ...registry import entry_for
 from ...url import StoreURL
 from . import schema as sql_schema
 from .engine import OPTIONS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction
+from .replica import Replica
 from .schema import Tables, _mysql_collation, build_tables
 
 log = logging.getLogger("praison_db")
@@ -41,10 +42,13 @@ class SqlDatabase(SharedConnection):
         SharedConnection.__init__(self)
         self.engine = _create_engine(url, opts, driver_args, asynchronous, self.where)
         self.dialect: str = self.engine.dialect.name
+        self.replica: Replica | None = None
         try:
+            if opts["read_url"] is not None:
+                self.replica = Replica(url, opts["read_url"], opts, asynchronous)
             self.tables = self._prepare(opts["auto_upgrade"], check=schema != "skip")
         except Exception as e:
-            self.engine.dispose()
+            self._dispose()
             if isinstance(e, errors.Error):
                 raise
             if isinstance(e, UnicodeError):  # PyMySQL sends the user and password as latin-1
@@ -61,15 +65,22 @@ class SqlDatabase(SharedConnection):
 
     def _dispose(self) -> None:
         self.engine.dispose()
+        if self.replica is not None:
+            self.replica.dispose()
 
     # ---- transactions ----
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE) to avoid upgrade deadlocks."""
+    def write(self, *, history: bool = True) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE) to avoid upgrade deadlocks.
+
+        ``history=False`` for writes that no replica read depends on (state), which then cost no position check.
+        """
         with self.engine.connect().execution_options(praison_write=True) as conn:
             with conn.begin():
                 yield conn
+            if history and self.replica is not None:
+                self.replica.wrote(conn)  # after the commit: what the replica must replay before we read there
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -82,11 +93,22 @@ class SqlDatabase(SharedConnection):
             with conn.begin():
                 yield conn
 
-    def retrying(self, work: Callable[[Connection], Any], attempts: int = 30) -> Any:
+    def read_history(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` for a listing or history read: on the read replica when one is set and it has our writes
+        (see replica.py), else as :meth:`read`."""
+        if self.replica is None:
+            return self._on_primary(work)
+        return self.replica.read(work, self._on_primary)
+
+    def _on_primary(self, work: Callable[[Connection], T]) -> T:
+        with self.read() as conn:
+            return work(conn)
+
+    def retrying(self, work: Callable[[Connection], Any], attempts: int = 30, *, history: bool = True) -> Any:
         """Run ``work`` in a write transaction, again after a deadlock or a lost insert race (bounded)."""
         for attempt in range(attempts):
             try:
-                with self.write() as conn:
+                with self.write(history=history) as conn:
                     return work(conn)
             except sa_exc.DBAPIError as e:
                 if attempt + 1 < attempts and (_is_retryable(e) or isinstance(e, sa_exc.IntegrityError)):

@@ -25,6 +25,14 @@ from ...registry import entry_for
 from ...url import StoreURL, redacted
 
 
+def _optional_url(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a URL string")
+    return value
+
+
 def _int(value: Any) -> int:
     number = int(value)
     if number < 0:
@@ -43,6 +51,7 @@ OPTIONS: dict[str, Option] = {
     "read_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for any answer from the server (PostgreSQL, MySQL)"),
     "auto_upgrade": Option(BOOL, True, "apply pending schema migrations on open"),
     "echo": Option(BOOL, False, "log every SQL statement"),
+    "read_url": Option(_optional_url, None, "a streaming replica for listings and history reads (PostgreSQL)"),
 }
 
 # Options of other backends: named in the error when one is given to a SQL URL.

@@ -160,8 +160,8 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         return found
 
     def _get_session(self, session_id: str) -> Session | None:
-        with self.db.read() as conn:
-            row = conn.execute(select(self.t.sessions).where(self.t.sessions.c.session_id == session_id)).first()
+        query = select(self.t.sessions).where(self.t.sessions.c.session_id == session_id)
+        row = self.db.read_history(lambda conn: conn.execute(query).first())
         return _session_from_row(row) if row else None
 
     def _list_statement(self, user: bool, agent: bool, kind: bool, after: bool) -> Any:
@@ -192,8 +192,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         params: dict[str, Any] = {"user_id": flt.user_id, "agent_id": flt.agent_id, "session_type": flt.session_type, "n": limit}
         if after is not None:
             params.update(after_at=after[0], after_id=after[1])
-        with self.db.read() as conn:
-            return [_session_from_row(r) for r in conn.execute(query, params)]
+        return self.db.read_history(lambda conn: [_session_from_row(r) for r in conn.execute(query, params)])
 
     @retry_conflicts
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
@@ -305,8 +304,8 @@ class SqlConversationStore(_SqlStore, ConversationStore):
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         if limit is not None and before_seq is None and after_seq is None:
-            with self.db.read() as conn:
-                rows = [_message_from_row(r) for r in conn.execute(self._newest, {"sid": session_id, "n": limit})]
+            params = {"sid": session_id, "n": limit}
+            rows = self.db.read_history(lambda conn: [_message_from_row(r) for r in conn.execute(self._newest, params)])
             rows.reverse()
             return rows
         m = self.t.messages.c
@@ -320,18 +319,14 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             query = query.order_by(m.seq.desc()).limit(limit)
         else:
             query = query.order_by(m.seq)
-        with self.db.read() as conn:
-            rows = [_message_from_row(r) for r in conn.execute(query)]
+        rows = self.db.read_history(lambda conn: [_message_from_row(r) for r in conn.execute(query)])
         if limit is not None:
             rows.reverse()
         return rows
 
     def _count_messages(self, session_id: str) -> int:
-        with self.db.read() as conn:
-            count = conn.execute(
-                select(self.t.sessions.c.message_count).where(self.t.sessions.c.session_id == session_id)
-            ).scalar()
-        return int(count or 0)
+        query = select(self.t.sessions.c.message_count).where(self.t.sessions.c.session_id == session_id)
+        return int(self.db.read_history(lambda conn: conn.execute(query).scalar()) or 0)
 
     @retry_conflicts
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
@@ -471,7 +466,7 @@ class SqlStateStore(_SqlStore, StateStore):
 
     @retry_conflicts
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
-        with self.db.write() as conn:
+        with self.db.write(history=False) as conn:
             conn.execute(
                 _upsert(self.db.dialect, self.t.state, ["value", "expires_at"]),
                 [{"key": k, "value": v, "expires_at": expires_at} for k, v in items.items()],
@@ -480,7 +475,7 @@ class SqlStateStore(_SqlStore, StateStore):
     @retry_conflicts
     def _delete(self, key: str) -> bool:
         st = self.t.state
-        with self.db.write() as conn:
+        with self.db.write(history=False) as conn:
             live = conn.execute(delete(st).where(st.c.key == key, _live(st, time.time()))).rowcount > 0
             if not live:
                 conn.execute(delete(st).where(st.c.key == key))  # an expired leftover
@@ -502,7 +497,7 @@ class SqlStateStore(_SqlStore, StateStore):
             return value
 
         # A missing key raced by two processes: one insert wins, the other retries and updates.
-        return self.db.retrying(work)
+        return self.db.retrying(work, history=False)
 
     def _expires_at(self, key: str) -> float | None:
         st = self.t.state
@@ -512,7 +507,7 @@ class SqlStateStore(_SqlStore, StateStore):
     @retry_conflicts
     def _expire(self, key: str, expires_at: float | None) -> bool:
         st = self.t.state
-        with self.db.write() as conn:
+        with self.db.write(history=False) as conn:
             return conn.execute(update(st).where(st.c.key == key, _live(st, time.time())).values(expires_at=expires_at)).rowcount > 0
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
@@ -536,7 +531,7 @@ class SqlStateStore(_SqlStore, StateStore):
         st = self.t.state
         now = time.time()
         cond = _prefix_range(st.c.key, prefix) if prefix else st.c.key.isnot(None)
-        with self.db.write() as conn:
+        with self.db.write(history=False) as conn:
             live = conn.execute(delete(st).where(cond, _live(st, now))).rowcount
             conn.execute(delete(st).where(cond))
             return live
@@ -545,5 +540,5 @@ class SqlStateStore(_SqlStore, StateStore):
     def purge_expired(self) -> int:
         """Physically remove expired keys (they are already invisible to every read). Returns how many."""
         st = self.t.state
-        with self.db.write() as conn:
+        with self.db.write(history=False) as conn:
             return conn.execute(delete(st).where(st.c.expires_at <= time.time())).rowcount
