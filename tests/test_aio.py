@@ -248,7 +248,7 @@ async def async_error_of(call: Any) -> type[BaseException] | None:
 CONVERSATION_ERRORS: dict[str, tuple[Any, type[Exception]]] = {
     "add_message to a missing session": (lambda s: s.add_message("nobody", "user", "hi"), SessionNotFound),
     "update_session of a missing session": (lambda s: s.update_session("nobody", name="x"), SessionNotFound),
-    "an unknown role": (lambda s: s.add_message("here", "robot", "hi"), InputError),
+    "an empty role": (lambda s: s.add_message("here", "", "hi"), InputError),
     "a negative limit": (lambda s: s.get_messages("here", limit=-1), InputError),
     "an empty session id": (lambda s: s.get_or_create_session(""), InputError),
     "iter_messages with batch_size 0": (lambda s: s.iter_messages("here", batch_size=0), InputError),
