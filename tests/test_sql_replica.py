@@ -1,5 +1,6 @@
-"""Read replicas on a real PostgreSQL streaming replica: a private primary, ``pg_basebackup`` into a temporary
-folder and a second postmaster on a free loopback port, started here and stopped by pid.
+"""Read replicas on real replicas started here and stopped by pid: PostgreSQL streaming replication (a private
+primary, ``pg_basebackup`` into a temporary folder and a second postmaster on a free loopback port) and MariaDB GTID
+replication (two private servers, the second following the first's binary log).
 
 What a user relies on: listings and history reads are served by the replica, what this db object wrote is visible
 to its next read however far the replica lags, and a replica that goes away costs no error.
@@ -16,11 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
+import pymysql
 import pytest
 
 from praison_db import ConfigError, db
 from praison_db.aio import db as async_db
-from tests.private_servers import PG_BIN, PrivateServer, _as_user, _stop, _tempdir, free_port, private_postgres
+from tests.private_servers import PG_BIN, PrivateServer, _as_user, _stop, _tempdir, free_port, private_mariadb, private_postgres
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -30,25 +32,35 @@ pytestmark = pytest.mark.slow
 class Pair:
     primary: PrivateServer
     replica: PrivateServer
+    kind: str  # "postgresql" or "mariadb"
 
     def sql(self, url: str, statement: str) -> object:
-        with psycopg.connect(url, autocommit=True) as conn:
-            return conn.execute(statement).fetchone()[0]  # type: ignore[index]
+        if self.kind == "postgresql":
+            with psycopg.connect(url, autocommit=True) as conn:
+                row = conn.execute(statement).fetchone()
+        else:
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            with pymysql.connect(host="127.0.0.1", port=port, user="root", autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute(statement)
+                row = cur.fetchone()
+        return None if row is None else row[0]
 
     def pause_replay(self) -> None:
-        self.sql(self.replica.url, "SELECT pg_wal_replay_pause()")
+        self.sql(self.replica.url, "SELECT pg_wal_replay_pause()" if self.kind == "postgresql" else "STOP SLAVE SQL_THREAD")
 
     def resume_replay(self) -> None:
-        self.sql(self.replica.url, "SELECT pg_wal_replay_resume()")
+        self.sql(self.replica.url, "SELECT pg_wal_replay_resume()" if self.kind == "postgresql" else "START SLAVE SQL_THREAD")
 
     def wait_for_replay(self) -> None:
         """Poll until the replica has replayed everything the primary has written so far."""
-        target = self.sql(self.primary.url, "SELECT pg_current_wal_lsn()::text")
-        wait_until(
-            lambda: self.sql(self.replica.url, f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn") is True,
-            "replica replay",
-            timeout=60,
-        )
+        if self.kind == "postgresql":
+            target = self.sql(self.primary.url, "SELECT pg_current_wal_lsn()::text")
+            check = f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+            wait_until(lambda: self.sql(self.replica.url, check) is True, "replica replay", timeout=60)
+        else:
+            target = self.sql(self.primary.url, "SELECT @@gtid_binlog_pos")
+            check = f"SELECT MASTER_GTID_WAIT('{target}', 0)"
+            wait_until(lambda: self.sql(self.replica.url, check) == 0, "replica replay", timeout=60)
 
 
 @contextmanager
@@ -74,10 +86,31 @@ def streaming_replica(primary: PrivateServer) -> Iterator[PrivateServer]:
             log.close()
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
+@contextmanager
+def mariadb_pair() -> Iterator[Pair]:
+    with private_mariadb("--log-bin=binlog", "--server-id=1") as primary, private_mariadb("--server-id=2") as replica:
+        pair = Pair(primary, replica, "mariadb")
+        port = primary.url.rsplit(":", 1)[1].split("/")[0]
+        pair.sql(replica.url, f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='root', MASTER_USE_GTID=slave_pos")
+        pair.sql(replica.url, "START SLAVE")
+        pair.sql(primary.url, "CREATE DATABASE IF NOT EXISTS replicated")
+        pair.wait_for_replay()
+        yield pair
+
+
+@contextmanager
+def postgres_pair() -> Iterator[Pair]:
     with private_postgres() as primary, streaming_replica(primary) as replica:
-        yield Pair(primary, replica)
+        yield Pair(primary, replica, "postgresql")
+
+
+PAIRS = {"postgresql": postgres_pair, "mariadb": mariadb_pair}
+
+
+@pytest.fixture(scope="module", params=sorted(PAIRS))
+def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    with PAIRS[request.param]() as found:
+        yield found
 
 
 def sid() -> str:
@@ -135,8 +168,10 @@ def test_the_async_api_reads_its_own_writes_through_a_lagging_replica(pair):
     assert asyncio.run(main()) == ["a", "reasoning"]
 
 
-def test_a_replica_that_goes_away_costs_no_error():
-    with private_postgres() as primary, streaming_replica(primary) as replica:
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_a_replica_that_goes_away_costs_no_error(kind):
+    with PAIRS[kind]() as pair:
+        primary, replica = pair.primary, pair.replica
         with db(primary.url, read_url=replica.url) as store:
             chat = store.conversations
             s = sid()
@@ -152,9 +187,9 @@ def test_a_replica_that_goes_away_costs_no_error():
 
 
 def test_read_url_is_checked_and_its_password_never_shown(pair):
-    with pytest.raises(ConfigError, match="read_url must be a postgresql:// URL"):
+    with pytest.raises(ConfigError, match=f"read_url must be a {pair.primary.url.split(':')[0]}:// URL"):
         db(pair.primary.url, read_url="redis://localhost:6379/0")
-    with pytest.raises(ConfigError, match="supported on PostgreSQL"):
+    with pytest.raises(ConfigError, match="supported on PostgreSQL and MariaDB, not on sqlite"):
         db("sqlite:///:memory:", read_url="sqlite:///other.db")
     with pytest.raises(ConfigError) as info:
         db("redis://localhost:6379/0", read_url="postgresql://u:s3cret@h/db")

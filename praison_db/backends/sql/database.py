@@ -44,9 +44,9 @@ class SqlDatabase(SharedConnection):
         self.dialect: str = self.engine.dialect.name
         self.replica: Replica | None = None
         try:
-            if opts["read_url"] is not None:
-                self.replica = Replica(url, opts["read_url"], opts, asynchronous)
             self.tables = self._prepare(opts["auto_upgrade"], check=schema != "skip")
+            if opts["read_url"] is not None:  # after _prepare: the dialect knows by now whether MySQL is MariaDB
+                self.replica = Replica(url, opts["read_url"], opts, asynchronous, self.engine.dialect)
         except Exception as e:
             self._dispose()
             if isinstance(e, errors.Error):

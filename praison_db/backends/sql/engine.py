@@ -51,7 +51,7 @@ OPTIONS: dict[str, Option] = {
     "read_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for any answer from the server (PostgreSQL, MySQL)"),
     "auto_upgrade": Option(BOOL, True, "apply pending schema migrations on open"),
     "echo": Option(BOOL, False, "log every SQL statement"),
-    "read_url": Option(_optional_url, None, "a streaming replica for listings and history reads (PostgreSQL)"),
+    "read_url": Option(_optional_url, None, "a replica for listings and history reads (PostgreSQL, MariaDB)"),
 }
 
 # Options of other backends: named in the error when one is given to a SQL URL.
