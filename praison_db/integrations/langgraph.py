@@ -873,18 +873,6 @@ class _SqlStorage(_Storage):
         self._retried(work)
 
 
-def _repair_aiomysql() -> None:
-    """aiomysql (0.3 and before) escapes bytes with ``pymysql.converters.escape_bytes_prefixed``, which PyMySQL 1.2
-    replaced by a placeholder string (PyMySQL issue 1274): every bytes parameter then fails with "'str' object is
-    not callable". Checkpoints are bytes, so put back what the name stood for (PyMySQL's own escaping of bytes),
-    only while it is the placeholder."""
-    import aiomysql.connection  # type: ignore[import-untyped]
-    from pymysql.converters import escape_bytes
-
-    if not callable(getattr(aiomysql.connection, "escape_bytes_prefixed", None)):
-        aiomysql.connection.escape_bytes_prefixed = escape_bytes
-
-
 # ---- the saver ----
 
 
@@ -1033,8 +1021,6 @@ class PraisonCheckpointSaver(BaseCheckpointSaver[str]):
         from ..backends.sql.engine import OPTIONS
 
         opts, _ = resolve_options(f"{self._url.scheme}://", OPTIONS, {**self._url.query, **self._options}, passthrough=True)
-        if asynchronous and self._url.base_scheme in ("mysql", "mariadb"):
-            _repair_aiomysql()
         database = SqlDatabase(self._url, schema="skip", asynchronous=asynchronous, **self._options)
         try:
             return _SqlStorage(database, opts["auto_upgrade"])

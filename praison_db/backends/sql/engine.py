@@ -372,8 +372,22 @@ def _sqlite_engine_args(sa_url: URL) -> dict[str, Any]:
     return args
 
 
+def _repair_aiomysql() -> None:
+    """aiomysql (0.3 and before) escapes bytes with ``pymysql.converters.escape_bytes_prefixed``, which PyMySQL 1.2
+    replaced by a placeholder string (PyMySQL issue 1274): every bytes parameter then fails with "'str' object is
+    not callable". Put back what the name stood for (PyMySQL's own escaping of bytes), only while it is the
+    placeholder."""
+    import aiomysql.connection
+    from pymysql.converters import escape_bytes
+
+    if not callable(getattr(aiomysql.connection, "escape_bytes_prefixed", None)):
+        aiomysql.connection.escape_bytes_prefixed = escape_bytes
+
+
 def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: float, where: str, asynchronous: bool) -> None:
     """Bounded waits, strict mode and the packet limit on every new PyMySQL (or aiomysql) connection."""
+    if asynchronous:
+        _repair_aiomysql()
 
     # Lock waits end on the server (a retryable 1205) well before the client stops waiting for an answer.
     lock_wait = max(1, int(read_timeout / 2))
