@@ -5,14 +5,21 @@ URL: ``json:///abs/dir``, ``file:///abs/dir`` or ``json://rel/dir``. Option: ``l
 Layout of a session directory, per session::
 
     <name>.session.json   the session's header (owner, type, name, metadata); its presence means "exists"
-    <name>.jsonl          the messages, one JSON object per line, append-only
+    <name>.jsonl          the messages, one JSON object per line, appended (removals cut the end off)
     .locks/<name>.lock    the cross-process lock (filelock) taken by every write, delete included
 
 ``<name>`` is a readable slug of the id plus a SHA-256 digest of it, so different ids never share files and no
-id (``../x``, ``a/b``, very long) can name a path outside the directory. Appends write one line and fsync: O(1) in
-the session's length. ``message_count`` and activity are read from the last line, so the header is rewritten only
-by ``update_session``. A line torn by a crash is ignored when reading and cut off before the next append: a crash
-loses at most the message being written, never the session.
+id (``../x``, ``a/b``, very long) can name a path outside the directory. A message line holds every field of the
+message (type, extra and JSON content included) and reads back exactly; lines written before those fields existed
+read as messages without them. Appends write one line and fsync: O(1) in the session's length. ``message_count``
+and activity are read from the last line, so appends never rewrite the header. A line torn by a crash is ignored
+when reading and cut off before the next append: a crash loses at most the message being written, never the session.
+
+``pop_message``, ``truncate`` and ``clear_messages`` cut the newest lines off the end of the file under the same
+lock: a cut record appended and fsynced is the commit point, then the header takes the new activity and the file is
+truncated at the cut (see ``_cut_newest``). A crash leaves the old messages or the new ones, never a mix; the file
+never keeps removed lines, so appends and newest-N reads cost what they did. Reads take no lock: a removal replaces
+the header before it truncates, and a read that saw the header change under it reads again.
 
 The folder may sit on a disk others can write to, so every file is opened without following a symbolic link at its
 path (``O_NOFOLLOW``): a link planted where a header, messages, lock, state or spool file belongs makes the call
@@ -28,15 +35,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -81,6 +89,21 @@ log = logging.getLogger("praison_db")
 _OPTIONS = {"lock_timeout": Option(POSITIVE_SECONDS, 30.0, "seconds to wait for another process's lock")}
 # Tails are read backwards a block at a time, small first (most reads need one or two lines), then doubling.
 _FIRST_BLOCK, _MAX_BLOCK = 4 * 1024, 1024 * 1024
+# Streams read the file forwards this much at a time.
+_STREAM_BLOCK = 256 * 1024
+# Lock-free reads that met a removal this many times in a row take the session's lock (see _settled).
+_READ_ATTEMPTS = 3
+# Lines this module writes for messages start and end so (the id is the first field, created_at the last): they
+# are counted without parsing them.
+_MESSAGE_START, _MESSAGE_END = b'{"id":"', b'"}\n'
+
+T = TypeVar("T")
+
+
+class _Files(NamedTuple):
+    header: Path
+    messages: Path
+    lock: Path
 
 
 # File times come from the kernel's coarse clock and may trail the time stamped into the data by a tick (1-10 ms).
@@ -123,11 +146,17 @@ def _messages_problem(path: Path) -> str | None:
         return "a symbolic link" if is_link(path) else "not a regular file"
     expected = 1
     with f:
+        newest = _newest_record(f, path.name)
+        # A removal a crash cut short ends the file: the next write finishes it, so it is not damage.
+        end = newest[2] if newest is not None and _cut_of(newest[1]) is not None else math.inf
+        f.seek(0)
+        offset = 0
         for number, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                break  # torn by a crash: the next append cuts it off
+            if offset >= end or not raw.endswith(b"\n"):
+                break  # past the messages, or torn by a crash: the next write cuts it off
+            offset += len(raw)
             record = _parse_line(raw)
-            if record is None:
+            if record is None or not _is_message(record):
                 return f"line {number} is not a message"
             if record["seq"] < expected:
                 return f"line {number} has seq {record['seq']}, after seq {expected - 1}"
@@ -136,7 +165,7 @@ def _messages_problem(path: Path) -> str | None:
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
-    """A stored message record, or None for a line that is not one (torn, edited by hand, garbage)."""
+    """A stored record (a message or a cut), or None for a line that is not one (torn, edited by hand, garbage)."""
     try:
         value = json.loads(line)
     except (ValueError, RecursionError):
@@ -147,51 +176,174 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     return value if type(seq) is int and isinstance(value.get("created_at"), str) else None
 
 
-def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None, root: Path | None = None) -> list[dict[str, Any]]:
-    """The last ``want`` complete records of a JSON Lines file, newest first, reading backwards from the end.
+def _is_message(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("id"), str)
 
-    A torn last line (no newline) is skipped. ``stop(record)`` returning True ends the scan early;
-    ``skip(record)`` returning True leaves a record out but goes on.
-    Cost is proportional to what is read, not to the file's size.
+
+def _cut_of(record: dict[str, Any]) -> int | None:
+    """Where the messages end, for a cut record (the commit point of a removal); None for anything else."""
+    cut = record.get("cut")
+    return cut if type(cut) is int and cut >= 0 and "id" not in record else None
+
+
+def _message(record: dict[str, Any]) -> Message:
+    """The Message a stored record holds (its created_at must be valid ISO 8601: callers turn ValueError into damage)."""
+    values = {**record, "created_at": datetime.fromisoformat(record["created_at"])}
+    if len(values) != len(Message.model_fields):  # a line of an older version: no type, no extra
+        values.setdefault("type", None)
+        values.setdefault("extra", {})
+    return Message.trusted(**values)
+
+
+def _cut_line(seq: int, moment: datetime, cut: int) -> bytes:
+    return (dumps({"seq": seq, "created_at": moment.isoformat(), "cut": cut}) + "\n").encode("utf-8")
+
+
+def _after_last_newline(f: Any, end: int) -> int:
+    """The offset just after the last newline before ``end`` (0 if none): where the last complete line ends."""
+    pos, block = end, _FIRST_BLOCK
+    while pos > 0:
+        size = min(block, pos)
+        block = min(block * 2, _MAX_BLOCK)
+        pos -= size
+        f.seek(pos)
+        found = f.read(size).rfind(b"\n")
+        if found >= 0:
+            return pos + found + 1
+    return 0
+
+
+def _message_lines(f: Any, end: int) -> int:
+    """How many messages the lines before ``end`` hold (they end with a newline); lines this module wrote are
+    recognised by how they start, without parsing them."""
+    f.seek(0)
+    count = offset = 0
+    for raw in f:
+        offset += len(raw)
+        if offset > end:
+            break
+        if raw.startswith(_MESSAGE_START) and raw.endswith(_MESSAGE_END):
+            count += 1
+        elif (record := _parse_line(raw)) is not None and _is_message(record):
+            count += 1
+    return count
+
+
+def _take_back(f: Any, end: int) -> None:
+    """Remove a cut record whose removal failed half way, so that the failed call changes nothing."""
+    try:
+        if os.fstat(f.fileno()).st_size > end:  # not once the file is cut: that removal is done
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        log.warning("praison_db: a removal failed half way and its cut record stayed (%s); the next write finishes it", e)
+
+
+def _still_at(f: Any, offset: int, line: bytes) -> bool:
+    """Whether ``line`` (and its newline) is still at ``offset`` of ``f``."""
+    f.seek(offset)
+    return bool(f.read(len(line) + 1) == line + b"\n")
+
+
+class _Moved(Exception):
+    """A read without the lock found the messages file shorter than it was a moment before: a removal cut it."""
+
+
+def _generation(header_path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever a session's header is replaced; every removal replaces it before it cuts the messages."""
+    try:
+        st = os.lstat(header_path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _lines_before(f: Any, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the complete, non-empty lines of ``f`` that end before ``end``, newest first.
+
+    Read backwards a block at a time, small first (most reads need one or two lines), then doubling, so the cost
+    follows what is read, not the file's size. What follows the last newline before ``end`` is a torn write (or
+    nothing) and is skipped. Raises _Moved when a block comes back short: the file was cut meanwhile.
+    """
+    pos, carry, block = end, b"", _FIRST_BLOCK
+    while pos > 0:
+        size = min(block, pos)
+        block = min(block * 2, _MAX_BLOCK)
+        pos -= size
+        f.seek(pos)
+        chunk = f.read(size)
+        if len(chunk) != size:
+            raise _Moved
+        chunk += carry
+        pieces = chunk.split(b"\n")
+        carry = pieces.pop(0) if pos > 0 else b""  # may begin before this block: joined with the next one
+        stop = pos + len(chunk)  # where the last piece ends
+        for raw in reversed(pieces):
+            start = stop - len(raw)
+            if raw and stop != end:
+                yield start, raw
+            stop = start - 1
+
+
+def _newest_record(f: Any, name: str) -> tuple[int, dict[str, Any], int] | None:
+    """(offset, record, end of the messages) of the newest readable record, a message or a cut record."""
+    for offset, raw in _lines_before(f, f.seek(0, os.SEEK_END)):
+        record = _parse_line(raw)
+        if record is None:
+            log.warning("praison_db: skipped an unreadable line in %s", name)
+            continue
+        cut = _cut_of(record)
+        return offset, record, min(cut, offset) if cut is not None else offset + len(raw) + 1
+    return None
+
+
+def _messages_newest_first(f: Any, name: str) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(offset, line, record) of the messages of ``f``, newest first; a cut record ending the file (a removal in
+    progress, or one a crash cut short) is followed: the messages end where it says."""
+    end = f.seek(0, os.SEEK_END)
+    newest = True
+    while True:
+        jump = None
+        for offset, raw in _lines_before(f, end):
+            record = _parse_line(raw)
+            if record is None:
+                log.warning("praison_db: skipped an unreadable line in %s", name)
+                continue
+            cut = _cut_of(record) if newest else None
+            newest = False
+            if cut is not None:
+                jump = min(cut, offset)
+                break
+            if _is_message(record):
+                yield offset, raw, record
+        if jump is None:
+            return
+        end = jump
+
+
+def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None, root: Path | None = None) -> list[dict[str, Any]]:
+    """The last ``want`` messages of a JSON Lines file, newest first, reading backwards from the end.
+
+    ``stop(record)`` returning True ends the scan early; ``skip(record)`` returning True leaves a record out but
+    goes on. Cost is proportional to what is read, not to the file's size. Raises _Moved (see _lines_before).
     """
     out: list[dict[str, Any]] = []
     try:
         f = open_private(path, "rb", root=root)
     except FileNotFoundError:
         return out
+    if want <= 0:
+        return out
     with f:
-        end = f.seek(0, os.SEEK_END)
-        pos = end
-        carry = b""
-        first = True
-        block = _FIRST_BLOCK
-        while pos > 0 and len(out) < want:
-            size = min(block, pos)
-            block = min(block * 2, _MAX_BLOCK)
-            pos -= size
-            f.seek(pos)
-            chunk = f.read(size) + carry
-            lines = chunk.split(b"\n")
-            carry = lines[0] if pos > 0 else b""
-            body = lines[1:] if pos > 0 else lines
-            if first:
-                # Whatever follows the last newline is a torn write (or empty): never a record.
-                body = body[:-1]
-                first = False
-            for raw in reversed(body):
-                if not raw:
-                    continue
-                record = _parse_line(raw)
-                if record is None:
-                    log.warning("praison_db: skipped an unreadable line in %s", path.name)
-                    continue
-                if stop is not None and stop(record):
-                    return out
-                if skip is not None and skip(record):
-                    continue
-                out.append(record)
-                if len(out) >= want:
-                    break
+        for _, _, record in _messages_newest_first(f, path.name):
+            if stop is not None and stop(record):
+                break
+            if skip is not None and skip(record):
+                continue
+            out.append(record)
+            if len(out) >= want:
+                break
     return out
 
 
@@ -242,9 +394,29 @@ class JsonConversationStore(ConversationStore):
 
     # ---- files ----
 
-    def _paths(self, session_id: str) -> tuple[Path, Path, Path]:
-        stem = session_file_stem(session_id)
-        return self.directory / f"{stem}.session.json", self.directory / f"{stem}.jsonl", self._locks / f"{stem}.lock"
+    def _paths(self, session_id: str) -> _Files:
+        return self._stem_paths(session_file_stem(session_id))
+
+    def _stem_paths(self, stem: str) -> _Files:
+        return _Files(self.directory / f"{stem}.session.json", self.directory / f"{stem}.jsonl", self._locks / f"{stem}.lock")
+
+    def _settled(self, files: _Files, read: Callable[..., T], *args: Any) -> T:
+        """Run a read that takes no lock until no removal overlapped it.
+
+        Appends only add bytes after the end, so a read racing them sees a consistent prefix. A removal cuts the
+        messages file, but only after it has replaced the header: the same header before and after the read (and
+        no block read short) means nothing was cut under it. A read that keeps meeting removals takes the lock.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            before = _generation(files.header)
+            try:
+                result = read(*args)
+            except _Moved:
+                continue
+            if _generation(files.header) == before:
+                return result
+        with self._locked(files.lock):
+            return read(*args)
 
     @contextmanager
     def _locked(self, lock_path: Path) -> Iterator[None]:
@@ -294,25 +466,35 @@ class JsonConversationStore(ConversationStore):
             raise unsafe(header_path, self.directory, "not a regular file")
         return True
 
-    def _last_record(self, messages_path: Path) -> tuple[int, datetime] | None:
-        last = _tail_lines(messages_path, 1, root=self.directory)
-        if not last:
-            return None
+    def _last_record(self, messages_path: Path) -> tuple[int, datetime, int] | None:
+        """(seq, created_at, where the messages end) of the last record: message_count and activity come from it."""
         try:
-            created = datetime.fromisoformat(last[0]["created_at"])
+            f = open_private(messages_path, "rb", root=self.directory)
+        except FileNotFoundError:
+            return None
+        with f:
+            newest = _newest_record(f, messages_path.name)
+        if newest is None:
+            return None
+        _, record, end = newest
+        try:
+            created = datetime.fromisoformat(record["created_at"])
         except ValueError:
             raise damaged(messages_path, self.directory, "the last message has no valid created_at") from None
         if created.tzinfo is None:
             raise damaged(messages_path, self.directory, "the last message has no time zone")
-        return last[0]["seq"], created
+        return record["seq"], created, end
 
-    def _load(self, header_path: Path, messages_path: Path) -> Session | None:
-        session = self._read_header(header_path)
+    def _load(self, files: _Files) -> Session | None:
+        return self._settled(files, self._load_once, files)
+
+    def _load_once(self, files: _Files) -> Session | None:
+        session = self._read_header(files.header)
         if session is None:
             return None
-        last = self._last_record(messages_path)
+        last = self._last_record(files.messages)
         if last:
-            seq, created = last
+            seq, created, _ = last
             session = session.model_copy(update={"message_count": seq, "updated_at": max(session.updated_at, created)})
         return session
 
@@ -321,10 +503,13 @@ class JsonConversationStore(ConversationStore):
         return json.dumps(session.model_dump(mode="json", exclude={"message_count"}), ensure_ascii=False)
 
     def _write_header(self, header_path: Path, session: Session, activity: datetime) -> None:
+        before = _generation(header_path)
         write_private(header_path, self._header_text(session))
         # Listing relies on "activity <= the newer file time" (see _list_sessions). A session stamped ahead of this
         # machine's clock (an import, another machine's clock) would break that: move the file time up to it.
-        _cover(header_path, _ns(activity))
+        # The time also moves past the old header's, so that no two headers in a row look alike to _settled (a
+        # freed inode number can come back within one tick of the coarse file clock).
+        _cover(header_path, max(_ns(activity), before[1] + 1 if before else 0))
 
     def _create_files(self, session: Session, messages: list[Message] | None = None) -> None:
         header_path, messages_path, _ = self._paths(session.session_id)
@@ -352,21 +537,20 @@ class JsonConversationStore(ConversationStore):
             return True
 
     def _get_or_insert_session(self, session: Session) -> Session:
-        header_path, messages_path, lock_path = self._paths(session.session_id)
-        with self._locked(lock_path):
-            existing = self._load(header_path, messages_path)
+        files = self._paths(session.session_id)
+        with self._locked(files.lock):
+            existing = self._load(files)
             if existing is not None:
                 return existing
             self._create_files(session)
             return session
 
     def _get_session(self, session_id: str) -> Session | None:
-        header_path, messages_path, _ = self._paths(session_id)
-        return self._load(header_path, messages_path)
+        return self._load(self._paths(session_id))
 
     def _load_stem(self, stem: str) -> Session | None:
         try:
-            return self._load(self.directory / f"{stem}.session.json", self.directory / f"{stem}.jsonl")
+            return self._load(self._stem_paths(stem))
         except (IntegrityError, OSError) as e:
             # One damaged or unreadable session must not make listing fail for everyone; reading it directly says why.
             log.warning("praison_db: skipped session file %s.session.json: %s", stem, getattr(e, "strerror", None) or e)
@@ -443,9 +627,10 @@ class JsonConversationStore(ConversationStore):
             log.warning("praison_db: %s was older than its session's activity; moved it forward", header_path.name)
 
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
-        header_path, messages_path, lock_path = self._paths(session_id)
-        with self._locked(lock_path):
-            current = self._load(header_path, messages_path)
+        files = self._paths(session_id)
+        header_path = files.header
+        with self._locked(files.lock):
+            current = self._load(files)
             if current is None:
                 return None
             updated = current.model_copy(update={**changes, "updated_at": max(now, current.updated_at)})
@@ -488,13 +673,13 @@ class JsonConversationStore(ConversationStore):
                     count += self._remove(s.session_id, user_id)
                 elif idle_before is not None and s.updated_at < idle_before:
                     # Re-check under the lock: an append may have made it active since it was read.
-                    header_path, messages_path, lock_path = self._paths(s.session_id)
-                    with self._locked(lock_path):
-                        fresh = self._load(header_path, messages_path)
+                    files = self._paths(s.session_id)
+                    with self._locked(files.lock):
+                        fresh = self._load(files)
                         if fresh is None or fresh.updated_at >= idle_before:
                             continue
-                        header_path.unlink()
-                        messages_path.unlink(missing_ok=True)
+                        files.header.unlink()
+                        files.messages.unlink(missing_ok=True)
                     count += 1
             except IntegrityError as e:  # damaged or planted since listed: leave it, go on with the others
                 log.warning("praison_db: skipped session %r: %s", s.session_id, e)
@@ -505,13 +690,13 @@ class JsonConversationStore(ConversationStore):
     # ---- messages ----
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
-        header_path, messages_path, lock_path = self._paths(session_id)
-        with self._locked(lock_path):
-            if self._read_header(header_path) is None:
+        files = self._paths(session_id)
+        with self._locked(files.lock):
+            if self._read_header(files.header) is None:
                 raise missing_session(session_id)
-            with open_private(messages_path, "r+b", root=self.directory) as f:
-                last_seq = self._repair_tail(f, messages_path)
-                index = self._id_index(f, messages_path)
+            with open_private(files.messages, "r+b", root=self.directory) as f:
+                last_seq = self._repair_tail(f, files)
+                index = self._id_index(f, files.messages)
                 known = {d.id: self._read_at(f, index.ids[d.id]) for d in drafts if d.id in index.ids}
                 fresh = [d for d in drafts if d.id not in known]
                 if fresh:
@@ -556,7 +741,7 @@ class JsonConversationStore(ConversationStore):
             pos = index.offset
             for raw in data.split(b"\n")[:-1]:
                 record = _parse_line(raw) if raw else None
-                if record is not None and isinstance(record.get("id"), str):
+                if record is not None and _is_message(record):
                     index.ids[record["id"]] = (pos, len(raw) + 1)
                 pos += len(raw) + 1
             index.offset = pos
@@ -566,92 +751,187 @@ class JsonConversationStore(ConversationStore):
     @staticmethod
     def _read_at(f: Any, where: tuple[int, int]) -> Message:
         f.seek(where[0])
-        r = json.loads(f.read(where[1]))
-        return Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])})
+        return _message(json.loads(f.read(where[1])))
 
-    def _repair_tail(self, f: Any, path: Path) -> int:
-        """Cut a torn last line off (a crash mid-write) and return the last stored seq."""
+    def _repair_tail(self, f: Any, files: _Files) -> int:
+        """Make the messages file end with a whole record (the lock is held) and return the last stored seq: a torn
+        last line (a crash mid-write) is cut off, a removal a crash interrupted after its commit point is finished."""
         end = f.seek(0, os.SEEK_END)
-        if end == 0:
-            return 0
-        pos = end
-        data = b""
-        block = _FIRST_BLOCK
-        while pos > 0:
-            size = min(block, pos)
-            block = min(block * 2, _MAX_BLOCK)
-            pos -= size
-            f.seek(pos)
-            data = f.read(size) + data
-            # We need the last newline and the one before it, to isolate the last complete line.
-            if data.count(b"\n") >= 2 or (pos == 0 and b"\n" in data):
-                break
-        if not data.endswith(b"\n"):
-            cut = data.rfind(b"\n")
-            keep = pos + cut + 1 if cut >= 0 else 0
+        keep = _after_last_newline(f, end)
+        if keep < end:
             log.warning("praison_db: removed a torn last line (%d bytes) left by a crash", end - keep)
             f.truncate(keep)
             f.flush()
             os.fsync(f.fileno())
-            data = data[: cut + 1] if cut >= 0 else b""
-        lines = [line for line in data.split(b"\n") if line]
-        if not lines:
+        newest = _newest_record(f, files.messages.name)
+        if newest is None:
             return 0
-        record = _parse_line(lines[-1])
-        if record is None:  # only possible if the file was edited by hand
-            last = _tail_lines(path, 1, root=self.directory)
-            return last[0]["seq"] if last else 0
+        _, record, messages_end = newest
+        if _cut_of(record) is not None:
+            log.warning("praison_db: finishing a removal of messages that a crash interrupted in %s", files.messages.name)
+            self._finish_cut(f, files, self._moment_of(record, files.messages), messages_end)
         return int(record["seq"])
 
+    def _moment_of(self, record: dict[str, Any], path: Path) -> datetime:
+        try:
+            moment = datetime.fromisoformat(record["created_at"])
+        except ValueError:
+            raise damaged(path, self.directory, "the last record has no valid created_at") from None
+        if moment.tzinfo is None:
+            raise damaged(path, self.directory, "the last record has no time zone")
+        return moment
+
+    # ---- removing messages ----
+    #
+    # A removal takes the newest messages off the end of the file, under the session's lock, in three durable steps:
+    #   1. append a cut record {"seq": <newest seq kept>, "created_at": <now>, "cut": <byte offset>} and fsync: the
+    #      commit point. A reader that finds it last reads the messages before the offset, and takes message_count
+    #      and activity from it as it would from a last message; a crash before it is complete leaves a torn line,
+    #      which readers skip and the next write cuts off, i.e. the old state;
+    #   2. replace the header with updated_at moved to the cut's time (a reader without the lock sees the header
+    #      change and reads again: see _settled);
+    #   3. truncate the file at the offset: the cut record goes with the removed lines.
+    # A crash between 1 and 3 leaves the cut record last; the next write under the lock does 2 and 3 again. So
+    # the file never keeps removed lines or markers: appends stay one write at the end, newest-N reads stay a few
+    # blocks from the end, and a freed seq or a removed message's id is simply free again.
+
+    def _pop(self, session_id: str, now: datetime) -> Message | None:
+        return self._cut_newest(session_id, None, now)[1]
+
+    def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
+        return self._cut_newest(session_id, after_seq, now)[0]
+
+    def _cut_newest(self, session_id: str, after_seq: int | None, now: datetime) -> tuple[int, Message | None]:
+        """Remove the newest message (``after_seq`` None) or every message after ``after_seq``, atomically.
+
+        Returns how many went and the newest of them.
+        """
+        files = self._paths(session_id)
+        with self._locked(files.lock):
+            if self._read_header(files.header) is None:
+                return 0, None
+            with open_private(files.messages, "r+b", root=self.directory) as f:
+                self._repair_tail(f, files)
+                end = f.seek(0, os.SEEK_END)
+                st = os.fstat(f.fileno())
+                index = self._id_indexes.get(files.messages)
+                if index is not None and not index.still_fits(f, (st.st_dev, st.st_ino), end):
+                    self._id_indexes.pop(files.messages, None)
+                    index = None
+                plan = self._plan_cut(f, files.messages.name, end, after_seq)
+                if plan is None:
+                    return 0, None
+                cut, kept_seq, kept_line, gone, count = plan
+                newest = gone[0] if gone else (_newest_record(f, files.messages.name) or (0, None, 0))[1]
+                moment = max(now, self._moment_of(newest, files.messages)) if newest else now
+                f.seek(end)
+                f.write(_cut_line(kept_seq, moment, cut))
+                f.flush()
+                os.fsync(f.fileno())
+                try:
+                    self._finish_cut(f, files, moment, cut)
+                except BaseException:
+                    _take_back(f, end)
+                    raise
+                if index is not None and index.offset > cut:
+                    # This store's ids stay exact without reading the file again: drop those of the removed lines.
+                    if gone is None:
+                        index.ids.clear()
+                    for record in gone or ():
+                        index.ids.pop(record["id"], None)
+                    index.offset, index.tail = cut, kept_line
+            popped = _message(gone[0]) if gone else None
+        return count, popped
+
+    @staticmethod
+    def _plan_cut(
+        f: Any, name: str, end: int, after_seq: int | None
+    ) -> tuple[int, int, bytes, list[dict[str, Any]] | None, int] | None:
+        """Where a removal cuts the file: (offset, seq of the newest message kept or 0, that message's line, the
+        removed records newest first, how many), or None when nothing goes.
+
+        Reads backwards only as far as the removal goes. Removing everything (``after_seq`` 0) reads no record at
+        all: the cut is at 0 and the lines are counted, not parsed (the removed records are then None).
+        """
+        if after_seq == 0:
+            count = _message_lines(f, end)
+            return (0, 0, b"", None, count) if count else None
+        gone: list[dict[str, Any]] = []
+        for offset, raw, record in _messages_newest_first(f, name):
+            if gone if after_seq is None else record["seq"] <= after_seq:
+                return (offset + len(raw) + 1, record["seq"], raw + b"\n", gone, len(gone)) if gone else None
+            gone.append(record)
+        return (0, 0, b"", gone, len(gone)) if gone else None
+
+    def _finish_cut(self, f: Any, files: _Files, moment: datetime, cut: int) -> None:
+        """Steps 2 and 3 of a removal whose cut record is durable (see above); the lock is held."""
+        session = self._read_header(files.header)
+        if session is not None:
+            activity = max(session.updated_at, moment)
+            self._write_header(files.header, session.model_copy(update={"updated_at": activity}), activity)
+        # No fsync: the removal is durable since the cut record is. A crash that loses this truncation brings the cut
+        # record back as the last line, which reads follow and the next write finishes; any later fsync of the file
+        # (the next append's) makes the truncation durable with it.
+        f.truncate(cut)
+        f.flush()
+
+    # ---- reading messages ----
+
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
-        _, messages_path, _ = self._paths(session_id)
+        files = self._paths(session_id)
         if limit is None:
-            records = self._read_all(messages_path)
+            records = self._settled(files, self._read_all, files.messages)
             records = [
                 r for r in records if (before_seq is None or r["seq"] < before_seq) and (after_seq is None or r["seq"] > after_seq)
             ]
         else:
             stop = (lambda r: r["seq"] <= after_seq) if after_seq is not None else None
             skip = (lambda r: r["seq"] >= before_seq) if before_seq is not None else None
-            records = _tail_lines(messages_path, limit, stop, skip, root=self.directory)
+            records = self._settled(files, _tail_lines, files.messages, limit, stop, skip, self.directory)
             records.reverse()
         try:
-            return [Message.trusted(**{**r, "created_at": datetime.fromisoformat(r["created_at"])}) for r in records]
+            return [_message(r) for r in records]
         except ValueError:
-            raise damaged(messages_path, self.directory, "a message has no valid created_at") from None
+            raise damaged(files.messages, self.directory, "a message has no valid created_at") from None
 
     def _read_all(self, path: Path) -> list[dict[str, Any]]:
         try:
             with open_private(path, "rb", root=self.directory) as f:
+                size = os.fstat(f.fileno()).st_size
                 data = f.read()
         except FileNotFoundError:
             return []
-        lines = data.split(b"\n")
-        lines.pop()  # after the last newline: empty, or a torn write
+        if len(data) < size:
+            raise _Moved
+        data = data[: data.rfind(b"\n") + 1]  # what follows the last newline is a torn write, never a record
+        last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+        last = _parse_line(data[last_start:-1]) if data else None
+        cut = _cut_of(last) if last is not None else None
+        if cut is not None:  # a removal in progress, or one a crash interrupted: the messages end where it says
+            data = data[: min(cut, last_start)]
         out = []
-        for raw in lines:
+        for raw in data.split(b"\n"):
             if raw:
                 record = _parse_line(raw)
-                if record is not None:
+                if record is not None and _is_message(record):
                     out.append(record)
         return out
 
     def _count_messages(self, session_id: str) -> int:
-        header_path, messages_path, _ = self._paths(session_id)
-        if not self._exists(header_path):
+        files = self._paths(session_id)
+        if not self._exists(files.header):
             return 0
-        last = self._last_record(messages_path)
+        last = self._settled(files, self._last_record, files.messages)
         return last[0] if last else 0
 
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
-        header_path, messages_path, lock_path = self._paths(session_id)
-        with self._locked(lock_path):
-            session = self._read_header(header_path)
-            if session is None:
+        files = self._paths(session_id)
+        with self._locked(files.lock):
+            if self._read_header(files.header) is None:
                 raise missing_session(session_id)
-            with open_private(messages_path, "r+b", root=self.directory) as f:
-                last = self._repair_tail(f, messages_path)
-                index = self._id_index(f, messages_path)
+            with open_private(files.messages, "r+b", root=self.directory) as f:
+                last = self._repair_tail(f, files)
+                index = self._id_index(f, files.messages)
                 fresh = [m for m in messages if m.id not in index.ids]
                 last = after_last(session_id, fresh, last)
                 if fresh:
@@ -659,30 +939,57 @@ class JsonConversationStore(ConversationStore):
                     activity = max(updated_at, fresh[-1].created_at)
                     if os.fstat(f.fileno()).st_mtime_ns + _MTIME_SLACK_NS < _ns(activity):
                         _cover(f.fileno(), _ns(activity))
-            if updated_at > session.updated_at:
-                self._write_header(header_path, session.model_copy(update={"updated_at": updated_at}), updated_at)
+            session = self._read_header(files.header)  # read again: finishing a removal may have replaced it
+            if session is not None and updated_at > session.updated_at:
+                self._write_header(files.header, session.model_copy(update={"updated_at": updated_at}), updated_at)
             return len(fresh)
 
     def _stream_messages(self, session_id: str, after_seq: int, size: int) -> Iterator[Message]:
-        # One forward pass over the file: the windowed reads of the base class would each scan it.
-        _, messages_path, _ = self._paths(session_id)
-        last = self._read_op(self._last_record, messages_path)
+        # One forward pass over the file, a block at a time: the windowed reads of the base class would each scan it.
+        # The newest record when the stream starts bounds it, and seqs only ever go up.
+        files = self._paths(session_id)
+        generation = _generation(files.header)
+        last = self._read_op(self._settled, files, self._last_record, files.messages)
         if last is None:
             return
+        last_seq, _, end = last
         try:
-            f = open_private(messages_path, "rb", root=self.directory)
+            f = open_private(files.messages, "rb", root=self.directory)
         except FileNotFoundError:
             return
         with f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    return  # a torn last line (a crash mid-write) was never stored
-                record = _parse_line(raw[:-1])
-                if record is None or record["seq"] <= after_seq:
+            previous, pos, carry = after_seq, 0, b""
+            given: tuple[int, bytes] | None = None  # offset and line of the last message yielded
+            while True:
+                f.seek(pos)
+                block = f.read(_STREAM_BLOCK)
+                if _generation(files.header) != generation:
+                    # A removal cut the file under the stream (it replaces the header first): go on after the last
+                    # message given if its line is still where it was, else from the start (seqs already given are
+                    # skipped), up to where the messages end now.
+                    generation = _generation(files.header)
+                    now = self._read_op(self._settled, files, self._last_record, files.messages)
+                    end = now[2] if now else 0
+                    carry = b""
+                    pos = given[0] + len(given[1]) + 1 if given and _still_at(f, *given) else 0
                     continue
-                if record["seq"] > last[0]:
+                if not block:
                     return
-                yield Message.trusted(**{**record, "created_at": datetime.fromisoformat(record["created_at"])})
+                lines = (carry + block).split(b"\n")
+                start = pos - len(carry)
+                carry = lines.pop()  # torn, or continued in the next block
+                pos += len(block)
+                for raw in lines:
+                    offset, start = start, start + len(raw) + 1
+                    if offset >= end:
+                        return  # past the messages (a cut record, or what was appended since the stream began)
+                    record = _parse_line(raw)
+                    if record is None or not _is_message(record) or record["seq"] <= previous:
+                        continue
+                    if record["seq"] > last_seq:
+                        return
+                    previous, given = record["seq"], (offset, raw)
+                    yield _message(record)
 
     def _import(self, session: Session, messages: list[Message]) -> bool:
         header_path, _, lock_path = self._paths(session.session_id)
