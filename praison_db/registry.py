@@ -4,13 +4,13 @@ Entries are import strings, so this module imports no backend and no driver; a c
 URL needs it and cached. Third parties add schemes with :func:`register`::
 
     from praison_db.registry import register
-    register("dynamodb", conversations="my_pkg.dynamo:DynamoConversationStore", extra=None)
+    register("cassandra", conversations="my_pkg.cassandra:CassandraConversationStore", extra=None)
 
 or, without an import, with an entry point in the ``praison_db.backends`` group naming a callable that registers
 them (looked up the first time a URL names a scheme not known here)::
 
     [project.entry-points."praison_db.backends"]
-    dynamodb = "my_pkg.dynamo:register"
+    cassandra = "my_pkg.cassandra:register"
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ _REDIS = "praison_db.backends.redis:RedisConversationStore", "praison_db.backend
 _MONGO = "praison_db.backends.mongo:MongoConversationStore", "praison_db.backends.mongo:MongoStateStore"
 _JSON = "praison_db.backends.jsonfile:JsonConversationStore", "praison_db.backends.jsonfile:JsonStateStore"
 _MEMORY = "praison_db.backends.memory:MemoryConversationStore", "praison_db.backends.memory:MemoryStateStore"
+_DYNAMO = "praison_db.backends.dynamodb:DynamoConversationStore", "praison_db.backends.dynamodb:DynamoStateStore"
 _CLICKHOUSE_STATE = (
     ("state", "ClickHouse has no cheap row updates or atomic counters, so it cannot be a state store; "
               "use Redis, MongoDB or a SQL database for state_url"),
@@ -83,6 +84,8 @@ _CLICKHOUSE = BackendEntry(
 _REDIS_ENTRY = BackendEntry(*_REDIS, extra="redis", driver="redis", async_driver="redis.asyncio", distributions=("redis",))
 _MONGO_ENTRY = BackendEntry(*_MONGO, extra="mongo", driver="pymongo", async_driver="pymongo", distributions=("pymongo",))
 _JSON_ENTRY = BackendEntry(*_JSON, driver="filelock", distributions=("filelock",))
+# No async driver: praison_db.aio runs the DynamoDB stores in worker threads.
+_DYNAMODB = BackendEntry(*_DYNAMO, extra="dynamodb", driver="boto3", distributions=("boto3", "botocore"))
 
 _registry: dict[str, BackendEntry] = {
     "sqlite": _SQLITE,
@@ -106,6 +109,7 @@ _registry: dict[str, BackendEntry] = {
     "json": _JSON_ENTRY,
     "file": _JSON_ENTRY,
     "memory": BackendEntry(*_MEMORY),
+    "dynamodb": _DYNAMODB,
 }
 _loaded: dict[str, type] = {}
 _lock = threading.Lock()
