@@ -55,6 +55,23 @@ BACKENDS: list[Backend] = [
         server_name="chDB (in-process ClickHouse engine)",
     ),
 ]
+BACKENDS.append(
+    Backend(
+        "dynamodb",
+        lambda c: servers.dynamodb_url(c.server, c.uid),
+        server=servers.dynalite_server,
+        server_name="DynamoDB (dynalite from npm, started per run)",
+    )
+)
+if os.environ.get("PRAISON_TEST_DYNAMODB_URL"):  # DynamoDB Local or AWS, when one is given
+    BACKENDS.append(
+        Backend(
+            "dynamodb-env",
+            lambda c: servers.dynamodb_url(c.server, c.uid),
+            server=servers.dynamodb_env_server,
+            server_name="DynamoDB (PRAISON_TEST_DYNAMODB_URL)",
+        )
+    )
 if os.environ.get("PRAISON_TEST_MONGODB_URL"):
     BACKENDS.append(
         Backend(

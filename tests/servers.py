@@ -260,6 +260,111 @@ def clickhouse_database() -> Iterator[str]:
         client.close()
 
 
+DYNALITE_HOME = os.environ.get("PRAISON_DYNALITE_HOME") or os.path.join(
+    os.path.expanduser("~"), ".cache", "praison-db", "dynalite"
+)
+
+
+def dynalite_cli() -> str:
+    """dynalite's command-line entry point, installed from the npm registry into DYNALITE_HOME on first use."""
+    import shutil
+    import subprocess
+
+    cli = os.path.join(DYNALITE_HOME, "node_modules", "dynalite", "cli.js")
+    if os.path.exists(cli):
+        return cli
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        raise ServerMissing("node and npm are needed to run dynalite (DynamoDB's API for the tests): apt-get install nodejs npm")
+    os.makedirs(DYNALITE_HOME, exist_ok=True)
+    done = subprocess.run(
+        [npm, "install", "--prefix", DYNALITE_HOME, "--no-audit", "--no-fund", "dynalite@4"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if done.returncode != 0 or not os.path.exists(cli):
+        raise ServerMissing(f"npm install dynalite@4 failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return cli
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dynamodb_url(base: str, uid: str) -> str:
+    """``base`` (a dynamodb:// URL) with a key prefix of its own for one test."""
+    return f"{base}{'&' if '?' in base else '?'}prefix=d{uid}"
+
+
+@contextmanager
+def dynalite_server() -> Iterator[str]:
+    """dynalite (DynamoDB's API over an in-memory LevelDB, from npm) on a free loopback port; yields a dynamodb:// URL
+    whose table is made on first use. Stopped at the end of the run."""
+    import subprocess
+
+    import boto3
+
+    cli = dynalite_cli()
+    port = free_port()
+    command = ["node", cli, "--host", "127.0.0.1", "--port", str(port), "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client(
+            "dynamodb", region_name="us-east-1", endpoint_url=endpoint, aws_access_key_id="x", aws_secret_access_key="x"
+        )
+
+        def up() -> bool:
+            if server.poll() is not None:
+                raise ServerMissing(f"dynalite exited: {server.stderr.read().decode(errors='replace')[-300:] if server.stderr else ''}")
+            client.list_tables()
+            return True
+
+        try:
+            wait_until(up, "dynalite", timeout=60)
+        except AssertionError as e:
+            raise ServerMissing(e) from e
+        yield f"dynamodb://us-east-1/praison_test_{RUN}_?endpoint={endpoint}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@contextmanager
+def dynamodb_env_server() -> Iterator[str]:
+    """The DynamoDB named by PRAISON_TEST_DYNAMODB_URL (DynamoDB Local, AWS); this run's table is deleted at the end."""
+    import boto3
+
+    url = os.environ["PRAISON_TEST_DYNAMODB_URL"]
+    base, sep, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]  # [key:secret@]region
+    run_url = f"{scheme}://{authority}/praison_test_{RUN}_{sep}{query}"
+    from praison_db.url import parse_url
+
+    parsed = parse_url(run_url)
+    keys = {"aws_access_key_id": parsed.username, "aws_secret_access_key": parsed.password} if parsed.password else {}
+    client = boto3.client("dynamodb", region_name=parsed.host, endpoint_url=parsed.query.get("endpoint"), **keys)
+    try:
+        client.list_tables(Limit=1)
+    except Exception as e:
+        raise ServerMissing(e) from e
+    try:
+        yield run_url
+    finally:
+        try:
+            client.delete_table(TableName=f"praison_test_{RUN}_praison")
+        except Exception:  # noqa: BLE001 - never made (no test opened a store) or already gone
+            pass
+
+
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
     "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
