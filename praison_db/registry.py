@@ -82,6 +82,7 @@ _CLICKHOUSE = BackendEntry(
     distributions=("clickhouse-connect",),
 )
 _REDIS_ENTRY = BackendEntry(*_REDIS, extra="redis", driver="redis", async_driver="redis.asyncio", distributions=("redis",))
+_REDIS_CLUSTER = replace(_REDIS_ENTRY, driver="redis.cluster", async_driver="redis.asyncio.cluster")
 _MONGO_ENTRY = BackendEntry(*_MONGO, extra="mongo", driver="pymongo", async_driver="pymongo", distributions=("pymongo",))
 _JSON_ENTRY = BackendEntry(*_JSON, driver="filelock", distributions=("filelock",))
 # No async driver: praison_db.aio runs the DynamoDB stores in worker threads.
@@ -98,12 +99,18 @@ _registry: dict[str, BackendEntry] = {
     "mysql+pymysql": _MYSQL,
     "mariadb": _MARIADB,
     "mariadb+pymysql": _MARIADB,
+    # SingleStore speaks the MySQL protocol: the same drivers and SQLAlchemy dialect; the SQL backend sees the scheme
+    # and builds SingleStore's tables and statements (praison_db.backends.sql.engine.is_singlestore).
+    "singlestoredb": _MYSQL,
+    "singlestore": _MYSQL,
     "clickhouse": _CLICKHOUSE,
     "clickhouses": _CLICKHOUSE,
     "chdb": replace(_CLICKHOUSE, extra="chdb", distributions=("clickhouse-connect", "chdb")),
     "redis": _REDIS_ENTRY,
     "rediss": _REDIS_ENTRY,
     "unix": _REDIS_ENTRY,
+    "redis+cluster": _REDIS_CLUSTER,
+    "rediss+cluster": _REDIS_CLUSTER,
     "mongodb": _MONGO_ENTRY,
     "mongodb+srv": _MONGO_ENTRY,
     "json": _JSON_ENTRY,

@@ -11,6 +11,7 @@ import os
 
 from praison_db.testing import Backend, TestContext, add_backend, for_role, require
 from tests import servers
+from tests.redis_cluster import redis_cluster_server
 
 __all__ = ["BACKENDS", "Backend", "TestContext", "for_role", "require"]
 
@@ -40,6 +41,12 @@ BACKENDS: list[Backend] = [
         lambda c: _with_query(c.server, f"prefix={servers.redis_prefix(c.uid)}"),
         server=servers.redis_server,
         server_name="Redis (127.0.0.1:6379)",
+    ),
+    Backend(
+        "redis-cluster",
+        lambda c: _with_query(c.server, f"prefix={servers.redis_prefix(c.uid)}"),
+        server=redis_cluster_server,
+        server_name="Redis Cluster (three private masters on loopback)",
     ),
     Backend(
         "mongodb",
