@@ -595,6 +595,12 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
 
     def __init__(self, conn: _Connection) -> None:
         self._bind(conn)
+        # Per session: the header our last commit wrote (a commit made on it holds only if nothing changed since, so a
+        # stale copy costs one retry, never correctness) and our commits already copied, whose `pend` entries our
+        # next commit removes: a single writer's append is then three requests instead of five.
+        self._heads: dict[str, dict[str, Any]] = {}
+        self._copied: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
 
     def state_store(self) -> DynamoStateStore:
         """A StateStore in the same table, sharing this store's client."""
@@ -897,25 +903,27 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
         self, sid: str, head: _Head, sets: dict[str, Any], removes: Iterable[str], now: datetime, updated: datetime | None = None
     ) -> dict[str, Any] | None:
         """Write the header if it is still the version read (``v``, ``inc``); moves updated_at (never backwards), the
-        activity keys and the expiry. The new header, or None if another write came first."""
+        activity keys and the expiry, and removes the `pend` entries of our commits copied since. The new header, or
+        None if another write came first."""
+        present = {c.token for c in head.commits}
+        with self._lock:
+            copied = self._copied.get(sid, set()) & present
+        removes = [*removes, *(f"pend.{token}" for token in sorted(copied))]
         stamp = max(head.u, _us(updated or now))
         values: dict[str, Any] = dict(sets)
         values.update({"v": _N(head.v + 1), "u": _N(stamp), "au": _S(_activity_key(stamp, sid))})
         if "tl" in head.item:
             values.update(self._expiry(float(head.item["tl"]["N"])))
         names: dict[str, str] = {}
-        assignments = []
-        for i, name in enumerate(values):
-            path = ".".join(f"#n{i}_{j}" for j in range(len(name.split("."))))
+
+        def path(name: str, tag: str) -> str:  # every part through a name placeholder: no reserved-word clashes
             for j, part in enumerate(name.split(".")):
-                names[f"#n{i}_{j}"] = part
-            assignments.append(f"{path} = :v{i}")
-        update = "SET " + ", ".join(assignments)
-        removed = list(removes)
-        if removed:
-            for i, name in enumerate(removed):
-                names[f"#r{i}"] = name
-            update += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(removed)))
+                names[f"#{tag}_{j}"] = part
+            return ".".join(f"#{tag}_{j}" for j in range(len(name.split("."))))
+
+        update = "SET " + ", ".join(f"{path(name, f'n{i}')} = :v{i}" for i, name in enumerate(values))
+        if removes:
+            update += " REMOVE " + ", ".join(path(name, f"r{i}") for i, name in enumerate(removes))
         answer = self.conn.conditional(
             "update_item",
             TableName=self.conn.table,
@@ -930,17 +938,32 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
             },
             ReturnValues="ALL_NEW",
         )
-        return answer.attributes if answer.applied else None
+        with self._lock:
+            if not answer.applied:
+                self._heads.pop(sid, None)
+                return None
+            if len(self._heads) > 4096:  # a bounded cache: long-lived stores touch many sessions
+                self._heads.clear()
+                self._copied.clear()
+            self._heads[sid] = answer.attributes
+            self._copied.get(sid, set()).difference_update(copied)
+        return answer.attributes
 
     def _contended(self, sid: str) -> errors.StoreUnavailable:
         return errors.StoreUnavailable(f"{self.conn.where}: session {sid!r}: too many concurrent writers, try again")
 
     def _head_for_write(self, sid: str) -> _Head:
-        """The live header, after copying any commit its writer left in ``pend`` long ago (it died or hung)."""
-        head = self._read_head(sid)
+        """The header to commit on (the one our last commit wrote, else read now), after copying any commit its
+        writer left in ``pend`` long ago (it died or hung)."""
+        with self._lock:
+            cached = self._heads.get(sid)
+            copied = set(self._copied.get(sid, ()))
+        head = _head(cached) if cached is not None else None
+        if head is None or head.expired(time.time()):
+            head = self._read_head(sid)
         if head is None:
             raise missing_session(sid)
-        stale = [c for c in head.commits if c.at < time.time() - _HELP_AFTER]
+        stale = [c for c in head.commits if c.at < time.time() - _HELP_AFTER and c.token not in copied]
         for commit in stale:
             self._copy(sid, head.inc, commit)
         return head
@@ -968,8 +991,9 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
             "v": _N(commit.version),
         }
 
-    def _copy(self, sid: str, inc: str, commit: _Commit) -> None:
-        """Write a commit's messages as message items and id items, then remove it from ``pend``.
+    def _copy(self, sid: str, inc: str, commit: _Commit, *, remove: bool = True) -> None:
+        """Write a commit's messages as message items and id items, then remove it from ``pend`` (``remove``; the
+        committer leaves that to its next commit).
 
         Idempotent, so the committer and any helper may run it at once. Message items get keys of their own (seq,
         version, incarnation): an unconditional write cannot land on another commit's item. An id item is
@@ -985,9 +1009,11 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
                 ConditionExpression="attribute_not_exists(pk) OR v < :v",
                 ExpressionAttributeValues={":v": _N(commit.version)},
             )
+        if not remove:
+            return
         # Removing the entry changes nothing a reader or writer relies on (the items hold the same messages), so it
         # does not bump the version: no concurrent commit has to start over because of it.
-        self.conn.conditional(
+        removed = self.conn.conditional(
             "update_item",
             TableName=self.conn.table,
             Key=self._key(sid, HEADER),
@@ -996,6 +1022,10 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
             ExpressionAttributeNames={"#p": "pend", "#t": commit.token, "#inc": "inc"},
             ExpressionAttributeValues={":inc": _S(inc)},
         )
+        if not removed.applied:  # a helper removed it, or the session was deleted while we copied
+            header = self.conn.call("get_item", TableName=self.conn.table, Key=self._key(sid, HEADER), ConsistentRead=True)
+            if header.get("Item", {}).get("inc", {}).get("S") != inc:
+                self._purge(self._pk(sid), inc)  # what we just wrote belongs to no session any more
 
     def _stored_ids(self, sid: str, head: _Head, ids: list[str]) -> dict[str, Message]:
         """The messages the session holds under any of ``ids``; read after the header, so a commit that holds when
@@ -1081,7 +1111,9 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
                     time.sleep(random.random() * min(0.05, 0.002 * attempt))
                 continue
             try:
-                self._copy(sid, head.inc, commit)
+                self._copy(sid, head.inc, commit, remove=False)
+                with self._lock:
+                    self._copied.setdefault(sid, set()).add(commit.token)
             except Exception as e:  # noqa: BLE001 - committed already: any later writer copies it
                 log.debug("praison_db: %s: copying commit %s of %r failed: %s", self.conn.where, commit.token, sid, e)
             known.update((m.id, m) for m in fresh)
