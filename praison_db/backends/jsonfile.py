@@ -97,6 +97,8 @@ _READ_ATTEMPTS = 3
 # are counted without parsing them.
 _MESSAGE_START, _MESSAGE_END = b'{"id":"', b'"}\n'
 
+_MESSAGE_FIELDS = len(Message.model_fields)
+
 T = TypeVar("T")
 
 
@@ -146,7 +148,10 @@ def _messages_problem(path: Path) -> str | None:
         return "a symbolic link" if is_link(path) else "not a regular file"
     expected = 1
     with f:
-        newest = _newest_record(f, path.name)
+        try:
+            newest = _newest_record(f, path.name)
+        except _Moved:  # a removal is cutting it right now: it is being written, not damaged
+            return None
         # A removal a crash cut short ends the file: the next write finishes it, so it is not damage.
         end = newest[2] if newest is not None and _cut_of(newest[1]) is not None else math.inf
         f.seek(0)
@@ -187,12 +192,13 @@ def _cut_of(record: dict[str, Any]) -> int | None:
 
 
 def _message(record: dict[str, Any]) -> Message:
-    """The Message a stored record holds (its created_at must be valid ISO 8601: callers turn ValueError into damage)."""
-    values = {**record, "created_at": datetime.fromisoformat(record["created_at"])}
-    if len(values) != len(Message.model_fields):  # a line of an older version: no type, no extra
-        values.setdefault("type", None)
-        values.setdefault("extra", {})
-    return Message.trusted(**values)
+    """The Message a stored record holds, made from the record itself (which is not used again). Its created_at must
+    be valid ISO 8601: callers turn ValueError into damage."""
+    record["created_at"] = datetime.fromisoformat(record["created_at"])
+    if len(record) != _MESSAGE_FIELDS:  # a line of an older version: no type, no extra
+        record.setdefault("type", None)
+        record.setdefault("extra", {})
+    return Message.trusted(**record)
 
 
 def _cut_line(seq: int, moment: datetime, cut: int) -> bytes:
@@ -250,7 +256,27 @@ class _Moved(Exception):
     """A read without the lock found the messages file shorter than it was a moment before: a removal cut it."""
 
 
-def _generation(header_path: Path) -> tuple[int, int, int] | None:
+def _again_if_moved(read: Callable[..., T], *args: Any) -> T:
+    """A read of the last line alone, again while a removal cut the file under it: one line is never a mix of
+    states (it is the old last message, the cut record, or the new last message), so the header is not checked."""
+    while True:
+        try:
+            return read(*args)
+        except _Moved:
+            continue
+
+
+_Generation = tuple[int, int, int]
+
+
+def _counted(session: Session, last: tuple[int, datetime, int] | None) -> Session:
+    if last is None:
+        return session
+    seq, created, _ = last
+    return session.model_copy(update={"message_count": seq, "updated_at": max(session.updated_at, created)})
+
+
+def _generation(header_path: Path) -> _Generation | None:
     """What changes whenever a session's header is replaced; every removal replaces it before it cuts the messages."""
     try:
         st = os.lstat(header_path)
@@ -301,25 +327,24 @@ def _newest_record(f: Any, name: str) -> tuple[int, dict[str, Any], int] | None:
 def _messages_newest_first(f: Any, name: str) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
     """(offset, line, record) of the messages of ``f``, newest first; a cut record ending the file (a removal in
     progress, or one a crash cut short) is followed: the messages end where it says."""
-    end = f.seek(0, os.SEEK_END)
-    newest = True
-    while True:
-        jump = None
-        for offset, raw in _lines_before(f, end):
-            record = _parse_line(raw)
-            if record is None:
-                log.warning("praison_db: skipped an unreadable line in %s", name)
-                continue
-            cut = _cut_of(record) if newest else None
-            newest = False
-            if cut is not None:
-                jump = min(cut, offset)
-                break
-            if _is_message(record):
-                yield offset, raw, record
-        if jump is None:
-            return
-        end = jump
+    lines = _lines_before(f, f.seek(0, os.SEEK_END))
+    for offset, raw in lines:
+        record = _parse_line(raw)
+        if record is None:
+            log.warning("praison_db: skipped an unreadable line in %s", name)
+            continue
+        cut = _cut_of(record)
+        if cut is not None:
+            lines = _lines_before(f, min(cut, offset))
+        elif _is_message(record):
+            yield offset, raw, record
+        break
+    for offset, raw in lines:  # the hot loop of newest-N reads: kept lean
+        record = _parse_line(raw)
+        if record is None:
+            log.warning("praison_db: skipped an unreadable line in %s", name)
+        elif isinstance(record.get("id"), str):
+            yield offset, raw, record
 
 
 def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None, root: Path | None = None) -> list[dict[str, Any]]:
@@ -441,18 +466,23 @@ class JsonConversationStore(ConversationStore):
 
     def _read_header(self, path: Path) -> Session | None:
         """The session a header file holds; None when there is none; IntegrityError naming it when it is damaged."""
+        return self._header(path)[0]
+
+    def _header(self, path: Path) -> tuple[Session | None, _Generation | None]:
+        """The session a header file holds, and the generation (see _generation) of the very file read."""
         try:
             with open_private(path, "rb", root=self.directory) as f:
+                st = os.fstat(f.fileno())
                 data = f.read()
         except FileNotFoundError:
-            return None
+            return None, None
         try:
             session = Session.model_validate(json.loads(data))
         except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or not the shape of a session
             raise damaged(path, self.directory, "empty" if not data.strip() else why_damaged(e, "a session header")) from None
         if session.updated_at.tzinfo is None or f"{session_file_stem(session.session_id)}.session.json" != path.name:
             raise damaged(path, self.directory, "it does not hold this session")
-        return session
+        return session, (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _exists(self, header_path: Path) -> bool:
         """Whether a session's header is there, refusing a link or a folder in its place."""
@@ -486,17 +516,21 @@ class JsonConversationStore(ConversationStore):
         return record["seq"], created, end
 
     def _load(self, files: _Files) -> Session | None:
-        return self._settled(files, self._load_once, files)
-
-    def _load_once(self, files: _Files) -> Session | None:
-        session = self._read_header(files.header)
-        if session is None:
-            return None
-        last = self._last_record(files.messages)
-        if last:
-            seq, created, _ = last
-            session = session.model_copy(update={"message_count": seq, "updated_at": max(session.updated_at, created)})
-        return session
+        """The session with message_count and activity from the last record, read as one state (see _settled: the
+        header read is the one whose file must still be there after the last record is read)."""
+        for _ in range(_READ_ATTEMPTS):
+            session, seen = self._header(files.header)
+            if session is None:
+                return None
+            try:
+                last = self._last_record(files.messages)
+            except _Moved:
+                continue
+            if _generation(files.header) == seen:
+                return _counted(session, last)
+        with self._locked(files.lock):
+            session = self._read_header(files.header)
+            return None if session is None else _counted(session, self._last_record(files.messages))
 
     @staticmethod
     def _header_text(session: Session) -> str:
@@ -903,25 +937,29 @@ class JsonConversationStore(ConversationStore):
             return []
         if len(data) < size:
             raise _Moved
-        data = data[: data.rfind(b"\n") + 1]  # what follows the last newline is a torn write, never a record
-        last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
-        last = _parse_line(data[last_start:-1]) if data else None
+        lines = data.split(b"\n")
+        lines.pop()  # after the last newline: nothing, or a torn write
+        last = _parse_line(lines[-1]) if lines and lines[-1] else None
         cut = _cut_of(last) if last is not None else None
         if cut is not None:  # a removal in progress, or one a crash interrupted: the messages end where it says
-            data = data[: min(cut, last_start)]
+            lines = data[: min(cut, data.rfind(b"\n", 0, data.rfind(b"\n")) + 1)].split(b"\n")
+            lines.pop()
+            last = None
         out = []
-        for raw in data.split(b"\n"):
+        for raw in lines[:-1] if last is not None else lines:
             if raw:
                 record = _parse_line(raw)
-                if record is not None and _is_message(record):
+                if record is not None and isinstance(record.get("id"), str):
                     out.append(record)
+        if last is not None and _is_message(last):
+            out.append(last)
         return out
 
     def _count_messages(self, session_id: str) -> int:
         files = self._paths(session_id)
         if not self._exists(files.header):
             return 0
-        last = self._settled(files, self._last_record, files.messages)
+        last = _again_if_moved(self._last_record, files.messages)
         return last[0] if last else 0
 
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
