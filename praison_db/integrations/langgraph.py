@@ -6,13 +6,21 @@
         graph = builder.compile(checkpointer=saver)
         graph.invoke({"messages": [...]}, {"configurable": {"thread_id": "user-123"}})
 
-URLs: every SQL URL praison_db takes (``sqlite:///file.db``, ``postgresql://``, ``mysql://``, ``mariadb://`` and their
-aliases), with the same options, driver parameters, timeouts and error translation as praison_db's SQL stores
-(``table_prefix``, ``pool_size``, ``connect_timeout``, ``read_timeout``, ``auto_upgrade``, ...); and ``memory://``
-(in-process, gone with the process; ``memory://name`` is shared by every saver of that name in the process). Any
-other scheme is a ConfigError. Nothing is opened until the first call (or ``setup()``).
+URLs, each with the same options, driver parameters, timeouts and error translation as praison_db's stores on it:
 
-Tables, of its own and beside praison_db's (never the conversation or state tables), named from ``table_prefix``:
+- every SQL URL praison_db takes (``sqlite:///file.db``, ``postgresql://``, ``mysql://``, ``mariadb://`` and their
+  aliases; ``table_prefix``, ``pool_size``, ``connect_timeout``, ``read_timeout``, ``auto_upgrade``, ...);
+- Redis: ``redis://``, ``rediss://``, ``unix://`` (``prefix`` and redis-py's options; ``ttl`` is refused: checkpoints
+  stay until deleted or pruned);
+- MongoDB: ``mongodb://``, ``mongodb+srv://``, the database from the path (``collection_prefix`` and every
+  connection-string option);
+- ``memory://`` (in-process, gone with the process; ``memory://name`` is shared by every saver of that name in the
+  process).
+
+Any other scheme is a ConfigError. Nothing is opened until the first call (or ``setup()``). The checkpoints live
+beside praison_db's data, never in the conversation or state tables, keys or collections.
+
+SQL tables, named from ``table_prefix``:
 
 - ``<prefix>checkpoints``: one row per (thread_id, checkpoint_ns, checkpoint_id): the parent id, the checkpoint
   without its channel values (the saver's ``serde``: type and bytes), its metadata as JSON text (what ``list``
@@ -24,25 +32,47 @@ Tables, of its own and beside praison_db's (never the conversation or state tabl
 - ``<prefix>checkpoint_schema_version``: the migrations applied (``MIGRATIONS``, append-only, applied under the
   same cross-process lock as praison_db's own schema).
 
+Redis keys, under ``<prefix>:lg:`` (plain Redis, no modules). Everything of one thread is under
+``<prefix>:lg:{<thread_id>}`` (``%``, ``:`` and ``}`` in ids escaped as ``%25``, ``%3A``, ``%7D``): the thread id is the
+hash tag, so a thread's keys share one slot and every call on a thread is one Lua script. Per namespace: a sorted
+set of checkpoint ids (the newest is its last member: never a SCAN), hashes of checkpoints (type, metadata, bytes),
+of headers (run id, parent, the channel versions named), of blobs (by channel and version) and, per checkpoint, a
+hash of pending writes (by task and idx). Two keys span threads: ``<prefix>:lg:all`` (every checkpoint, for ``list``
+without a thread) and ``<prefix>:lg:run:<run_id>`` (the threads a run wrote to, for ``delete_for_runs``); a write
+updates them in the same round trip, just before the thread's script, and a delete just after it, so they always
+cover what exists (an entry whose checkpoint is gone is skipped).
+
+MongoDB collections ``<collection_prefix>lg_checkpoints``, ``lg_blobs`` and ``lg_writes``, the SQL tables' columns as
+fields (bytes as BSON binary), each with a unique index on its key; a checkpoint also keeps its metadata's plain
+top-level values under ``mf``, which ``list`` filters narrow on.
+
 Guarantees:
 
-- ``put`` is one transaction (the new blobs, insert-if-absent, then the checkpoint row, an upsert): a reader sees a
-  checkpoint with every value it names, or not at all.
-- ``put_writes`` is one transaction. Per (task_id, idx): a regular write is insert-if-absent, so a retried task
-  stores nothing twice; a special one (error, interrupt, scheduled, resume: negative idx) overwrites.
-- ``get_tuple`` without a checkpoint_id reads the newest checkpoint with ``ORDER BY checkpoint_id DESC LIMIT 1`` on
-  the primary key; its values and pending writes come in one more read, on the blobs' and writes' keys.
-- On PostgreSQL a ``put`` (and a ``put_writes`` of one kind) is a single autocommitted statement: one round trip.
-- ``list`` returns newest first and reads a page of rows at a time, never a whole thread. A metadata ``filter``
-  matches when each value equals the stored one as JSON (numbers by value, ``True`` is not ``1``, a missing key
-  equals None); the database narrows the rows where it can, and every row is checked exactly before it is returned.
+- ``put`` stores the new blobs (insert-if-absent) and then the checkpoint (an upsert): a reader sees a checkpoint with
+  every value it names, or not at all. On SQL it is one transaction (on PostgreSQL a single autocommitted
+  statement: one round trip); on Redis one script; on MongoDB the checkpoint, written last, is the commit point.
+- ``put_writes``: per (task_id, idx), a regular write is insert-if-absent, so a retried task stores nothing twice; a
+  special one (error, interrupt, scheduled, resume: negative idx) overwrites. One transaction on SQL (and on MongoDB
+  where the server has transactions), one script on Redis.
+- ``get_tuple`` without a checkpoint_id reads the newest checkpoint from an index, never a scan: ``ORDER BY
+  checkpoint_id DESC LIMIT 1`` on the SQL primary key, the same sort on MongoDB's unique index, the last member of
+  the Redis sorted set (one script with the values and writes: one round trip). On SQL and MongoDB its values and
+  pending writes come in reads on the blobs' and writes' keys.
+- ``list`` returns newest first and reads a page at a time, never a whole thread. A metadata ``filter`` matches when
+  each value equals the stored one as JSON (numbers by value, ``True`` is not ``1``, a missing key equals None); the
+  database narrows the rows where it can (Redis reads only the metadata of candidates), and every row is checked
+  exactly, by the same function, before it is returned.
+- ``delete_thread``, ``delete_for_runs``, ``copy_thread`` and ``prune`` do the same on every backend: in one
+  transaction on SQL (and MongoDB where it has them); on Redis one script per thread (``copy_thread``: one that reads
+  the source, one that writes the target).
 - Deadlocks and lock waits are retried as in praison_db's stores; every failure is a praison_db error (no driver
   exception, no password).
 
 Async: ``aget_tuple``, ``alist``, ``aput``, ... run the very same code on the async drivers (aiosqlite, psycopg's
-AsyncConnection, aiomysql) in a bridge greenlet, the machinery of ``praison_db.aio``: the event loop serves other
-tasks while the database works. The async face opens its own connection pool on first use, bound to that event loop;
-close it with ``await saver.aclose()`` (or ``async with``). ``memory://`` runs in place, as it does no I/O.
+AsyncConnection, aiomysql, redis.asyncio, pymongo's AsyncMongoClient) in a bridge greenlet, the machinery of
+``praison_db.aio``: the event loop serves other tasks while the database works. The async face opens its own
+connection pool on first use, bound to that event loop; close it with ``await saver.aclose()`` (or ``async with``).
+``memory://`` runs in place, as it does no I/O.
 """
 
 from __future__ import annotations
@@ -50,6 +80,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import builtins
+import functools
 import json
 import math
 import random
@@ -91,7 +122,10 @@ __all__ = ["PraisonCheckpointSaver", "MIGRATIONS", "SUPPORTED_SCHEMES"]
 
 T = TypeVar("T")
 
-SUPPORTED_SCHEMES = "sqlite://, postgresql://, mysql://, mariadb:// (and their aliases) and memory://"
+SUPPORTED_SCHEMES = (
+    "sqlite://, postgresql://, mysql://, mariadb:// (and their aliases), redis://, rediss://, unix://, mongodb://, "
+    "mongodb+srv:// and memory://"
+)
 PRUNE_STRATEGIES = ("keep_latest", "delete")
 
 # Longest ids, in characters. MySQL caps a primary key at 3,072 bytes (4 a character in utf8mb4): the writes table's
@@ -129,6 +163,7 @@ class _Put:
     metadata: str
     run_id: str | None
     blobs: tuple[tuple[str, str, str, bytes | None], ...]  # (channel, version, type, blob)
+    versions: tuple[tuple[str, str], ...] = ()  # (channel, version) of every value the checkpoint names
 
 
 @dataclass(frozen=True)
@@ -164,6 +199,11 @@ class _Query:
 def _versions(checkpoint: Mapping[str, Any]) -> dict[str, str]:
     """The (channel -> version) a checkpoint names, versions as the text their blobs are keyed by."""
     return {str(k): str(v) for k, v in (checkpoint.get("channel_versions") or {}).items()}
+
+
+def _matches(wanted: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
+    """The metadata filter of ``list``: each wanted value equals the stored one as JSON; a missing key equals None."""
+    return all(_same_json(v, metadata.get(k)) for k, v in wanted.items())
 
 
 class _Storage(ABC):
@@ -873,6 +913,844 @@ class _SqlStorage(_Storage):
         self._retried(work)
 
 
+# ---- Redis ----
+
+# Every script starts with this. KEYS[1] is a key of the thread (its slot routes the script in a cluster); ARGV[1]
+# is the thread's base key name, from which the script names the thread's other keys (all in the same slot: the
+# thread id is the base's hash tag). Ids hold no NUL, so NUL joins them in members, fields and values.
+_LUA_PRELUDE = r"""
+local B = ARGV[1]
+local function esc(s)
+  return (string.gsub(s, '[%%:}]', {['%'] = '%25', [':'] = '%3A', ['}'] = '%7D'}))
+end
+local function key(kind, ns) return B .. ':' .. kind .. ':' .. esc(ns) end
+local function wkey(ns, cid) return B .. ':w:' .. esc(ns) .. ':' .. esc(cid) end
+local function split(s)
+  local out, i = {}, 1
+  while true do
+    local j = string.find(s, '\0', i, true)
+    if not j then
+      out[#out + 1] = string.sub(s, i)
+      return out
+    end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+local function unrun(run, member)
+  local R = B .. ':r:' .. esc(run)
+  redis.call('SREM', R, member)
+  if redis.call('SCARD', R) == 0 then redis.call('SREM', B .. ':runs', run) end
+end
+local function hmget(h, fields)
+  local out = {}
+  for i = 1, #fields, 500 do
+    local part = redis.call('HMGET', h, unpack(fields, i, math.min(i + 499, #fields)))
+    for j = 1, #part do out[#out + 1] = part[j] end
+  end
+  return out
+end
+-- Delete checkpoints `doomed` of namespace ns with their writes and the blobs no remaining checkpoint of ns names;
+-- a remaining checkpoint whose parent goes loses it. Appends the removed index members to `gone`.
+local function drop(ns, doomed, gone)
+  local H = key('h', ns)
+  local dead, freed, any = {}, {}, false
+  for _, cid in ipairs(doomed) do
+    local header = redis.call('HGET', H, cid)
+    if header then
+      local member = cid .. '\0' .. ns
+      local parts = split(header)
+      if parts[1] ~= '' then unrun(parts[1], member) end
+      for j = 3, #parts, 2 do freed[parts[j] .. '\0' .. parts[j + 1]] = true end
+      dead[cid], any = true, true
+      redis.call('HDEL', key('c', ns), cid)
+      redis.call('HDEL', H, cid)
+      redis.call('ZREM', key('i', ns), cid)
+      redis.call('ZREM', B .. ':x', member)
+      redis.call('UNLINK', wkey(ns, cid))
+      redis.call('SREM', B .. ':wk', member)
+      gone[#gone + 1] = member
+    end
+  end
+  if not any then return end
+  local rest = redis.call('HGETALL', H)
+  for j = 1, #rest, 2 do
+    local parts = split(rest[j + 1])
+    for m = 3, #parts, 2 do freed[parts[m] .. '\0' .. parts[m + 1]] = nil end
+    if dead[parts[2]] then
+      parts[2] = ''
+      redis.call('HSET', H, rest[j], table.concat(parts, '\0'))
+    end
+  end
+  local blobs = key('b', ns)
+  for field in pairs(freed) do redis.call('HDEL', blobs, field) end
+end
+"""
+
+# ARGV: base, ns, checkpoint id, record, header, run id ('' none), (blob field, blob value)...
+_LUA_PUT = r"""
+local ns, cid, run = ARGV[2], ARGV[3], ARGV[6]
+local member = cid .. '\0' .. ns
+local H = key('h', ns)
+local old = redis.call('HGET', H, cid)
+if old then
+  local was = split(old)[1]
+  if was ~= '' and was ~= run then unrun(was, member) end
+end
+redis.call('SADD', B .. ':ns', ns)
+redis.call('ZADD', key('i', ns), 0, cid)
+redis.call('ZADD', B .. ':x', 0, member)
+redis.call('HSET', key('c', ns), cid, ARGV[4])
+redis.call('HSET', H, cid, ARGV[5])
+if run ~= '' then
+  redis.call('SADD', B .. ':r:' .. esc(run), member)
+  redis.call('SADD', B .. ':runs', run)
+end
+local blobs = key('b', ns)
+for i = 7, #ARGV, 2 do redis.call('HSETNX', blobs, ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# ARGV: base, ns, checkpoint id, (field, value, '1' to overwrite or '0' to keep what is there)...
+_LUA_WRITES = r"""
+local W = wkey(ARGV[2], ARGV[3])
+for i = 4, #ARGV, 3 do
+  if ARGV[i + 2] == '1' then
+    redis.call('HSET', W, ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HSETNX', W, ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('SADD', B .. ':wk', ARGV[3] .. '\0' .. ARGV[2])
+return 1
+"""
+
+# ARGV: base, mode, ... -> rows {id, ns, record, header, blob values, writes (field, value, ...)}, or with `meta`
+# {id, ns, metadata}. Modes: latest (ns); ns (ns, max, min, n, meta); thread (max, min, n, meta);
+# ids (meta, (id, ns)...), which leaves out checkpoints that are not there.
+_LUA_READ = r"""
+local meta = false
+local function row(ns, cid)
+  local rec = redis.call('HGET', key('c', ns), cid)
+  if not rec then return nil end
+  if meta then
+    local a = string.find(rec, '\0', 1, true)
+    return {cid, ns, string.sub(rec, a + 1, string.find(rec, '\0', a + 1, true) - 1)}
+  end
+  local header = redis.call('HGET', key('h', ns), cid)
+  local parts, fields = split(header), {}
+  for i = 3, #parts, 2 do fields[#fields + 1] = parts[i] .. '\0' .. parts[i + 1] end
+  return {cid, ns, rec, header, hmget(key('b', ns), fields), redis.call('HGETALL', wkey(ns, cid))}
+end
+local mode, out = ARGV[2], {}
+if mode == 'latest' then
+  local newest = redis.call('ZREVRANGE', key('i', ARGV[3]), 0, 0)[1]
+  if newest then out[1] = row(ARGV[3], newest) end
+elseif mode == 'ns' then
+  meta = ARGV[7] == '1'
+  for _, cid in ipairs(redis.call('ZREVRANGEBYLEX', key('i', ARGV[3]), ARGV[4], ARGV[5], 'LIMIT', 0, tonumber(ARGV[6]))) do
+    out[#out + 1] = row(ARGV[3], cid)
+  end
+elseif mode == 'thread' then
+  meta = ARGV[6] == '1'
+  for _, m in ipairs(redis.call('ZREVRANGEBYLEX', B .. ':x', ARGV[3], ARGV[4], 'LIMIT', 0, tonumber(ARGV[5]))) do
+    local p = split(m)
+    out[#out + 1] = row(p[2], p[1])
+  end
+else
+  meta = ARGV[3] == '1'
+  for i = 4, #ARGV, 2 do
+    local r = row(ARGV[i + 1], ARGV[i])
+    if r then out[#out + 1] = r end
+  end
+end
+return out
+"""
+
+# ARGV: base -> {index members (id NUL ns) of every checkpoint, run ids}; deletes every key of the thread.
+_LUA_DELETE_THREAD = r"""
+local gone = redis.call('ZRANGE', B .. ':x', 0, -1)
+local runs = redis.call('SMEMBERS', B .. ':runs')
+for _, ns in ipairs(redis.call('SMEMBERS', B .. ':ns')) do
+  redis.call('UNLINK', key('i', ns), key('c', ns), key('h', ns), key('b', ns))
+end
+for _, m in ipairs(redis.call('SMEMBERS', B .. ':wk')) do
+  local p = split(m)
+  redis.call('UNLINK', wkey(p[2], p[1]))
+end
+for _, run in ipairs(runs) do redis.call('UNLINK', B .. ':r:' .. esc(run)) end
+redis.call('UNLINK', B .. ':ns', B .. ':x', B .. ':wk', B .. ':runs')
+return {gone, runs}
+"""
+
+# ARGV: base, run id... -> index members of the checkpoints removed.
+_LUA_DELETE_RUNS = r"""
+local gone = {}
+for i = 2, #ARGV do
+  local R = B .. ':r:' .. esc(ARGV[i])
+  local by_ns, order = {}, {}
+  for _, m in ipairs(redis.call('SMEMBERS', R)) do
+    local p = split(m)
+    if not by_ns[p[2]] then
+      by_ns[p[2]] = {}
+      order[#order + 1] = p[2]
+    end
+    table.insert(by_ns[p[2]], p[1])
+  end
+  for _, ns in ipairs(order) do drop(ns, by_ns[ns], gone) end
+  redis.call('UNLINK', R)
+  redis.call('SREM', B .. ':runs', ARGV[i])
+end
+return gone
+"""
+
+# ARGV: base, 'check' or 'go' -> {0, metadata...} when checking and some metadata may name a DeltaChannel (the
+# caller decides, exactly, and calls again with 'go'); else {1, index members removed}.
+_LUA_KEEP_LATEST = r"""
+local spaces = redis.call('SMEMBERS', B .. ':ns')
+if ARGV[2] == 'check' then
+  local suspects = {}
+  for _, ns in ipairs(spaces) do
+    for _, rec in ipairs(redis.call('HVALS', key('c', ns))) do
+      local a = string.find(rec, '\0', 1, true)
+      local m = string.sub(rec, a + 1, string.find(rec, '\0', a + 1, true) - 1)
+      if string.find(m, 'counters_since_delta_snapshot', 1, true) or string.find(m, 'delta_writes_versioned', 1, true) then
+        suspects[#suspects + 1] = m
+      end
+    end
+  end
+  if #suspects > 0 then return {0, suspects} end
+end
+local gone = {}
+for _, ns in ipairs(spaces) do
+  local older = redis.call('ZRANGE', key('i', ns), 0, -2)
+  if #older > 0 then drop(ns, older, gone) end
+end
+return {1, gone}
+"""
+
+# ARGV: base -> {{ns, records (id, record...), headers (id, header...), blobs (field, value...)}..., {id, ns, writes}...}
+_LUA_DUMP = r"""
+local spaces, writes = {}, {}
+for _, ns in ipairs(redis.call('SMEMBERS', B .. ':ns')) do
+  spaces[#spaces + 1] = {ns, redis.call('HGETALL', key('c', ns)), redis.call('HGETALL', key('h', ns)), redis.call('HGETALL', key('b', ns))}
+end
+for _, m in ipairs(redis.call('SMEMBERS', B .. ':wk')) do
+  local p = split(m)
+  writes[#writes + 1] = {p[1], p[2], redis.call('HGETALL', wkey(p[2], p[1]))}
+end
+return {spaces, writes}
+"""
+
+# ARGV: base, then entries of five: ('c', ns, id, record, header), ('b', ns, field, value, ''), ('w', ns, id, field,
+# value). Stores each one the thread does not have yet.
+_LUA_LOAD = r"""
+for i = 2, #ARGV, 5 do
+  local kind, ns = ARGV[i], ARGV[i + 1]
+  if kind == 'c' then
+    local cid = ARGV[i + 2]
+    if redis.call('HSETNX', key('c', ns), cid, ARGV[i + 3]) == 1 then
+      local member = cid .. '\0' .. ns
+      redis.call('HSET', key('h', ns), cid, ARGV[i + 4])
+      redis.call('SADD', B .. ':ns', ns)
+      redis.call('ZADD', key('i', ns), 0, cid)
+      redis.call('ZADD', B .. ':x', 0, member)
+      local run = split(ARGV[i + 4])[1]
+      if run ~= '' then
+        redis.call('SADD', B .. ':r:' .. esc(run), member)
+        redis.call('SADD', B .. ':runs', run)
+      end
+    end
+  elseif kind == 'b' then
+    redis.call('SADD', B .. ':ns', ns)
+    redis.call('HSETNX', key('b', ns), ARGV[i + 2], ARGV[i + 3])
+  else
+    redis.call('HSETNX', wkey(ns, ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4])
+    redis.call('SADD', B .. ':wk', ARGV[i + 2] .. '\0' .. ns)
+  end
+end
+return 1
+"""
+
+_LUA = {
+    "put": _LUA_PUT,
+    "writes": _LUA_WRITES,
+    "read": _LUA_READ,
+    "delete_thread": _LUA_DELETE_THREAD,
+    "delete_runs": _LUA_DELETE_RUNS,
+    "keep_latest": _LUA_KEEP_LATEST,
+    "dump": _LUA_DUMP,
+    "load": _LUA_LOAD,
+}
+
+
+def _esc(text: str) -> str:
+    """A key part that cannot end a hash tag or a part early: %, : and } escaped as in URLs (the scripts' esc())."""
+    return text.replace("%", "%25").replace(":", "%3A").replace("}", "%7D")
+
+
+def _upper(bounds: list[tuple[str, bool]]) -> str:
+    """The ZREVRANGEBYLEX max that meets every (value, inclusive) upper bound: the least value, exclusive on a tie."""
+    if not bounds:
+        return "+"
+    least = min(v for v, _ in bounds)
+    return ("[" if all(inclusive for v, inclusive in bounds if v == least) else "(") + least
+
+
+def _pairs(flat: Sequence[T]) -> Iterator[tuple[T, T]]:
+    return zip(flat[::2], flat[1::2])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+Entry = tuple[str, str, str]  # (checkpoint_id, thread_id, ns): the order of list(), newest first when descending
+
+
+class _RedisStorage(_Storage):
+    """The primitives on plain Redis, over praison_db's Redis connection (its options, timeouts, retries, errors).
+
+    Per thread, under ``<prefix>:lg:{<thread>}`` (B; the thread id, escaped, is the hash tag, so every key of a thread
+    is in one slot and each call on a thread is one script there): ``B:i:<ns>`` a sorted set of the namespace's
+    checkpoint ids (all scores 0: lexicographic, so the newest is its last member and ``before``/pages are ranges);
+    ``B:c:<ns>`` hash id -> record (type, metadata JSON, checkpoint bytes); ``B:h:<ns>`` hash id -> header (run id,
+    parent id, then the (channel, version) pairs it names); ``B:b:<ns>`` hash channel+version -> blob;
+    ``B:w:<ns>:<id>`` hash task+idx -> write; ``B:x`` the thread's (id, ns) across namespaces; ``B:ns``, ``B:wk``,
+    ``B:runs``, ``B:r:<run>`` what delete, copy and delete_for_runs walk. Across threads, in slots of their own and
+    written in a step of their own: ``<prefix>:lg:all`` (every (id, thread, ns), for ``list`` without a thread) and
+    ``<prefix>:lg:run:<run>`` (the threads that hold checkpoints of a run).
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.r: Any = conn.client
+        self.native_async = conn.asynchronous
+        self.prefix: str = conn.prefix
+        self.all_key = f"{self.prefix}:lg:all"
+        # In a cluster a pipeline spans nodes with no order between them: the index step is sent (and lands) first.
+        self.stepwise = bool(getattr(conn, "cluster", False))
+        self.scripts = {name: self.r.register_script(_LUA_PRELUDE + body) for name, body in _LUA.items()}
+
+    def translate(self, error: Exception) -> Error:
+        return self.conn.translate(error)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.conn.release()
+
+    # ---- keys and calls ----
+
+    def _base(self, thread_id: str) -> str:
+        return f"{self.prefix}:lg:{{{_esc(thread_id)}}}"
+
+    def _run_key(self, run_id: str) -> str:
+        return f"{self.prefix}:lg:run:{_esc(run_id)}"
+
+    def _call(self, name: str, thread_id: str, args: list[Any]) -> Any:
+        base = self._base(thread_id)
+        return self.scripts[name](keys=[base + ":ns"], args=[base, *args])
+
+    def _execute(self, index: Callable[[Any], int] | None, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+        """The index step (``index`` queues commands on the cross-thread keys and says how many), then scripts (name,
+        thread, args), in one round trip (two in a cluster); returns the scripts' results. Scripts the server has
+        forgotten (a restart, SCRIPT FLUSH) are loaded again."""
+        from redis.exceptions import NoScriptError
+
+        for attempt in (0, 1):
+            pipe = self.r.pipeline(transaction=False)
+            skip = index(pipe) if index is not None else 0
+            if skip and self.stepwise:
+                pipe.execute()
+                pipe, skip = self.r.pipeline(transaction=False), 0
+            for name, thread_id, args in calls:
+                base = self._base(thread_id)
+                pipe.evalsha(self.scripts[name].sha, 1, base + ":ns", base, *args)
+            try:
+                return list(pipe.execute()[skip:]) if skip or calls else []
+            except NoScriptError:
+                if attempt:
+                    raise
+                for script in self.scripts.values():
+                    self.r.script_load(script.script)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _index(self, commands: Callable[[Any], int]) -> None:
+        """Commands on the cross-thread keys alone, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        if commands(pipe):
+            pipe.execute()
+
+    # ---- writes ----
+
+    def put(self, item: _Put) -> None:
+        header = "\0".join([item.run_id or "", item.parent_id or "", *(x for pair in item.versions for x in pair)])
+        record = item.type.encode() + b"\0" + item.metadata.encode() + b"\0" + item.data
+        args: list[Any] = [item.ns, item.checkpoint_id, record, header, item.run_id or ""]
+        for channel, version, kind, blob in item.blobs:
+            args += [f"{channel}\0{version}", kind.encode() if blob is None else kind.encode() + b"\0" + blob]
+
+        def index(pipe: Any) -> int:
+            pipe.zadd(self.all_key, {f"{item.checkpoint_id}\0{item.thread_id}\0{item.ns}": 0})
+            if item.run_id is None:
+                return 1
+            pipe.sadd(self._run_key(item.run_id), item.thread_id)
+            return 2
+
+        self._execute(index, [("put", item.thread_id, args)])
+
+    def put_writes(self, thread_id: str, ns: str, checkpoint_id: str, writes: list[Write]) -> None:
+        args: list[Any] = [ns, checkpoint_id]
+        for task, idx, channel, kind, blob, path in writes:
+            args += [f"{task}\0{idx}", b"\0".join([channel.encode(), kind.encode(), path.encode(), blob]), "1" if idx < 0 else "0"]
+        self._call("writes", thread_id, args)
+
+    # ---- reads ----
+
+    def _row(self, thread_id: str, raw: list[Any], decode: Decode) -> _Row:
+        cid, ns, record, header, blobs, writes = raw
+        kind, _, rest = record.partition(b"\0")
+        metadata, _, data = rest.partition(b"\0")
+        parts = header.decode().split("\0")
+        values: dict[str, tuple[str, bytes | None]] = {}
+        for (channel, _version), blob in zip(_pairs(parts[2:]), blobs):
+            if blob is not None:
+                blob_kind, sep, blob_data = blob.partition(b"\0")
+                values[channel] = (blob_kind.decode(), blob_data if sep else None)
+        stored: list[Write] = []
+        for name, value in _pairs(writes):
+            task, _, idx = name.decode().rpartition("\0")
+            channel, write_kind, path, blob = value.split(b"\0", 3)
+            stored.append((task, int(idx), channel.decode(), write_kind.decode(), blob, path.decode()))
+        checkpoint = decode((kind.decode(), data))
+        return _Row(thread_id, ns.decode(), cid.decode(), parts[1] or None, checkpoint, metadata.decode(), values, stored)
+
+    def get(self, thread_id: str, ns: str, checkpoint_id: str | None, decode: Decode) -> _Row | None:
+        args = ["latest", ns] if checkpoint_id is None else ["ids", "0", checkpoint_id, ns]
+        found = self._call("read", thread_id, args)
+        return self._row(thread_id, found[0], decode) if found else None
+
+    def _fetch(self, entries: list[Entry], meta: bool) -> dict[Entry, list[Any]]:
+        """The rows (or metadata) of these checkpoints, of any threads, in one round trip; missing ones left out."""
+        by_thread: dict[str, list[str]] = {}
+        for cid, thread_id, ns in entries:
+            by_thread.setdefault(thread_id, []).extend([cid, ns])
+        calls = [("read", t, ["ids", "1" if meta else "0", *ids]) for t, ids in by_thread.items()]
+        found: dict[Entry, list[Any]] = {}
+        for thread_id, rows in zip(by_thread, self._execute(None, calls)):
+            for raw in rows:
+                found[(raw[0].decode(), thread_id, raw[1].decode())] = raw
+        return found
+
+    def _scan(self, query: _Query, cursor: Entry | None, want: int, meta: bool) -> tuple[list[Entry], dict[Entry, list[Any]], Entry | None]:
+        """Up to ``want`` index entries after ``cursor`` (newest first) and the rows (or metadata) of those that exist;
+        the last entry read, None once the index has no more."""
+        highs: list[tuple[str, bool]] = [] if query.before is None else [(query.before, False)]
+        cid = query.checkpoint_id
+        if query.thread_id is not None and query.ns is not None:
+            low = "-" if cid is None else "[" + cid
+            highs += ([] if cid is None else [(cid, True)]) + ([] if cursor is None else [(cursor[0], False)])
+            raw = self._call("read", query.thread_id, ["ns", query.ns, _upper(highs), low, str(want), "1" if meta else "0"])
+            entries = [(r[0].decode(), query.thread_id, r[1].decode()) for r in raw]
+            return entries, dict(zip(entries, raw)), (entries[-1] if len(entries) == want else None)
+        low = "-" if cid is None else "[" + cid + "\0"
+        highs += [] if cid is None else [(cid + "\x01", False)]
+        if query.thread_id is not None:
+            highs += [] if cursor is None else [(f"{cursor[0]}\0{cursor[2]}", False)]
+            raw = self._call("read", query.thread_id, ["thread", _upper(highs), low, str(want), "1" if meta else "0"])
+            entries = [(r[0].decode(), query.thread_id, r[1].decode()) for r in raw]
+            return entries, dict(zip(entries, raw)), (entries[-1] if len(entries) == want else None)
+        highs += [] if cursor is None else [("\0".join(cursor), False)]
+        members = self.r.zrevrangebylex(self.all_key, _upper(highs), low, start=0, num=want)
+        scanned: list[Entry] = [tuple(m.decode().split("\0")) for m in members]  # type: ignore[misc]
+        entries = [e for e in scanned if query.ns is None or e[2] == query.ns]
+        found = self._fetch(entries, meta) if entries else {}
+        # An entry without a checkpoint is a put that failed after its index step, or a delete in progress: skipped.
+        return [e for e in entries if e in found], found, (scanned[-1] if len(scanned) == want else None)
+
+    def page(self, query: _Query, after: tuple[str, str, str] | None, n: int, decode: Decode) -> list[_Row]:
+        rows: list[_Row] = []
+        cursor: Entry | None = after
+        while len(rows) < n:
+            # Metadata first when filtering: rows are read only for the checkpoints that match.
+            want = n - len(rows) if not query.filter and query.thread_id is not None else max(n - len(rows), _PAGE)
+            entries, found, cursor = self._scan(query, cursor, want, bool(query.filter))
+            if query.filter:
+                entries = [e for e in entries if _matches(query.filter, json.loads(found[e][2]))]
+                found = self._fetch(entries, False) if entries else {}
+            rows += [self._row(e[1], found[e], decode) for e in entries if e in found]
+            if cursor is None:
+                break
+        return rows[:n]
+
+    # ---- deletes and copies ----
+
+    def _unindex(self, pipe: Any, thread_id: str, members: Sequence[bytes]) -> int:
+        """Queue the removal of checkpoints of a thread (index members: id NUL ns) from the cross-thread index."""
+        encoded = thread_id.encode()
+        queued = 0
+        for some in _chunks(members, 1000):
+            pipe.zrem(self.all_key, *[m.replace(b"\0", b"\0" + encoded + b"\0", 1) for m in some])
+            queued += 1
+        return queued
+
+    def delete_threads(self, thread_ids: list[str]) -> None:
+        # Each thread's keys first, then its entries in the cross-thread keys: those always cover what exists.
+        for some in _chunks(thread_ids, 100):
+            results = self._execute(None, [("delete_thread", t, []) for t in some])
+            self._index(functools.partial(self._forget_threads, list(zip(some, results))))
+
+    def _forget_threads(self, done: list[tuple[str, Any]], pipe: Any) -> int:
+        return sum(self._forget(pipe, thread_id, gone, runs) for thread_id, (gone, runs) in done)
+
+    def _forget(self, pipe: Any, thread_id: str, gone: Sequence[bytes], runs: Sequence[bytes]) -> int:
+        queued = self._unindex(pipe, thread_id, gone)
+        for run in runs:
+            pipe.srem(self._run_key(run.decode()), thread_id)
+        return queued + len(runs)
+
+    def delete_runs(self, run_ids: list[str], decode: Decode) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for run in run_ids:
+            pipe.smembers(self._run_key(run))
+        runs_of: dict[str, list[str]] = {}
+        for run, threads in zip(run_ids, pipe.execute()):
+            for thread_id in sorted(threads):
+                runs_of.setdefault(thread_id.decode(), []).append(run)
+        if not runs_of:
+            return
+        results = self._execute(None, [("delete_runs", t, runs) for t, runs in runs_of.items()])
+
+        def index(pipe: Any) -> int:
+            queued = 0
+            for (thread_id, runs), gone in zip(runs_of.items(), results):
+                queued += self._unindex(pipe, thread_id, gone)
+                for run in runs:
+                    pipe.srem(self._run_key(run), thread_id)
+                    queued += 1
+            return queued
+
+        self._index(index)
+
+    def copy_thread(self, source: str, target: str) -> None:
+        # One script reads the source, one writes the target: the target gets a consistent copy, all or nothing.
+        spaces, writes = self._call("dump", source, [])
+        args: list[Any] = []
+        members: list[str] = []
+        runs: set[str] = set()
+        for ns, records, headers, blobs in spaces:
+            header_of = dict(_pairs(headers))
+            for cid, record in _pairs(records):
+                header = header_of.get(cid)
+                if header is None:
+                    continue
+                args += ["c", ns, cid, record, header]
+                members.append(f"{cid.decode()}\0{target}\0{ns.decode()}")
+                run = header.split(b"\0", 1)[0].decode()
+                if run:
+                    runs.add(run)
+            for name, value in _pairs(blobs):
+                args += ["b", ns, name, value, ""]
+        for cid, ns, stored in writes:
+            for name, value in _pairs(stored):
+                args += ["w", ns, cid, name, value]
+        if not args:
+            return
+
+        def index(pipe: Any) -> int:
+            queued = 0
+            for some in _chunks(members, 1000):
+                pipe.zadd(self.all_key, dict.fromkeys(some, 0))
+                queued += 1
+            for run in sorted(runs):
+                pipe.sadd(self._run_key(run), target)
+                queued += 1
+            return queued
+
+        self._execute(index, [("load", target, args)])
+
+    def keep_latest(self, thread_id: str, decode: Decode) -> None:
+        result = self._call("keep_latest", thread_id, ["check"])
+        if int(result[0]) == 0:
+            if any(_uses_delta(m.decode()) for m in result[1]):
+                raise _delta_refusal(thread_id)
+            result = self._call("keep_latest", thread_id, ["go"])
+        gone = result[1]
+        self._index(lambda pipe: self._unindex(pipe, thread_id, gone))
+
+
+# ---- MongoDB ----
+
+_KEY_INDEX = "thread_ns_checkpoint"
+_ROW_FIELDS = {"_id": 0, "thread_id": 1, "checkpoint_ns": 1, "checkpoint_id": 1, "parent_checkpoint_id": 1, "type": 1, "checkpoint": 1, "metadata": 1}
+_INT64 = range(-(2**63), 2**63)
+
+
+def _bson_scalar(value: Any) -> bool:
+    """A metadata value MongoDB compares as list() does (numbers by value, booleans apart): kept for the prefilter."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return value in _INT64
+    return isinstance(value, float) and math.isfinite(value)
+
+
+class _MongoStorage(_Storage):
+    """The primitives on MongoDB, over praison_db's MongoDB connection (its options, timeouts, errors).
+
+    Collections ``<collection_prefix>lg_checkpoints``, ``lg_blobs`` and ``lg_writes``, with a unique index on each
+    one's key, as the SQL tables. A checkpoint document also keeps its metadata's plain top-level values under ``mf``,
+    which ``list`` filters narrow on (every document is checked exactly after). Multi-document writes run in a
+    transaction where the server has them; a ``put`` writes the blobs first and the checkpoint last, so a reader sees a
+    checkpoint only with its values, transaction or not.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.native_async = conn.asynchronous
+        self.c = conn.collection("lg_checkpoints")
+        self.b = conn.collection("lg_blobs")
+        self.w = conn.collection("lg_writes")
+        # Idempotent; cheap when the indexes exist. The key index is also "newest of a thread": sorted by id, read backwards.
+        self.c.create_index([("thread_id", 1), ("checkpoint_ns", 1), ("checkpoint_id", 1)], unique=True, name=_KEY_INDEX)
+        self.c.create_index([("run_id", 1)], sparse=True, name="run")
+        self.b.create_index([("thread_id", 1), ("checkpoint_ns", 1), ("channel", 1), ("version", 1)], unique=True, name="thread_ns_channel_version")
+        self.w.create_index(
+            [("thread_id", 1), ("checkpoint_ns", 1), ("checkpoint_id", 1), ("task_id", 1), ("idx", 1)], unique=True, name="thread_ns_checkpoint_task_idx"
+        )
+
+    def translate(self, error: Exception) -> Error:
+        return self.conn.translate(error)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.conn.release()
+
+    def _write(self, work: Callable[[Any], None], *, transaction: bool = True) -> None:
+        """Run ``work(session)`` (in a transaction where the server has them, if asked); again when two upserts of one
+        key raced and one lost with a duplicate key (the retry finds the other's document)."""
+        from ..backends.mongo import _is_duplicate_key
+
+        for attempt in range(5):
+            try:
+                if transaction:
+                    self.conn.transaction(work)
+                else:
+                    work(None)
+                return
+            except Exception as e:
+                if attempt == 4 or not _is_duplicate_key(e):
+                    raise
+
+    # ---- writes ----
+
+    def put(self, item: _Put) -> None:
+        from pymongo import UpdateOne
+
+        blobs = [
+            UpdateOne(
+                {"thread_id": item.thread_id, "checkpoint_ns": item.ns, "channel": ch, "version": v},
+                {"$setOnInsert": {"type": kind, "blob": data}},
+                upsert=True,
+            )
+            for ch, v, kind, data in item.blobs
+        ]
+        metadata = json.loads(item.metadata)
+        fields: dict[str, Any] = {
+            "parent_checkpoint_id": item.parent_id, "type": item.type, "checkpoint": item.data, "metadata": item.metadata,
+            "mf": {k: v for k, v in metadata.items() if _SAFE_KEY.match(k) and _bson_scalar(v)},
+        }
+        update: dict[str, Any] = {"$set": fields}
+        if item.run_id is None:
+            update["$unset"] = {"run_id": ""}  # absent, not null: the run index is sparse
+        else:
+            fields["run_id"] = item.run_id
+        key = {"thread_id": item.thread_id, "checkpoint_ns": item.ns, "checkpoint_id": item.checkpoint_id}
+
+        def work(session: Any) -> None:
+            if blobs:
+                self.b.bulk_write(blobs, ordered=False, session=session)
+            self.c.update_one(key, update, upsert=True, session=session)
+
+        # No transaction: the checkpoint, written last, is the commit point (a failed put leaves only unnamed blobs).
+        self._write(work, transaction=False)
+
+    def put_writes(self, thread_id: str, ns: str, checkpoint_id: str, writes: list[Write]) -> None:
+        from pymongo import UpdateOne
+
+        ops = []
+        for task, idx, channel, kind, blob, path in writes:
+            value = {"channel": channel, "type": kind, "blob": blob, "task_path": path}
+            ops.append(UpdateOne(
+                {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id, "task_id": task, "idx": idx},
+                {"$set": value} if idx < 0 else {"$setOnInsert": value},
+                upsert=True,
+            ))
+        self._write(lambda session: self.w.bulk_write(ops, ordered=False, session=session), transaction=len(ops) > 1)
+
+    # ---- reads ----
+
+    def get(self, thread_id: str, ns: str, checkpoint_id: str | None, decode: Decode) -> _Row | None:
+        query: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ns}
+        if checkpoint_id is not None:
+            query["checkpoint_id"] = checkpoint_id
+        found = list(self.c.find(query, _ROW_FIELDS).sort([("checkpoint_id", -1)]).limit(1).hint(_KEY_INDEX))
+        return self._complete(found, decode)[0] if found else None
+
+    def page(self, query: _Query, after: tuple[str, str, str] | None, n: int, decode: Decode) -> list[_Row]:
+        where: dict[str, Any] = {}
+        if query.thread_id is not None:
+            where["thread_id"] = query.thread_id
+        if query.ns is not None:
+            where["checkpoint_ns"] = query.ns
+        both: list[dict[str, Any]] = []
+        if query.checkpoint_id is not None:
+            both.append({"checkpoint_id": query.checkpoint_id})
+        if query.before is not None:
+            both.append({"checkpoint_id": {"$lt": query.before}})
+        one_namespace = query.thread_id is not None and query.ns is not None
+        if after is not None:
+            cid, thread_id, ns = after
+            if one_namespace:
+                both.append({"checkpoint_id": {"$lt": cid}})
+            else:
+                both.append({"$or": [
+                    {"checkpoint_id": {"$lt": cid}},
+                    {"checkpoint_id": cid, "thread_id": {"$lt": thread_id}},
+                    {"checkpoint_id": cid, "thread_id": thread_id, "checkpoint_ns": {"$lt": ns}},
+                ]})
+        # Narrow on the plain values (a superset of the matches: the caller checks each row exactly).
+        both += [{f"mf.{k}": v} for k, v in query.filter.items() if _SAFE_KEY.match(k) and _bson_scalar(v)]
+        if both:
+            where["$and"] = both
+        cursor = self.c.find(where, _ROW_FIELDS)
+        if one_namespace:
+            cursor = cursor.sort([("checkpoint_id", -1)]).hint(_KEY_INDEX)
+        else:
+            cursor = cursor.sort([("checkpoint_id", -1), ("thread_id", -1), ("checkpoint_ns", -1)])
+        found = list(cursor.limit(n))
+        return self._complete(found, decode) if found else []
+
+    def _complete(self, found: list[Mapping[str, Any]], decode: Decode) -> list[_Row]:
+        """Documents with their blobs and pending writes: two more reads per (thread, namespace), on the keys."""
+        decoded = [(d, decode((d["type"], bytes(d["checkpoint"])))) for d in found]
+        groups: dict[tuple[str, str], list[tuple[Mapping[str, Any], dict[str, Any]]]] = {}
+        for d, checkpoint in decoded:
+            groups.setdefault((d["thread_id"], d["checkpoint_ns"]), []).append((d, checkpoint))
+        blobs: dict[tuple[str, str, str, str], tuple[str, bytes | None]] = {}
+        writes: dict[tuple[str, str, str], list[Write]] = {}
+        for (thread_id, ns), members in groups.items():
+            pairs = {pair for _, checkpoint in members for pair in _versions(checkpoint).items()}
+            here = {"thread_id": thread_id, "checkpoint_ns": ns}
+            if pairs:
+                channels = sorted({p[0] for p in pairs})
+                for some in _chunks(sorted({p[1] for p in pairs}), 2000):
+                    query = {**here, "channel": {"$in": channels}, "version": {"$in": list(some)}}
+                    for b in self.b.find(query, {"_id": 0, "channel": 1, "version": 1, "type": 1, "blob": 1}):
+                        data = b.get("blob")
+                        blobs[(thread_id, ns, b["channel"], b["version"])] = (b["type"], None if data is None else bytes(data))
+            ids = [d["checkpoint_id"] for d, _ in members]
+            for w in self.w.find({**here, "checkpoint_id": {"$in": ids}}, {"_id": 0, "thread_id": 0, "checkpoint_ns": 0}):
+                writes.setdefault((thread_id, ns, w["checkpoint_id"]), []).append(
+                    (w["task_id"], int(w["idx"]), w["channel"], w["type"], bytes(w["blob"]), w["task_path"])
+                )
+        rows = []
+        for d, checkpoint in decoded:
+            thread_id, ns, checkpoint_id = d["thread_id"], d["checkpoint_ns"], d["checkpoint_id"]
+            values = {}
+            for channel, version in _versions(checkpoint).items():
+                blob = blobs.get((thread_id, ns, channel, version))
+                if blob is not None:
+                    values[channel] = blob
+            rows.append(_Row(
+                thread_id, ns, checkpoint_id, d.get("parent_checkpoint_id"), checkpoint, d["metadata"], values,
+                writes.get((thread_id, ns, checkpoint_id), []),
+            ))
+        return rows
+
+    # ---- deletes and copies ----
+
+    def delete_threads(self, thread_ids: list[str]) -> None:
+        def work(session: Any) -> None:
+            # Checkpoints first: a reader never sees a checkpoint whose values are already gone.
+            for collection in (self.c, self.w, self.b):
+                for some in _chunks(thread_ids):
+                    collection.delete_many({"thread_id": {"$in": list(some)}}, session=session)
+
+        self._write(work)
+
+    def _drop(self, session: Any, thread_id: str, ns: str, doomed: list[tuple[str, str, bytes]], decode: Decode) -> None:
+        """Delete these checkpoints (id, type, bytes) of (thread, ns) with their writes and the blobs no remaining
+        checkpoint of (thread, ns) uses; a remaining checkpoint whose parent goes loses its parent."""
+        here = {"thread_id": thread_id, "checkpoint_ns": ns}
+        ids = [d[0] for d in doomed]
+        freed = {pair for d in doomed for pair in _versions(decode((d[1], bytes(d[2])))).items()}
+        for some in _chunks(ids):
+            self.c.delete_many({**here, "checkpoint_id": {"$in": list(some)}}, session=session)
+            self.w.delete_many({**here, "checkpoint_id": {"$in": list(some)}}, session=session)
+            self.c.update_many({**here, "parent_checkpoint_id": {"$in": list(some)}}, {"$set": {"parent_checkpoint_id": None}}, session=session)
+        used: set[tuple[str, str]] = set()
+        for d in self.c.find(here, {"_id": 0, "type": 1, "checkpoint": 1}, session=session):
+            used.update(_versions(decode((d["type"], bytes(d["checkpoint"])))).items())
+        garbage: dict[str, list[str]] = {}
+        for channel, version in freed - used:
+            garbage.setdefault(channel, []).append(version)
+        for channel, versions in garbage.items():
+            for some in _chunks(versions):
+                self.b.delete_many({**here, "channel": channel, "version": {"$in": list(some)}}, session=session)
+
+    def delete_runs(self, run_ids: list[str], decode: Decode) -> None:
+        def work(session: Any) -> None:
+            groups: dict[tuple[str, str], list[tuple[str, str, bytes]]] = {}
+            for some in _chunks(run_ids):
+                fields = {"_id": 0, "thread_id": 1, "checkpoint_ns": 1, "checkpoint_id": 1, "type": 1, "checkpoint": 1}
+                for d in self.c.find({"run_id": {"$in": list(some)}}, fields, session=session):
+                    groups.setdefault((d["thread_id"], d["checkpoint_ns"]), []).append((d["checkpoint_id"], d["type"], d["checkpoint"]))
+            for (thread_id, ns), doomed in groups.items():
+                self._drop(session, thread_id, ns, doomed, decode)
+
+        self._write(work)
+
+    def copy_thread(self, source: str, target: str) -> None:
+        from pymongo import UpdateOne
+
+        keys = {
+            self.b: ("checkpoint_ns", "channel", "version"),
+            self.w: ("checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+            self.c: ("checkpoint_ns", "checkpoint_id"),
+        }
+
+        def work(session: Any) -> None:
+            # Values and writes before the checkpoints that name them; what the target has under a key, it keeps.
+            for collection, key in keys.items():
+                ops: list[Any] = []
+                for d in collection.find({"thread_id": source}, {"_id": 0}, session=session):
+                    d = {**d, "thread_id": target}
+                    ops.append(UpdateOne({"thread_id": target, **{k: d[k] for k in key}}, {"$setOnInsert": d}, upsert=True))
+                    if len(ops) == 1000:
+                        collection.bulk_write(ops, ordered=False, session=session)
+                        ops = []
+                if ops:
+                    collection.bulk_write(ops, ordered=False, session=session)
+
+        self._write(work)
+
+    def keep_latest(self, thread_id: str, decode: Decode) -> None:
+        def work(session: Any) -> None:
+            marked = {"thread_id": thread_id, "metadata": {"$regex": "counters_since_delta_snapshot|delta_writes_versioned"}}
+            if any(_uses_delta(d["metadata"]) for d in self.c.find(marked, {"_id": 0, "metadata": 1}, session=session)):
+                raise _delta_refusal(thread_id)
+            heads = self.c.aggregate(
+                [{"$match": {"thread_id": thread_id}}, {"$group": {"_id": "$checkpoint_ns", "head": {"$max": "$checkpoint_id"}}}],
+                session=session,
+            )
+            for head in list(heads):
+                older = {"thread_id": thread_id, "checkpoint_ns": head["_id"], "checkpoint_id": {"$lt": head["head"]}}
+                doomed = [(d["checkpoint_id"], d["type"], d["checkpoint"]) for d in self.c.find(older, {"_id": 0, "checkpoint_id": 1, "type": 1, "checkpoint": 1}, session=session)]
+                if doomed:
+                    self._drop(session, thread_id, head["_id"], doomed, decode)
+
+        self._write(work)
+
+
 # ---- the saver ----
 
 
@@ -964,7 +1842,7 @@ class _Listing:
             self.after = rows[-1].order
         for row in rows:
             metadata = json.loads(row.metadata)
-            if self.query.filter and not all(_same_json(v, metadata.get(k)) for k, v in self.query.filter.items()):
+            if self.query.filter and not _matches(self.query.filter, metadata):
                 continue
             if self.left is not None:
                 if self.left <= 0:
@@ -976,14 +1854,85 @@ class _Listing:
             yield row, metadata
 
 
+def _family(scheme: str) -> str:
+    """Which storage a scheme gets: memory, sql, redis or mongo; anything else is a ConfigError."""
+    entry = entry_for(scheme)
+    if scheme == "memory":
+        return "memory"
+    if entry.sqlalchemy is not None:
+        return "sql"
+    for family, module in (("redis", "praison_db.backends.redis:"), ("mongo", "praison_db.backends.mongo:")):
+        if (entry.conversations or "").startswith(module):
+            return family
+    raise ConfigError(f"PraisonCheckpointSaver keeps checkpoints in SQL databases, Redis, MongoDB or memory, not {scheme}://; use {SUPPORTED_SCHEMES}")
+
+
+def _driver(family: str) -> Any:
+    """praison_db's backend module of a family; a missing driver is a ConfigError naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"praison_db.backends.{family}")
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"PraisonCheckpointSaver on {family} needs the {e.name} package: pip install 'praison-db[{family}]'") from e
+
+
+def _check_redis_options(url: StoreURL, given: Mapping[str, Any]) -> None:
+    """praison_db's Redis options, checked before any I/O (the connection checks them again when it opens)."""
+    backend = _driver("redis")
+    opts, driver = resolve_options(f"{url.scheme}://", backend.OPTIONS, given, passthrough=True)
+    unknown = sorted(set(driver) - backend.DRIVER_OPTIONS)
+    if unknown:
+        valid = ", ".join(sorted(backend.OPTIONS)) + "; redis-py options: " + ", ".join(sorted(backend.DRIVER_OPTIONS))
+        raise ConfigError(f"unknown option {unknown[0]!r} for {url.scheme}://; valid options: {valid}")
+    if opts.get("ttl") is not None:
+        raise ConfigError("PraisonCheckpointSaver keeps checkpoints until they are deleted or pruned; drop the ttl option")
+
+
+def _check_mongo_options(url: StoreURL, given: Mapping[str, Any], keywords: Mapping[str, Any]) -> None:
+    """praison_db's MongoDB option and pymongo's, checked before any I/O."""
+    backend = _driver("mongo")
+    resolve_options(f"{url.scheme}://", backend.OPTIONS, given, passthrough=True)
+    from pymongo.common import validate
+    from pymongo.errors import ConfigurationError
+    from pymongo.uri_parser import split_options
+
+    query = backend._split_url(url, backend.OPTIONS)[0].partition("?")[2]
+    try:
+        if query:
+            split_options(query, validate=True, warn=False)
+        for name, value in keywords.items():
+            if name not in backend.OPTIONS:
+                validate(name, value)
+    except (ConfigurationError, ValueError, TypeError) as e:
+        valid = ", ".join(sorted(backend.OPTIONS))
+        raise ConfigError(
+            f"invalid option for {url.scheme}://: {str(e).split('. ')[0][:200]}; valid options: {valid}, or any MongoDB "
+            "connection-string option"
+        ) from None
+
+
+def _over(conn: Any, storage: Callable[[Any], _Storage]) -> _Storage:
+    """A storage on a fresh connection, which it then owns; the connection is let go if the storage cannot start."""
+    try:
+        return storage(conn)
+    except Exception as e:
+        conn.release()
+        if isinstance(e, Error):
+            raise
+        raise conn.translate(e) from e
+
+
 class PraisonCheckpointSaver(BaseCheckpointSaver[str]):
-    """LangGraph's checkpointer over a praison_db URL: SQLite, PostgreSQL, MySQL/MariaDB or memory://.
+    """LangGraph's checkpointer over a praison_db URL: SQLite, PostgreSQL, MySQL/MariaDB, Redis, MongoDB or memory://.
 
     Args:
-        url: where the checkpoints live, e.g. ``"sqlite:///agent.db"`` or ``"postgresql://ai:ai@localhost/ai"``.
+        url: where the checkpoints live, e.g. ``"sqlite:///agent.db"``, ``"postgresql://ai:ai@localhost/ai"``,
+            ``"redis://localhost:6379/0"`` or ``"mongodb://localhost:27017/agents"``.
         serde: the serializer of checkpoints, channel values and writes (LangGraph's default when None).
-        **options: praison_db's SQL options (``table_prefix``, ``pool_size``, ``read_timeout``, ``auto_upgrade``,
-            ...), as keyword arguments or in the URL's query string.
+        **options: praison_db's options for that backend (SQL: ``table_prefix``, ``pool_size``, ``read_timeout``,
+            ``auto_upgrade``, ...; Redis: ``prefix`` and redis-py's; MongoDB: ``collection_prefix`` and pymongo's), as
+            keyword arguments or in the URL's query string.
 
     Raises:
         ConfigError: an unsupported scheme, a missing driver, an unknown option (here, before any I/O).
@@ -999,24 +1948,28 @@ class PraisonCheckpointSaver(BaseCheckpointSaver[str]):
         self._sync: _Storage | None = None
         self._async: _Storage | None = None
         self._opening: asyncio.Future[_Storage] | None = None
-        entry = entry_for(self._url.scheme)
-        if self._url.scheme == "memory":
-            resolve_options("memory://", {}, {**self._url.query, **options})
+        self._family = _family(self._url.scheme)
+        given = {**self._url.query, **options}
+        if self._family == "memory":
+            resolve_options("memory://", {}, given)
             self._sync = self._async = _MemoryStorage(self._url)
-        elif entry.sqlalchemy is not None:
+        elif self._family == "sql":
             from ..backends.sql.engine import OPTIONS, _check_url
 
-            _, driver_args = resolve_options(f"{self._url.scheme}://", OPTIONS, {**self._url.query, **options}, passthrough=True)
+            _, driver_args = resolve_options(f"{self._url.scheme}://", OPTIONS, given, passthrough=True)
             _check_url(self._url, driver_args)
+        elif self._family == "redis":
+            _check_redis_options(self._url, given)
         else:
-            raise ConfigError(
-                f"PraisonCheckpointSaver keeps checkpoints in SQL databases or memory, not {self._url.scheme}://; "
-                f"use {SUPPORTED_SCHEMES}"
-            )
+            _check_mongo_options(self._url, given, options)
 
     # ---- opening, running, closing ----
 
     def _open(self, asynchronous: bool) -> _Storage:
+        if self._family == "redis":
+            return _over(_driver("redis")._Connection(self._url, self._options, asynchronous=asynchronous), _RedisStorage)
+        if self._family == "mongo":
+            return _over(_driver("mongo")._Connection(self._url, self._options, asynchronous=asynchronous), _MongoStorage)
         from ..backends.sql.database import SqlDatabase
         from ..backends.sql.engine import OPTIONS
 
@@ -1091,7 +2044,8 @@ class PraisonCheckpointSaver(BaseCheckpointSaver[str]):
         await self._arun(lambda storage: None)
 
     def schema_version(self) -> tuple[int, int] | None:
-        """(the version of the checkpoint tables, the version this praison-db expects); None for memory://."""
+        """(the version of the checkpoint tables, the version this praison-db expects); None where there are no tables
+        (memory://, Redis, MongoDB)."""
         return self._run(lambda s: s.schema_version() if isinstance(s, _SqlStorage) else None)
 
     @property
@@ -1162,6 +2116,7 @@ class PraisonCheckpointSaver(BaseCheckpointSaver[str]):
             thread_id, ns, checkpoint_id, _checkpoint_id(inner), kind, data, dumps(meta, "checkpoint metadata"),
             # Sorted: concurrent puts insert shared blob keys in one order, so they wait for each other, never deadlock.
             None if run_id is None else _ident(run_id, "metadata run_id", MAX_RUN_ID), tuple(sorted(blobs, key=lambda b: b[:2])),
+            tuple((_ident(c, "channel name", 10_000), _ident(v, "channel version", 10_000)) for c, v in _versions(checkpoint).items()),
         )
 
     def _encode_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> tuple[str, str, str, builtins.list[Write]]:

@@ -24,11 +24,11 @@ from langgraph.checkpoint.conformance.spec import (
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
-from praison_db.integrations.langgraph import PraisonCheckpointSaver
+from praison_db.integrations.langgraph import PraisonCheckpointSaver, _esc, _MemoryStorage, _MongoStorage, _RedisStorage
 from tests.backends import BACKENDS
 
 # The backends PraisonCheckpointSaver supports, by their names in tests/backends.py.
-SAVER_BACKENDS = ["memory", "sqlite", "postgresql", "mysql"]
+SAVER_BACKENDS = ["memory", "sqlite", "postgresql", "mysql", "redis", "mongodb"]
 BY_NAME = {b.name: b for b in BACKENDS}
 
 # How many cases the installed conformance suite has per capability: a report must count exactly these as passed.
@@ -87,6 +87,29 @@ def conformance(url: str, face: str) -> CapabilityReport:
         await saver.aclose()
 
     return asyncio.run(validate(factory))
+
+
+def blob_counts(saver: PraisonCheckpointSaver, thread_id: str, ns: str = "") -> dict[str, int]:
+    """How many channel values the saver holds for (thread, namespace), per channel, read from its storage directly."""
+    storage: Any = saver._storage()
+    counts: dict[str, int] = {}
+    if isinstance(storage, _MemoryStorage):
+        channels = [k[2] for k in storage.d.blobs if k[:2] == (thread_id, ns)]
+    elif isinstance(storage, _RedisStorage):
+        fields = storage.r.hkeys(f"{storage._base(thread_id)}:b:{_esc(ns)}")
+        channels = [f.decode().split("\0")[0] for f in fields]
+    elif isinstance(storage, _MongoStorage):
+        channels = [b["channel"] for b in storage.b.find({"thread_id": thread_id, "checkpoint_ns": ns}, {"channel": 1})]
+    else:
+        from sqlalchemy import select
+
+        blobs = storage.t.blobs
+        with storage.db.read() as conn:
+            query = select(blobs.c.channel).where(blobs.c.thread_id == thread_id, blobs.c.checkpoint_ns == ns)
+            channels = list(conn.execute(query).scalars())
+    for channel in channels:
+        counts[channel] = counts.get(channel, 0) + 1
+    return counts
 
 
 # ---- graphs ----
