@@ -99,6 +99,18 @@ if os.environ.get("PRAISON_TEST_CLICKHOUSE_URL"):  # a real ClickHouse server ov
         )
     )
 
+if os.environ.get("PRAISON_TEST_SINGLESTORE_URL"):  # a real SingleStore, when one is given (none runs here)
+    from tests.singlestore_server import singlestore_database, singlestore_prefix
+
+    BACKENDS.append(
+        Backend(
+            "singlestore-env",
+            lambda c: _with_query(c.server, f"table_prefix={singlestore_prefix(c.uid)}"),
+            server=singlestore_database,
+            server_name="SingleStore (PRAISON_TEST_SINGLESTORE_URL)",
+        )
+    )
+
 
 for _backend in BACKENDS:
     add_backend(_backend)  # the conformance suite (praison_db.testing) runs on each

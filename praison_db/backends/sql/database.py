@@ -19,7 +19,7 @@ from ...models import utcnow
 from ...registry import entry_for
 from ...url import StoreURL
 from . import schema as sql_schema
-from .engine import OPTIONS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction
+from .engine import OPTIONS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction, is_singlestore
 from .replica import Replica
 from .schema import Tables, _mysql_collation, build_tables
 
@@ -39,9 +39,12 @@ class SqlDatabase(SharedConnection):
         self.password = url.password
         self.prefix: str = opts["table_prefix"]
         self.asynchronous = asynchronous
+        # SingleStore runs on SQLAlchemy's MySQL dialect; the scheme says which tables and statements it needs.
+        self.singlestore = is_singlestore(url)
         SharedConnection.__init__(self)
         self.engine = _create_engine(url, opts, driver_args, asynchronous, self.where)
-        self.dialect: str = self.engine.dialect.name
+        # SQLAlchemy's dialect name, or "singlestore": the name the dialect quirks (engine.py) go by.
+        self.dialect: str = "singlestore" if self.singlestore else self.engine.dialect.name
         self.replica: Replica | None = None
         try:
             self.tables = self._prepare(opts["auto_upgrade"], check=schema != "skip")
@@ -120,9 +123,12 @@ class SqlDatabase(SharedConnection):
     # ---- schema ----
 
     def _prepare(self, auto_upgrade: bool, *, check: bool = True) -> Tables:
-        with self.read() as conn:
-            collation = _mysql_collation(conn)
-        tables = build_tables(self.prefix, collation)
+        if self.singlestore:
+            tables = build_tables(self.prefix, singlestore=True)
+        else:
+            with self.read() as conn:
+                collation = _mysql_collation(conn)
+            tables = build_tables(self.prefix, collation)
         if not check:
             return tables
         latest = len(sql_schema.MIGRATIONS)
@@ -150,11 +156,12 @@ class SqlDatabase(SharedConnection):
     def upgrade(self, tables: Tables) -> list[int]:
         """Apply every pending migration in order, each recorded in the version table. Idempotent."""
         applied: list[int] = []
-        with _schema_transaction(self.engine, f"praison_db:{self.prefix}") as conn:
+        with _schema_transaction(self.engine, f"praison_db:{self.prefix}", tables.lock) as conn:
             tables.metadata.create_all(conn, tables=[tables.version], checkfirst=True)
             current = conn.execute(select(func.coalesce(func.max(tables.version.c.version), 0))).scalar_one()
             for index in range(current, len(sql_schema.MIGRATIONS)):
-                sql_schema.MIGRATIONS[index](conn, tables)
+                if not (self.singlestore and 0 < index < sql_schema.SINGLESTORE_FIRST_VERSION):
+                    sql_schema.MIGRATIONS[index](conn, tables)
                 conn.execute(insert(tables.version).values(version=index + 1, applied_at=utcnow()))
                 applied.append(index + 1)
                 log.info("praison_db: migrated %s to schema version %d", self.where, index + 1)

@@ -1,5 +1,9 @@
 """The SQL backend's engine: URL checks and options, the driver table, engine creation (sync and async), the
-per-dialect connection hooks, error classification, conflict retries and the dialect quirks."""
+per-dialect connection hooks, error classification, conflict retries and the dialect quirks.
+
+SingleStore (``singlestoredb://``, ``singlestore://``) is driven through the MySQL dialect and drivers; the URL scheme
+(:func:`is_singlestore`), not the server, tells the places that differ: the tables (``schema.build_tables``), the
+upsert, the schema lock and the session set-up of a new connection."""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Insert, event, insert, text
+from sqlalchemy import Insert, Table, bindparam, event, insert, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateTable
 
 from ... import errors
 from ...base import BOOL, POSITIVE_SECONDS, Option, check_prefix
@@ -85,6 +90,14 @@ _PYMYSQL_ARGUMENTS = frozenset(
 )
 
 
+SINGLESTORE_SCHEMES = frozenset({"singlestoredb", "singlestore"})
+
+
+def is_singlestore(url: StoreURL) -> bool:
+    """Whether ``url`` names a SingleStore database (which SQLAlchemy drives as MySQL)."""
+    return url.base_scheme in SINGLESTORE_SCHEMES
+
+
 @functools.cache
 def _libpq_keywords() -> frozenset[str]:
     try:
@@ -152,7 +165,8 @@ def _insert_ignore(dialect: str, table: Any) -> Any:
 
 
 def _upsert(dialect: str, table: Any, columns: list[str]) -> Any:
-    """INSERT that overwrites ``columns`` when the primary key exists."""
+    """INSERT that overwrites ``columns`` when the primary key exists. ``dialect``: SQLAlchemy's name, or
+    ``"singlestore"``."""
     stmt: Any  # a PostgreSQL, SQLite or MySQL Insert: each names the upsert clause its own way
     if dialect in ("postgresql", "sqlite"):
         if dialect == "postgresql":
@@ -161,21 +175,47 @@ def _upsert(dialect: str, table: Any, columns: list[str]) -> Any:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
         stmt = dialect_insert(table)
         return stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_={c: stmt.excluded[c] for c in columns})
+    if dialect == "singlestore":
+        return _singlestore_upsert(table, columns)
     from sqlalchemy.dialects.mysql import insert as mysql_insert
 
     stmt = mysql_insert(table)
     return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in columns})
 
 
+def _singlestore_upsert(table: Table, columns: list[str]) -> Any:
+    """``INSERT ... ON DUPLICATE KEY UPDATE col = VALUES(col)``, the form of SingleStore's INSERT reference, written out.
+
+    SQLAlchemy's MySQL insert adds MySQL 8.0.20's ``AS new`` row alias when the server reports such a version, and
+    SingleStore's INSERT grammar has no such alias. Values are bound through the columns' types (keys, JSON).
+    """
+    names = [c.name for c in table.columns]
+    assert all(n.replace("_", "").isalnum() for n in [table.name, *names]), "plain identifiers only"
+    updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in columns)
+    sql = (
+        f"INSERT INTO `{table.name}` ({', '.join(f'`{n}`' for n in names)}) "
+        f"VALUES ({', '.join(f':{n}' for n in names)}) ON DUPLICATE KEY UPDATE {updates}"
+    )
+    return text(sql).bindparams(*(bindparam(c.name, type_=c.type) for c in table.columns))
+
+
 @contextmanager
-def _schema_transaction(engine: Engine, name: str) -> Iterator[Connection]:
+def _schema_transaction(engine: Engine, name: str, lock: Table | None = None) -> Iterator[Connection]:
     """A write transaction that one process at a time runs, the lock held until after it commits.
 
     Releasing the lock before the commit would let the next process read the old version and apply the same
     migration again (a duplicate key on the version table). PostgreSQL: a transaction-scoped advisory lock, released
     by the commit itself. MySQL: a named lock, taken before BEGIN and released after COMMIT. SQLite: the write lock of
-    BEGIN IMMEDIATE, held to the commit.
+    BEGIN IMMEDIATE, held to the commit. SingleStore (``lock`` given): the write lock of the row ``name`` in ``lock``
+    (see :func:`_row_lock`), and statements that commit one by one.
     """
+    if lock is not None:
+        with _row_lock(engine, lock, name):
+            # Autocommit: no transaction for SingleStore's DDL to meet (how DDL inside BEGIN behaves there is not
+            # documented); the version row of each migration commits after the migration, as on MySQL.
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                yield conn
+        return
     with engine.connect().execution_options(praison_write=True) as conn:
         if conn.dialect.name in ("mysql", "mariadb"):
             got = conn.execute(text("SELECT GET_LOCK(:n, 60)"), {"n": name[:64]}).scalar()
@@ -196,6 +236,42 @@ def _schema_transaction(engine: Engine, name: str) -> Iterator[Connection]:
             yield conn
 
 
+SCHEMA_LOCK_WAIT = 60.0  # seconds a process waits for another one's migration, as GET_LOCK(name, 60) on MySQL
+
+
+@contextmanager
+def _row_lock(engine: Engine, table: Table, name: str) -> Iterator[None]:
+    """Hold the write lock of row ``name`` of ``table`` (created if missing) for the duration of the block.
+
+    For SingleStore, which has no GET_LOCK: an UPDATE takes a row lock held until its transaction ends (SingleStore's
+    "Row Locking": row locks are taken on writes and held to COMMIT or ROLLBACK). The lock lives in a connection of its
+    own, so the migration's statements on another connection cannot end it, and a process that dies loses its
+    connection and, with it, the lock. Waiting ends after SCHEMA_LOCK_WAIT seconds with StoreUnavailable.
+    """
+    with engine.connect() as holder:
+        holder.execute(CreateTable(table, if_not_exists=True))
+        holder.commit()
+        deadline = time.monotonic() + SCHEMA_LOCK_WAIT
+        while True:
+            try:
+                if holder.execute(update(table).where(table.c.name == name).values(locked_at=time.time())).rowcount:
+                    break  # locked
+                # The name's first use: add its row (committed: every process must find it), then lock it.
+                holder.execute(_insert_ignore("singlestore", table).values(name=name, locked_at=time.time()))
+                holder.commit()
+            except sa_exc.DBAPIError as e:
+                holder.rollback()
+                if not _is_retryable(e):
+                    raise
+                if time.monotonic() >= deadline:  # each try waited the server's lock wait timeout
+                    raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema") from e
+        try:
+            yield
+        finally:
+            if not holder.invalidated:
+                holder.rollback()  # ends the transaction, releasing the lock; the row's time need not be kept
+
+
 # ---- conflicts and errors ----
 
 
@@ -204,8 +280,10 @@ _RETRYABLE_CODES = {"40001", "40P01", 1213, 1205}  # serialization failure, dead
 
 def _is_retryable(error: sa_exc.DBAPIError) -> bool:
     orig: Any = error.orig  # the driver's exception, whose attributes depend on the driver
-    code = getattr(orig, "sqlstate", None) or (orig.args[0] if getattr(orig, "args", None) else None)
-    return code in _RETRYABLE_CODES
+    # psycopg names the SQLSTATE; PyMySQL gives the error number first, and since 1.2 a SQLSTATE too, which for a
+    # lock wait timeout (1205) is only the generic HY000: look at both.
+    codes = {getattr(orig, "sqlstate", None), *(orig.args[:1] if getattr(orig, "args", None) else ())}
+    return not codes.isdisjoint(_RETRYABLE_CODES)
 
 
 _CONFLICT_ATTEMPTS = 12
@@ -329,7 +407,9 @@ def _create_engine(url: StoreURL, opts: dict[str, Any], driver_args: dict[str, A
         if not drivername.startswith("sqlite"):
             _install_idle_ping(engine)
         if drivername.startswith(("mysql", "mariadb")):
-            _install_mysql_hooks(engine, opts["connect_timeout"], opts["read_timeout"], where, asynchronous)
+            _install_mysql_hooks(
+                engine, opts["connect_timeout"], opts["read_timeout"], where, asynchronous, singlestore=is_singlestore(url)
+            )
         elif drivername == "postgresql+psycopg":
             _install_psycopg_hooks(engine, opts["read_timeout"], asynchronous)
     except ModuleNotFoundError as e:
@@ -384,17 +464,45 @@ def _repair_aiomysql() -> None:
         aiomysql.connection.escape_bytes_prefixed = escape_bytes
 
 
-def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: float, where: str, asynchronous: bool) -> None:
+def _singlestore_setup(sql_mode: str | None, lock_wait: int, escape: Callable[[str], str]) -> list[str]:
+    """Statements for a new SingleStore connection, given its ``@@sql_mode``; each may be refused by the server.
+
+    SingleStore has no innodb_lock_wait_timeout; its lock wait setting is ``lock_wait_timeout``. Strict mode is set
+    with a literal, and only when the server's mode lacks it. Whether SingleStore lets a session set either is not
+    in its documentation: the connection hooks leave the server's own setting when it refuses one.
+    """
+    statements = []
+    modes = [m for m in (sql_mode or "").split(",") if m]
+    if "STRICT_ALL_TABLES" not in modes:
+        statements.append(f"SET SESSION sql_mode = {escape(','.join([*modes, 'STRICT_ALL_TABLES']))}")
+    statements.append(f"SET SESSION lock_wait_timeout = {lock_wait}")
+    return statements
+
+
+def _refused(error: Exception) -> bool:
+    """A server's error answer to a statement: MySQL server error numbers run from 1000 to 1999; client errors (a lost
+    or closed connection among them) are 0 or 2000 and up."""
+    code = error.args[0] if error.args else None
+    return isinstance(code, int) and 1000 <= code < 2000
+
+
+def _install_mysql_hooks(
+    engine: Engine, connect_timeout: float, read_timeout: float, where: str, asynchronous: bool, *, singlestore: bool = False
+) -> None:
     """Bounded waits, strict mode and the packet limit on every new PyMySQL (or aiomysql) connection."""
     if asynchronous:
         _repair_aiomysql()
 
     # Lock waits end on the server (a retryable 1205) well before the client stops waiting for an answer.
     lock_wait = max(1, int(read_timeout / 2))
-    init = (
+    init: str | None = (
         "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'), "
         f"SESSION innodb_lock_wait_timeout = {lock_wait}"
     )
+    # SingleStore: set after connecting (_singlestore_setup), where a refused setting does not fail the connection.
+    probe = "SELECT @@max_allowed_packet"
+    if singlestore:
+        init, probe = None, "SELECT @@max_allowed_packet, @@sql_mode"
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
@@ -406,28 +514,48 @@ def _install_mysql_hooks(engine: Engine, connect_timeout: float, read_timeout: f
         # answers would otherwise block for the read timeout (or forever without one). Connect with the connect
         # timeout for both, then switch to the read timeout for the life of the connection.
         params = {**cparams, "read_timeout": connect_timeout, "write_timeout": connect_timeout, "defer_connect": True}
-        params.setdefault("init_command", init)
+        if init is not None:
+            params.setdefault("init_command", init)
         conn = pymysql.connections.Connection(*cargs, **params)
         conn.connect()
         # PyMySQL reads these before every socket call.
         conn._read_timeout, conn._write_timeout = read_timeout, float(cparams.get("write_timeout") or read_timeout)
         with conn.cursor() as cur:
-            cur.execute("SELECT @@max_allowed_packet")
-            conn.praison_max_packet = int(cur.fetchone()[0])  # type: ignore[attr-defined]
+            cur.execute(probe)
+            row = cur.fetchone()
+            conn.praison_max_packet = int(row[0])  # type: ignore[attr-defined]
+            if singlestore and "init_command" not in cparams:
+                for statement in _singlestore_setup(row[1], lock_wait, conn.escape):
+                    try:
+                        cur.execute(statement)
+                    except pymysql.err.MySQLError as e:
+                        if not _refused(e):
+                            raise
         return conn
 
     async def _aiomysql_connect(*cargs: Any, **cparams: Any) -> Any:
         import aiomysql
+        import pymysql
 
         # aiomysql has no read or write timeout (asyncio streams wait as long as they are awaited).
         for name in ("read_timeout", "write_timeout"):
             cparams.pop(name, None)
-        cparams.setdefault("init_command", init)
+        given_init = "init_command" in cparams
+        if init is not None:
+            cparams.setdefault("init_command", init)
         cparams["connect_timeout"] = connect_timeout
         conn = await aiomysql.connect(*cargs, **cparams)
         async with conn.cursor() as cur:
-            await cur.execute("SELECT @@max_allowed_packet")
-            conn.praison_max_packet = int((await cur.fetchone())[0])
+            await cur.execute(probe)
+            row = await cur.fetchone()
+            conn.praison_max_packet = int(row[0])
+            if singlestore and not given_init:
+                for statement in _singlestore_setup(row[1], lock_wait, conn.escape):
+                    try:
+                        await cur.execute(statement)
+                    except pymysql.err.MySQLError as e:
+                        if not _refused(e):
+                            raise
         return conn
 
     @event.listens_for(engine, "before_cursor_execute")

@@ -1,12 +1,17 @@
-"""Tables, types and migrations of the SQL stores (SQLite, PostgreSQL, MySQL/MariaDB), in SQLAlchemy Core.
+"""Tables, types and migrations of the SQL stores (SQLite, PostgreSQL, MySQL/MariaDB, SingleStore), in SQLAlchemy Core.
 
 Dialect differences in the schema are the column variants and the MySQL key collation chosen here, and the
 migrations that apply to one dialect only. The statements that differ per dialect (insert-ignore, upsert, the
 schema lock) are the "dialect quirks" in ``engine.py``, next to the per-dialect connection hooks.
+
+SingleStore is driven through SQLAlchemy's MySQL dialect, so its differences are chosen by ``build_tables(...,
+singlestore=True)`` rather than by a dialect variant: ROWSTORE tables, shard keys, keys in VARBINARY, JSON as text, no
+foreign key, every index inside CREATE TABLE (see ``_SINGLESTORE`` below).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,13 +34,19 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import ColumnCollectionConstraint
+from sqlalchemy.sql.compiler import DDLCompiler
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Tables", "build_tables", "MIGRATIONS", "Migration"]
+from ...models import dumps
+
+__all__ = ["Tables", "build_tables", "MIGRATIONS", "Migration", "SINGLESTORE_FIRST_VERSION"]
 
 ROLE_LENGTH = 64  # models.MAX_ROLE_LENGTH: roles and item types
 
@@ -101,6 +112,78 @@ _LONG_TEXT = Text().with_variant(mysql.LONGTEXT(charset="utf8mb4"), "mysql", "ma
 _JSON = JSON(none_as_null=True).with_variant(postgresql.JSON(none_as_null=True), "postgresql")
 
 
+# ---- SingleStore ----
+#
+# What the MySQL tables become on SingleStore, each from its documentation (docs.singlestore.com):
+# - ROWSTORE: columnstore is the default table type since 7.3 (CREATE TABLE); the stores need point reads, row locks
+#   (Row Locking: columnstores may lock a whole partition) and enforced unique keys.
+# - SHARD KEY: a unique key must contain every column of the shard key, and the shard key must be part of the primary
+#   key ("Why do I get errors about UNIQUE KEYs?", "Understanding Keys and Indexes"). Messages shard on session_id,
+#   which both their primary key (session_id, seq) and their unique (session_id, id) contain; sessions and state shard
+#   on their primary keys, as a table does by default.
+# - No FOREIGN KEY: "Foreign keys and referential integrity" are in "Unsupported MySQL Features"; the stores delete a
+#   session's messages themselves, in the same transaction as the session.
+# - Keys in VARBINARY: "Sorting and comparing a VARBINARY uses the exact binary representation" (Binary String Types),
+#   so "a" and "a " stay two ids; how utf8mb4_bin treats trailing spaces is not documented.
+# - JSON columns as LONGTEXT: SingleStore's JSON type re-encodes values ("Using JSON"); the text we write (2**64,
+#   1e20, -0.0 included) must come back as written, and nothing queries inside these columns.
+# - COLLATE utf8mb4_bin on the table ("Character Set and Collation Override"): every text column is utf8mb4 whatever
+#   the server's default character set; no ENGINE or DEFAULT CHARSET option, which SingleStore's CREATE TABLE lacks.
+# - Every index inside CREATE TABLE (KEY / UNIQUE), one statement per table.
+
+
+class ShardKey(ColumnCollectionConstraint):
+    """SingleStore's ``SHARD KEY (columns)``: which columns decide the partition of a row."""
+
+
+class InlineKey(ColumnCollectionConstraint):
+    """A plain ``KEY name (columns)`` written inside CREATE TABLE."""
+
+
+@compiles(ShardKey)
+def _shard_key_ddl(element: ShardKey, compiler: DDLCompiler, **kw: Any) -> str:
+    return "SHARD KEY (%s)" % ", ".join(compiler.preparer.quote(c.name) for c in element.columns)
+
+
+@compiles(InlineKey)
+def _inline_key_ddl(element: InlineKey, compiler: DDLCompiler, **kw: Any) -> str:
+    columns = ", ".join(compiler.preparer.quote(c.name) for c in element.columns)
+    return f"KEY {compiler.preparer.quote(str(element.name))} ({columns})"
+
+
+class SingleStoreKey(TypeDecorator[str]):
+    """An exact-match key on SingleStore: the UTF-8 bytes of the text in a VARBINARY, compared and ordered byte for
+    byte (which is code point order, as on the other dialects)."""
+
+    impl = mysql.VARBINARY
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(4 * length)  # characters of up to 4 bytes each
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else value.encode("utf-8")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else bytes(value).decode("utf-8")
+
+
+class JsonText(TypeDecorator[Any]):
+    """A JSON value kept as the exact JSON text written (LONGTEXT); None is SQL NULL."""
+
+    impl = mysql.LONGTEXT
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else dumps(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+_SINGLESTORE_TABLE: dict[str, Any] = {"prefixes": ["ROWSTORE"], "mysql_collate": "utf8mb4_bin"}
+
+
 @dataclass(frozen=True)
 class Tables:
     metadata: MetaData
@@ -108,16 +191,32 @@ class Tables:
     messages: Table
     state: Table
     version: Table
+    # SingleStore only: the row whose write lock lets one process at a time migrate (it has no GET_LOCK).
+    lock: Table | None = None
 
 
-def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tables:
-    """The current schema under ``prefix``; table and index names derive from it."""
+def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin", *, singlestore: bool = False) -> Tables:
+    """The current schema under ``prefix``; table and index names derive from it. ``singlestore``: the tables as
+    SingleStore needs them (compiled with the MySQL dialect; see the notes above)."""
     md = MetaData()
 
     def key(length: int) -> Any:
+        if singlestore:
+            return SingleStoreKey(length)
         return _key(length).with_variant(_mysql_key(length, mysql_collation), "mysql", "mariadb")
 
-    table_args: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mariadb_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
+    def index(name: str, *columns: str, unique: bool = False) -> Any:
+        if not singlestore:
+            return Index(name, *columns, unique=unique)
+        return UniqueConstraint(*columns, name=name) if unique else InlineKey(*columns, name=name)
+
+    long_text: Any = mysql.LONGTEXT() if singlestore else _LONG_TEXT  # the table's COLLATE makes it utf8mb4
+    json_type: Any = JsonText() if singlestore else _JSON
+    table_args: dict[str, Any] = (
+        _SINGLESTORE_TABLE
+        if singlestore
+        else {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mariadb_engine": "InnoDB", "mariadb_charset": "utf8mb4"}
+    )
     sessions = Table(
         f"{prefix}sessions",
         md,
@@ -125,46 +224,52 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
         Column("user_id", key(255)),
         Column("agent_id", key(255)),
         Column("session_type", String(16), nullable=False),
-        Column("name", _LONG_TEXT),  # MySQL's TEXT holds 64 KB; a longer name must not be cut
-        Column("metadata", _JSON, nullable=False),
+        Column("name", long_text),  # MySQL's TEXT holds 64 KB; a longer name must not be cut
+        Column("metadata", json_type, nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
         Column("updated_at", UTCDateTime, nullable=False),
         Column("message_count", BigInteger, nullable=False),
         # "Newest activity first", all sessions or one user's: both are index range scans.
-        Index(f"{prefix}sessions_activity", "updated_at", "session_id"),
-        Index(f"{prefix}sessions_user_activity", "user_id", "updated_at", "session_id"),
+        index(f"{prefix}sessions_activity", "updated_at", "session_id"),
+        index(f"{prefix}sessions_user_activity", "user_id", "updated_at", "session_id"),
+        *([ShardKey("session_id")] if singlestore else []),
         **table_args,
     )
+    # No foreign key on SingleStore (unsupported); elsewhere it cascades as a safety net behind the stores' deletes.
+    session_ref = [] if singlestore else [ForeignKey(sessions.c.session_id, ondelete="CASCADE")]
     messages = Table(
         f"{prefix}messages",
         md,
         # The primary key (session_id, seq) is the index behind "newest N" and makes seqs unique per session.
-        Column("session_id", key(255), ForeignKey(sessions.c.session_id, ondelete="CASCADE"), primary_key=True),
+        Column("session_id", key(255), *session_ref, primary_key=True),
         Column("seq", BigInteger, primary_key=True, autoincrement=False),
         Column("id", key(255), nullable=False),
         # "" for a typed item without a role: no role is empty, so it cannot be mistaken for one, and tables made
         # before roles were optional keep their NOT NULL (SQLite cannot drop it without rebuilding the table).
         Column("role", String(ROLE_LENGTH), nullable=False),
-        Column("content", _LONG_TEXT),
-        Column("name", _LONG_TEXT),
-        Column("tool_calls", _JSON),
-        Column("tool_call_id", _LONG_TEXT),
-        Column("metadata", _JSON, nullable=False),
+        Column("content", long_text),
+        Column("name", long_text),
+        Column("tool_calls", json_type),
+        Column("tool_call_id", long_text),
+        Column("metadata", json_type, nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
         Column("type", String(ROLE_LENGTH)),
         # The item's own fields beyond the columns, and content that is not text (models.packed_extra).
-        Column("extra", _JSON),
+        Column("extra", json_type),
         # Message ids are unique per session: this index is what makes a retried append store nothing.
-        Index(f"{prefix}messages_id", "session_id", "id", unique=True),
+        index(f"{prefix}messages_id", "session_id", "id", unique=True),
+        # A session's messages on one partition: the unique (session_id, id) contains the shard key, as it must.
+        *([ShardKey("session_id")] if singlestore else []),
         **table_args,
     )
     state = Table(
         f"{prefix}state",
         md,
         Column("key", key(512), primary_key=True),
-        Column("value", _LONG_TEXT, nullable=False),
+        Column("value", long_text, nullable=False),
         Column("expires_at", Double),  # Unix time: no time zone can shift it
-        Index(f"{prefix}state_expires", "expires_at"),
+        index(f"{prefix}state_expires", "expires_at"),
+        *([ShardKey("key")] if singlestore else []),
         **table_args,
     )
     version = Table(
@@ -174,7 +279,16 @@ def build_tables(prefix: str, mysql_collation: str = "utf8mb4_nopad_bin") -> Tab
         Column("applied_at", UTCDateTime, nullable=False),
         **table_args,
     )
-    return Tables(md, sessions, messages, state, version)
+    if not singlestore:
+        return Tables(md, sessions, messages, state, version)
+    lock = Table(
+        f"{prefix}schema_lock",
+        md,
+        Column("name", key(255), primary_key=True),
+        Column("locked_at", Double, nullable=False),
+        **table_args,
+    )
+    return Tables(md, sessions, messages, state, version, lock)
 
 
 Migration = Callable[[Connection, Tables], None]
@@ -271,3 +385,8 @@ def _v5_open_items(conn: Connection, tables: Tables) -> None:
 # Append-only: MIGRATIONS[i] brings a database from version i to i + 1. Never edit a released entry; add one.
 # Each must be safe to re-run after a crash half-way (DDL is not transactional on MySQL).
 MIGRATIONS: list[Migration] = [_v1_create, _v2_message_ids, _v3_mysql_long_text, _v4_json_verbatim, _v5_open_items]
+
+# SingleStore support began at this schema version: there _v1_create builds it whole, and the migrations between v1
+# and it (which convert layouts a SingleStore database never had, reading them back through the MySQL dialect's
+# parser of SHOW CREATE TABLE) are recorded without running. A migration added after it runs on SingleStore too.
+SINGLESTORE_FIRST_VERSION = 5
