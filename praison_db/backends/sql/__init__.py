@@ -1,8 +1,9 @@
-"""SQL stores over SQLAlchemy Core: SQLite, PostgreSQL (psycopg 3) and MySQL/MariaDB (PyMySQL), one code path.
+"""SQL stores over SQLAlchemy Core: SQLite, PostgreSQL (psycopg 3), MySQL/MariaDB/SingleStore (PyMySQL), one code path.
 
 URLs: ``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite:///:memory:``, a bare ``*.db`` path;
 ``postgresql://``, ``postgres://``, ``postgresql+psycopg://``, ``postgresql+psycopg2://``;
-``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mariadb+pymysql://``.
+``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mariadb+pymysql://``; ``singlestoredb://``, ``singlestore://``
+(SingleStore on the MySQL drivers, with tables of its own: see ``schema.py``).
 Other query parameters go to the driver, as with SQLAlchemy, when the driver takes them: libpq connection parameters
 for PostgreSQL (``sslmode``, ``application_name``, ``options``, ``host`` repeated for several hosts, ...), PyMySQL
 connection arguments for MySQL (``ssl_ca``, ``init_command``, ...). Anything else (a typo, or another backend's
