@@ -252,6 +252,7 @@ def _row_lock(engine: Engine, table: Table, name: str) -> Iterator[None]:
         holder.execute(CreateTable(table, if_not_exists=True))
         holder.commit()
         deadline = time.monotonic() + SCHEMA_LOCK_WAIT
+        timed_out = "timed out waiting for another process to finish migrating the schema"
         while True:
             try:
                 if holder.execute(update(table).where(table.c.name == name).values(locked_at=time.time())).rowcount:
@@ -264,7 +265,9 @@ def _row_lock(engine: Engine, table: Table, name: str) -> Iterator[None]:
                 if not _is_retryable(e):
                     raise
                 if time.monotonic() >= deadline:  # each try waited the server's lock wait timeout
-                    raise errors.StoreUnavailable("timed out waiting for another process to finish migrating the schema") from e
+                    raise errors.StoreUnavailable(timed_out) from e
+            if time.monotonic() >= deadline:
+                raise errors.StoreUnavailable(timed_out)
         try:
             yield
         finally:
