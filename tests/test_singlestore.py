@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Column, Double, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.util import greenlet_spawn
@@ -30,6 +31,7 @@ from praison_db.backends.sql.engine import (
     OPTIONS,
     _create_engine,
     _insert_ignore,
+    _is_retryable,
     _refused,
     _row_lock,
     _singlestore_setup,
@@ -384,5 +386,27 @@ def test_the_schema_lock_row_lets_one_process_at_a_time_and_is_free_after(make_u
         with engine.connect() as conn:
             assert sorted(conn.exec_driver_sql(f"SELECT name FROM `{table.name}`").scalars()) == ["praison_db:a", "praison_db:b"]
             conn.exec_driver_sql(f"DROP TABLE `{table.name}`")
+    finally:
+        engine.dispose()
+
+
+def test_a_lock_wait_timeout_is_retryable_though_pymysql_reports_sqlstate_hy000(make_url: Any) -> None:
+    # The schema lock waits by retrying 1205; PyMySQL 1.2 attaches the generic SQLSTATE HY000 to it.
+    mysql_url = make_url(MYSQL)
+    name = f"{parse_url(mysql_url).query['table_prefix']}rows"
+    engine = _create_engine(parse_url(mysql_url.split("?", 1)[0]), _opts(read_timeout=2.0), {}, False, "test")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE `{name}` (id INT PRIMARY KEY, n INT)")
+            conn.exec_driver_sql(f"INSERT INTO `{name}` VALUES (1, 0)")
+        with engine.connect() as holder, engine.connect() as waiter:
+            holder.exec_driver_sql(f"UPDATE `{name}` SET n = 1 WHERE id = 1")
+            with pytest.raises(sa_exc.OperationalError) as waited:
+                waiter.exec_driver_sql(f"UPDATE `{name}` SET n = 2 WHERE id = 1")
+            holder.rollback()
+        assert waited.value.orig.args[0] == 1205 and getattr(waited.value.orig, "sqlstate", "HY000") == "HY000"
+        assert _is_retryable(waited.value)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE `{name}`")
     finally:
         engine.dispose()
