@@ -75,6 +75,7 @@ or behind Sentinel). Give it a ``maxmemory-policy`` that never evicts keys witho
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -612,6 +613,22 @@ def unlink_matching(client: Any, pattern: str, nodes: list[Any] | None = None) -
     return sum(client.unlink(*batch) for batch in scan_batches(client, pattern, nodes))
 
 
+class _Script:
+    """A Lua script run by its SHA1 (EVALSHA); a node that does not know it yet gets the text once (EVAL, which also
+    caches it there). redis-py's own Script would first load it into every primary of a cluster, which fails while
+    any master is down, also for keys of the live ones."""
+
+    def __init__(self, client: Any, text: str) -> None:
+        self.client, self.text = client, text
+        self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def __call__(self, keys: list[str] | tuple[()] = (), args: list[Any] | tuple[()] = ()) -> Any:
+        try:
+            return self.client.evalsha(self.sha, len(keys), *keys, *args)
+        except rx.NoScriptError:
+            return self.client.eval(self.text, len(keys), *keys, *args)
+
+
 class _Layout:
     """Key names (see the module docstring): the one-server layout, or the cluster one with hash tags."""
 
@@ -918,7 +935,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         r, cluster = self.r, conn.cluster
 
         def session_script(body: str) -> Any:
-            return r.register_script(_session_script(body, cluster))
+            return _Script(r, _session_script(body, cluster))
 
         self._create = session_script(_LUA_CREATE)
         self._append_script = session_script(_LUA_APPEND)
@@ -927,12 +944,12 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         self._import_messages_script = session_script(_LUA_IMPORT_MESSAGES)
         self._pop_script = session_script(_LUA_POP)
         self._truncate_script = session_script(_LUA_TRUNCATE)
-        self._read = r.register_script(_LUA_READ)
+        self._read = _Script(r, _LUA_READ)
         if cluster:
             self._index = _ClusterIndex(self)
         else:
-            self._delete = r.register_script(_LUA_DELETE)
-            self._sweep = r.register_script(_LUA_SWEEP)
+            self._delete = _Script(r, _LUA_DELETE)
+            self._sweep = _Script(r, _LUA_SWEEP)
 
     def state_store(self) -> RedisStateStore:
         """A StateStore with the same prefix, sharing this store's connection pool."""
@@ -1189,12 +1206,12 @@ class _ClusterIndex:
         self.ahead = self.layout.index_keys[3]
         self.expiring = self.layout.index_keys[2]
         r = self.r
-        self._raise = r.register_script(_LUA_INDEX_RAISE)
-        self._add = r.register_script(_LUA_INDEX_ADD)
-        self._drop = r.register_script(_LUA_INDEX_DROP)
-        self._settle = r.register_script(_LUA_INDEX_SETTLE)
-        self._forget = r.register_script(_LUA_INDEX_FORGET)
-        self._delete_one = r.register_script(_LUA_DELETE_ONE)
+        self._raise = _Script(r, _LUA_INDEX_RAISE)
+        self._add = _Script(r, _LUA_INDEX_ADD)
+        self._drop = _Script(r, _LUA_INDEX_DROP)
+        self._settle = _Script(r, _LUA_INDEX_SETTLE)
+        self._forget = _Script(r, _LUA_INDEX_FORGET)
+        self._delete_one = _Script(r, _LUA_DELETE_ONE)
 
     # ---- the index slot's primitives ----
 
@@ -1468,7 +1485,7 @@ class RedisStateStore(_RedisStore, StateStore):
     def __init__(self, conn: _Connection) -> None:
         self._bind(conn)
         self._base = conn.layout.kv
-        self._set_slot: Any = self.r.register_script(_LUA_SET_MANY) if conn.cluster else None
+        self._set_slot: Any = _Script(self.r, _LUA_SET_MANY) if conn.cluster else None
 
     def _k(self, key: str) -> str:
         return self._base + key
