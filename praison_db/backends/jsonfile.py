@@ -354,11 +354,11 @@ def _tail_lines(path: Path, want: int, stop: Any = None, skip: Any = None, root:
     goes on. Cost is proportional to what is read, not to the file's size. Raises _Moved (see _lines_before).
     """
     out: list[dict[str, Any]] = []
+    if want <= 0:
+        return out
     try:
         f = open_private(path, "rb", root=root)
     except FileNotFoundError:
-        return out
-    if want <= 0:
         return out
     with f:
         for _, _, record in _messages_newest_first(f, path.name):
@@ -856,7 +856,12 @@ class JsonConversationStore(ConversationStore):
                 if plan is None:
                     return 0, None
                 cut, kept_seq, kept_line, gone, count = plan
-                newest = gone[0] if gone else (_newest_record(f, files.messages.name) or (0, None, 0))[1]
+                if gone:
+                    newest: dict[str, Any] | None = gone[0]
+                else:
+                    found = _newest_record(f, files.messages.name)
+                    newest = found[1] if found else None
+                # Activity never moves back, even past a message stamped ahead of this clock (an import).
                 moment = max(now, self._moment_of(newest, files.messages)) if newest else now
                 f.seek(end)
                 f.write(_cut_line(kept_seq, moment, cut))
@@ -884,8 +889,8 @@ class JsonConversationStore(ConversationStore):
         """Where a removal cuts the file: (offset, seq of the newest message kept or 0, that message's line, the
         removed records newest first, how many), or None when nothing goes.
 
-        Reads backwards only as far as the removal goes. Removing everything (``after_seq`` 0) reads no record at
-        all: the cut is at 0 and the lines are counted, not parsed (the removed records are then None).
+        Reads backwards only as far as the removal goes. Removing everything (``after_seq`` 0) parses no line: the
+        cut is at 0 and the lines are counted (the removed records are then None).
         """
         if after_seq == 0:
             count = _message_lines(f, end)
