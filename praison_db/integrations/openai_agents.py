@@ -38,7 +38,7 @@ except ImportError as e:  # pragma: no cover - the extra is missing
         "praison_db.integrations.openai_agents needs the openai-agents package: pip install 'praison-db[openai-agents]'"
     ) from e
 
-from ..aio import AsyncConversationStore, AsyncPraisonDB, wrap
+from ..aio import AsyncConversationStore, AsyncPraisonDB, _to_the_end, wrap
 from ..base import ConversationStore
 from ..errors import ConfigError, Error, InputError, SessionNotFound, StoreClosed
 from ..facade import DATABASE_URL_VARS, PraisonDB, default_home, env_url, open_store
@@ -137,6 +137,9 @@ class PraisonSession:
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append ``items`` in order, in one transaction where the backend has them (all or none).
 
+        Like every change here (``pop_item``, ``clear_session``), a cancelled call finishes first: CancelledError
+        reaches the caller once the items are stored or known not to be, as with the SDK's own sessions.
+
         Raises:
             InputError: an item is not a dict with a ``role`` or ``type``, or holds what JSON cannot keep exactly
                 (nothing is stored then).
@@ -147,6 +150,9 @@ class PraisonSession:
         drafts = [_draft(item) for item in items]
         if not drafts:
             return
+        await _to_the_end(self._append(store, drafts))
+
+    async def _append(self, store: AsyncConversationStore, drafts: list[MessageDraft]) -> None:
         try:
             await store.add_messages(self.session_id, cast(Any, drafts))
         except SessionNotFound:
@@ -159,13 +165,13 @@ class PraisonSession:
         """Remove the newest item and return it (None when there is none); atomic, so concurrent pops each get a
         different item."""
         store = await self._conversations()
-        message = await store.pop_message(self.session_id)
+        message = await _to_the_end(store.pop_message(self.session_id))
         return None if message is None else _item(message)
 
     async def clear_session(self) -> None:
         """Remove every item, atomically. The praison session itself stays (empty)."""
         store = await self._conversations()
-        await store.clear_messages(self.session_id)
+        await _to_the_end(store.clear_messages(self.session_id))
 
     # ---- lifecycle ----
 
