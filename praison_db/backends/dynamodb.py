@@ -863,6 +863,8 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
         }
         if values:
             request["ExpressionAttributeValues"] = values
+        with self._lock:
+            self._heads.pop(sid, None)
         # The header first: from then on no read shows the session, whatever happens next.
         answer = self.conn.conditional("delete_item", **request)
         if not answer.applied or not answer.attributes:
@@ -952,21 +954,22 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
     def _contended(self, sid: str) -> errors.StoreUnavailable:
         return errors.StoreUnavailable(f"{self.conn.where}: session {sid!r}: too many concurrent writers, try again")
 
-    def _head_for_write(self, sid: str) -> _Head:
-        """The header to commit on (the one our last commit wrote, else read now), after copying any commit its
-        writer left in ``pend`` long ago (it died or hung)."""
+    def _head_for_write(self, sid: str, *, cached: bool = True) -> tuple[_Head, bool]:
+        """The header to commit on and whether it was read now (else it is the one our last commit wrote), after
+        copying any commit its writer left in ``pend`` long ago (it died or hung)."""
         with self._lock:
-            cached = self._heads.get(sid)
+            item = self._heads.get(sid) if cached else None
             copied = set(self._copied.get(sid, ()))
-        head = _head(cached) if cached is not None else None
-        if head is None or head.expired(time.time()):
+        head = _head(item) if item is not None else None
+        fresh = head is None or head.expired(time.time())
+        if fresh:
             head = self._read_head(sid)
         if head is None:
             raise missing_session(sid)
         stale = [c for c in head.commits if c.at < time.time() - _HELP_AFTER and c.token not in copied]
         for commit in stale:
             self._copy(sid, head.inc, commit)
-        return head
+        return head, fresh
 
     def _message_item(self, sid: str, inc: str, commit: _Commit, i: int) -> dict[str, Any]:
         record = commit.records[i]
@@ -1089,9 +1092,21 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
         an updated_at to move to) as one commit, retried until the header did not change under it."""
         staged: dict[tuple[Any, ...], list[_Record]] = {}
         budget = _INLINE_BYTES
+        cached = True
         for attempt in range(_COMMIT_ATTEMPTS):
-            head = self._head_for_write(sid)
-            fresh, known, updated = plan(head)
+            head, read_now = self._head_for_write(sid, cached=cached)
+            try:
+                fresh, known, updated = plan(head)
+            except errors.Error:
+                if read_now:
+                    raise
+                cached = False  # refused on a remembered header: decide on one read now
+                continue
+            if known and not read_now:
+                # "Already stored" is an answer no commit confirms: give it from a header read now, not a remembered
+                # one (the session may have been deleted and created again since).
+                cached = False
+                continue
             if not fresh:
                 return known
             key = (head.inc, budget, tuple(m.id for m in fresh))
