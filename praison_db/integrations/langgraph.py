@@ -81,6 +81,7 @@ import asyncio
 import bisect
 import builtins
 import functools
+import hashlib
 import json
 import math
 import random
@@ -984,6 +985,8 @@ local function drop(ns, doomed, gone)
   end
   local blobs = key('b', ns)
   for field in pairs(freed) do redis.call('HDEL', blobs, field) end
+  -- a namespace left with nothing is forgotten, so that deleting every checkpoint leaves no key behind
+  if redis.call('EXISTS', key('i', ns)) == 0 and redis.call('EXISTS', blobs) == 0 then redis.call('SREM', B .. ':ns', ns) end
 end
 """
 
@@ -1228,9 +1231,9 @@ class _RedisStorage(_Storage):
         self.native_async = conn.asynchronous
         self.prefix: str = conn.prefix
         self.all_key = f"{self.prefix}:lg:all"
-        # In a cluster a pipeline spans nodes with no order between them: the index step is sent (and lands) first.
+        # A Redis Cluster: the index step lands before the scripts, sent one by one (see _execute).
         self.stepwise = bool(getattr(conn, "cluster", False))
-        self.scripts = {name: self.r.register_script(_LUA_PRELUDE + body) for name, body in _LUA.items()}
+        self.scripts = {name: (_LUA_PRELUDE + body, hashlib.sha1((_LUA_PRELUDE + body).encode()).hexdigest()) for name, body in _LUA.items()}
 
     def translate(self, error: Exception) -> Error:
         return self.conn.translate(error)  # type: ignore[no-any-return]
@@ -1247,31 +1250,41 @@ class _RedisStorage(_Storage):
         return f"{self.prefix}:lg:run:{_esc(run_id)}"
 
     def _call(self, name: str, thread_id: str, args: list[Any]) -> Any:
+        from redis.exceptions import NoScriptError
+
+        text, sha = self.scripts[name]
         base = self._base(thread_id)
-        return self.scripts[name](keys=[base + ":ns"], args=[base, *args])
+        try:
+            return self.r.evalsha(sha, 1, base + ":ns", base, *args)
+        except NoScriptError:  # a server that forgot it (a restart, SCRIPT FLUSH): EVAL runs and caches it again
+            return self.r.eval(text, 1, base + ":ns", base, *args)
 
     def _execute(self, index: Callable[[Any], int] | None, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
         """The index step (``index`` queues commands on the cross-thread keys and says how many), then scripts (name,
-        thread, args), in one round trip (two in a cluster); returns the scripts' results. Scripts the server has
-        forgotten (a restart, SCRIPT FLUSH) are loaded again."""
+        thread, args), in one round trip; returns the scripts' results. Were a script forgotten by the server,
+        everything is sent again with EVAL: each command and script here can run twice harmlessly. In a cluster,
+        whose pipelines have no order across nodes (nor EVAL), the index step goes first, then each script."""
         from redis.exceptions import NoScriptError
 
+        if self.stepwise:
+            if index is not None:
+                self._index(index)
+            return [self._call(name, thread_id, args) for name, thread_id, args in calls]
         for attempt in (0, 1):
             pipe = self.r.pipeline(transaction=False)
             skip = index(pipe) if index is not None else 0
-            if skip and self.stepwise:
-                pipe.execute()
-                pipe, skip = self.r.pipeline(transaction=False), 0
             for name, thread_id, args in calls:
+                text, sha = self.scripts[name]
                 base = self._base(thread_id)
-                pipe.evalsha(self.scripts[name].sha, 1, base + ":ns", base, *args)
+                if attempt:
+                    pipe.eval(text, 1, base + ":ns", base, *args)
+                else:
+                    pipe.evalsha(sha, 1, base + ":ns", base, *args)
             try:
                 return list(pipe.execute()[skip:]) if skip or calls else []
             except NoScriptError:
                 if attempt:
                     raise
-                for script in self.scripts.values():
-                    self.r.script_load(script.script)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _index(self, commands: Callable[[Any], int]) -> None:
@@ -1482,16 +1495,29 @@ class _RedisStorage(_Storage):
 
 _KEY_INDEX = "thread_ns_checkpoint"
 _ROW_FIELDS = {"_id": 0, "thread_id": 1, "checkpoint_ns": 1, "checkpoint_id": 1, "parent_checkpoint_id": 1, "type": 1, "checkpoint": 1, "metadata": 1}
+_NOT_KEY = {"_id": 0, "thread_id": 0, "checkpoint_ns": 0}
 _INT64 = range(-(2**63), 2**63)
+_CLIENT_BULK_WRITE = 25  # the wire version of MongoDB 8.0, whose bulkWrite command writes to several collections
 
 
 def _bson_scalar(value: Any) -> bool:
-    """A metadata value MongoDB compares as list() does (numbers by value, booleans apart): kept for the prefilter."""
-    if isinstance(value, bool) or isinstance(value, str):
+    """A metadata value MongoDB compares as list() does (numbers by value, booleans apart), short enough to be kept
+    twice: what the prefilter uses, the same rule for the stored values and the filter's."""
+    if isinstance(value, bool):
         return True
+    if isinstance(value, str):
+        return len(value) <= 200
     if isinstance(value, int):
         return value in _INT64
     return isinstance(value, float) and math.isfinite(value)
+
+
+def _duplicate_key(error: Exception) -> bool:
+    """A unique-index violation, from any write, a client bulkWrite's included."""
+    from ..backends.mongo import _DUPLICATE_KEY, _is_duplicate_key
+
+    nested = getattr(error, "write_errors", None) or []  # ClientBulkWriteException
+    return _is_duplicate_key(error) or any(isinstance(e, Mapping) and e.get("code") in _DUPLICATE_KEY for e in nested)
 
 
 class _MongoStorage(_Storage):
@@ -1510,6 +1536,7 @@ class _MongoStorage(_Storage):
         self.c = conn.collection("lg_checkpoints")
         self.b = conn.collection("lg_blobs")
         self.w = conn.collection("lg_writes")
+        self.client_bulk = int(conn.client.admin.command("hello").get("maxWireVersion", 0)) >= _CLIENT_BULK_WRITE
         # Idempotent; cheap when the indexes exist. The key index is also "newest of a thread": sorted by id, read backwards.
         self.c.create_index([("thread_id", 1), ("checkpoint_ns", 1), ("checkpoint_id", 1)], unique=True, name=_KEY_INDEX)
         self.c.create_index([("run_id", 1)], sparse=True, name="run")
@@ -1527,8 +1554,6 @@ class _MongoStorage(_Storage):
     def _write(self, work: Callable[[Any], None], *, transaction: bool = True) -> None:
         """Run ``work(session)`` (in a transaction where the server has them, if asked); again when two upserts of one
         key raced and one lost with a duplicate key (the retry finds the other's document)."""
-        from ..backends.mongo import _is_duplicate_key
-
         for attempt in range(5):
             try:
                 if transaction:
@@ -1537,7 +1562,7 @@ class _MongoStorage(_Storage):
                     work(None)
                 return
             except Exception as e:
-                if attempt == 4 or not _is_duplicate_key(e):
+                if attempt == 4 or not _duplicate_key(e):
                     raise
 
     # ---- writes ----
@@ -1545,14 +1570,6 @@ class _MongoStorage(_Storage):
     def put(self, item: _Put) -> None:
         from pymongo import UpdateOne
 
-        blobs = [
-            UpdateOne(
-                {"thread_id": item.thread_id, "checkpoint_ns": item.ns, "channel": ch, "version": v},
-                {"$setOnInsert": {"type": kind, "blob": data}},
-                upsert=True,
-            )
-            for ch, v, kind, data in item.blobs
-        ]
         metadata = json.loads(item.metadata)
         fields: dict[str, Any] = {
             "parent_checkpoint_id": item.parent_id, "type": item.type, "checkpoint": item.data, "metadata": item.metadata,
@@ -1564,13 +1581,24 @@ class _MongoStorage(_Storage):
         else:
             fields["run_id"] = item.run_id
         key = {"thread_id": item.thread_id, "checkpoint_ns": item.ns, "checkpoint_id": item.checkpoint_id}
+        blobs = [
+            ({"thread_id": item.thread_id, "checkpoint_ns": item.ns, "channel": ch, "version": v}, {"$setOnInsert": {"type": kind, "blob": data}})
+            for ch, v, kind, data in item.blobs
+        ]
+
+        # No transaction: the checkpoint, written last, is the commit point (a failed put leaves only unnamed blobs).
+        if self.client_bulk:
+            # MongoDB 8.0+: blobs and checkpoint in one ordered bulkWrite, one round trip; a failure stops it there.
+            ops = [UpdateOne(f, u, upsert=True, namespace=self.b.full_name) for f, u in blobs]
+            ops.append(UpdateOne(key, update, upsert=True, namespace=self.c.full_name))
+            self._write(lambda session: self.conn.client.bulk_write(ops, ordered=True), transaction=False)
+            return
 
         def work(session: Any) -> None:
             if blobs:
-                self.b.bulk_write(blobs, ordered=False, session=session)
+                self.b.bulk_write([UpdateOne(f, u, upsert=True) for f, u in blobs], ordered=False, session=session)
             self.c.update_one(key, update, upsert=True, session=session)
 
-        # No transaction: the checkpoint, written last, is the commit point (a failed put leaves only unnamed blobs).
         self._write(work, transaction=False)
 
     def put_writes(self, thread_id: str, ns: str, checkpoint_id: str, writes: list[Write]) -> None:
@@ -1630,7 +1658,7 @@ class _MongoStorage(_Storage):
         return self._complete(found, decode) if found else []
 
     def _complete(self, found: list[Mapping[str, Any]], decode: Decode) -> list[_Row]:
-        """Documents with their blobs and pending writes: two more reads per (thread, namespace), on the keys."""
+        """Documents with their blobs and pending writes: one more read per (thread, namespace), on the keys."""
         decoded = [(d, decode((d["type"], bytes(d["checkpoint"])))) for d in found]
         groups: dict[tuple[str, str], list[tuple[Mapping[str, Any], dict[str, Any]]]] = {}
         for d, checkpoint in decoded:
@@ -1640,18 +1668,24 @@ class _MongoStorage(_Storage):
         for (thread_id, ns), members in groups.items():
             pairs = {pair for _, checkpoint in members for pair in _versions(checkpoint).items()}
             here = {"thread_id": thread_id, "checkpoint_ns": ns}
-            if pairs:
-                channels = sorted({p[0] for p in pairs})
-                for some in _chunks(sorted({p[1] for p in pairs}), 2000):
-                    query = {**here, "channel": {"$in": channels}, "version": {"$in": list(some)}}
-                    for b in self.b.find(query, {"_id": 0, "channel": 1, "version": 1, "type": 1, "blob": 1}):
-                        data = b.get("blob")
-                        blobs[(thread_id, ns, b["channel"], b["version"])] = (b["type"], None if data is None else bytes(data))
+            channels = sorted({p[0] for p in pairs})
             ids = [d["checkpoint_id"] for d, _ in members]
-            for w in self.w.find({**here, "checkpoint_id": {"$in": ids}}, {"_id": 0, "thread_id": 0, "checkpoint_ns": 0}):
-                writes.setdefault((thread_id, ns, w["checkpoint_id"]), []).append(
-                    (w["task_id"], int(w["idx"]), w["channel"], w["type"], bytes(w["blob"]), w["task_path"])
-                )
+            for first, some in enumerate(_chunks(sorted({p[1] for p in pairs}), 2000) if pairs else [[]]):
+                # The blobs (channel IN ... AND version IN ...: each an index lookup) and the writes in one read.
+                writes_part = [{"$match": {**here, "checkpoint_id": {"$in": ids if first == 0 else []}}}, {"$project": _NOT_KEY}]
+                pipeline = [
+                    {"$match": {**here, "channel": {"$in": channels}, "version": {"$in": list(some)}}},
+                    {"$project": _NOT_KEY},
+                    {"$unionWith": {"coll": self.w.name, "pipeline": writes_part}},
+                ]
+                for v in self.b.aggregate(pipeline):
+                    if "task_id" in v:
+                        writes.setdefault((thread_id, ns, v["checkpoint_id"]), []).append(
+                            (v["task_id"], int(v["idx"]), v["channel"], v["type"], bytes(v["blob"]), v["task_path"])
+                        )
+                    else:
+                        data = v.get("blob")
+                        blobs[(thread_id, ns, v["channel"], v["version"])] = (v["type"], None if data is None else bytes(data))
         rows = []
         for d, checkpoint in decoded:
             thread_id, ns, checkpoint_id = d["thread_id"], d["checkpoint_ns"], d["checkpoint_id"]

@@ -28,7 +28,7 @@ from praison_db.integrations.langgraph import PraisonCheckpointSaver, _esc, _Mem
 from tests.backends import BACKENDS
 
 # The backends PraisonCheckpointSaver supports, by their names in tests/backends.py.
-SAVER_BACKENDS = ["memory", "sqlite", "postgresql", "mysql", "redis", "mongodb"]
+SAVER_BACKENDS = ["memory", "sqlite", "postgresql", "mysql", "redis", "redis-cluster", "mongodb"]
 BY_NAME = {b.name: b for b in BACKENDS}
 
 # How many cases the installed conformance suite has per capability: a report must count exactly these as passed.

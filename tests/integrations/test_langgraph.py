@@ -540,6 +540,7 @@ def test_redis_keeps_each_thread_in_one_slot_and_deletes_leave_no_key(make_url: 
         assert len(by_tag) == 4 and all(len(slots) == 1 for slots in by_tag.values())
         assert graph.get_state(config("copy")).values == {"messages": ["hi", "echo:hi"]}
         saver.delete_for_runs(["run-plain"])  # the copy's checkpoints carry the run id too
+        assert not [k for k in _redis_keys(saver) if b"{plain}" in k or b"{copy}" in k or b":run-plain" in k]
         saver.prune(["other}"])
         saver.delete_thread("user:{42}%")
         assert [t.config["configurable"]["thread_id"] for t in saver.list(None)] == ["other}"]
@@ -611,3 +612,16 @@ def test_mongodb_reads_the_newest_from_the_key_index(make_url: Any) -> None:
         blob = storage.b.find_one({"thread_id": "t", "channel": "messages"})
         assert isinstance(document["checkpoint"], bytes) and isinstance(blob["blob"], bytes)  # BSON binary, not text
         assert graph.get_state(config("t")).values["messages"] == ["a", "echo:a", "b", "echo:b"]
+
+
+def test_mongodb_before_8_puts_blobs_then_the_checkpoint(make_url: Any) -> None:
+    """Servers before MongoDB 8.0 have no bulkWrite across collections: a put writes its blobs, then its checkpoint,
+    and graphs work the same."""
+    url = make_url(BY_NAME["mongodb"])
+    with PraisonCheckpointSaver(url) as saver:
+        saver._storage().client_bulk = False  # type: ignore[attr-defined]
+        graph = chat_graph(saver)
+        for text in ("a", "b"):
+            graph.invoke({"messages": [text]}, config("t"))
+        assert graph.get_state(config("t")).values["messages"] == ["a", "echo:a", "b", "echo:b"]
+        assert blob_counts(saver, "t")["messages"] == 4
