@@ -354,3 +354,16 @@ def test_a_store_whose_last_commit_is_stale_commits_on_what_is_there_now(url):
         b.create_session("s", name="again")
         assert a.add_message("s", "user", "new").seq == 1
         assert [m.content for m in b.get_messages("s")] == ["new"] and a.get_session("s").name == "again"
+
+
+def test_export_and_import_keep_a_message_larger_than_an_item(url):
+    big = {"text": "€" * 200_000, "n": 10**30}  # 600 KB of JSON content
+    with open_store(url, "conversations") as conv:
+        conv.create_session("s", user_id="u")
+        conv.add_messages("s", [{"role": "user", "content": big, "id": "big"}, {"role": "assistant", "content": "ok"}])
+        data = conv.export_session("s")
+        before = conv.get_messages("s")
+        conv.delete_session("s")
+        conv.import_session(data)
+        assert conv.get_messages("s") == before and conv.get_messages("s", limit=2)[0].content == big
+        assert conv.add_message("s", "user", "again", id="big").seq == 1 and conv.add_message("s", "user", "next").seq == 3

@@ -28,10 +28,12 @@ How writes stay correct without transactions (DynamoDB Local has none, dynalite 
 session's messages is one conditional UpdateItem of its header (``v = :seen``): that write is the commit, and the
 order of those writes is the order of history. An append's commit raises ``n`` and puts the new messages
 themselves into ``pend`` (their JSON text, or the part items written just before); so once it succeeds the
-messages are stored, whatever happens next. Then the appender copies them into message items and id items and
-removes its ``pend`` entry; a process that dies in between leaves the entry, and any later writer that finds an
-entry older than a few seconds copies it (copying is idempotent). Readers resolve a seq from the items and ``pend``
-together: of everything written for one seq, the highest version wins, and seqs above ``n`` do not exist. So:
+messages are stored, whatever happens next. Then the appender copies them into message items and id items; its
+next commit on the session removes the entry (or, if it dies first, any later writer that finds an entry older than
+a few seconds copies it again and removes it: copying is idempotent). Readers resolve a seq from the items and
+``pend`` together: of everything written for one seq, the highest version wins, and seqs above ``n`` do not exist.
+A store commits on the header its own last commit returned, so a single writer's append is three requests (commit,
+message item, id item); if anything changed meanwhile the commit is refused and made again on a fresh read. So:
 
 - seqs are 1..n without gaps or repeats for any number of processes (a lost race on ``v`` re-reads and retries),
   and an append of several messages is stored whole or not at all;
@@ -44,8 +46,14 @@ together: of everything written for one seq, the highest version wins, and seqs 
 Sessions created with ``ttl`` carry the native TTL attribute (AWS deletes expired headers in its own time); every
 read also checks the exact expiry, so an expired session is gone at once. DynamoDB Local and dynalite do not sweep
 TTL at all. The message items of an expired session are deleted when its id is created again or by ``prune``
-(which finds it while its header exists). GSIs are eventually consistent on AWS: ``list_sessions`` can lag a
-just-made change by a moment; the three indexes of the header attributes cost one index write each per append.
+(which finds it while its header exists); on AWS, once the header is swept they are left behind, unreachable.
+Likewise an append whose copy runs while the session is deleted can leave items of the deleted incarnation: they are
+never read (every item carries its incarnation) but take space.
+
+Scale: GSIs are eventually consistent on AWS, so ``list_sessions`` can lag a just-made change by a moment; each
+header write costs one write in each of the three indexes, and the index of all sessions has one partition key per
+``prefix`` (a hot key past ~1,000 writes a second); state keys share one partition per ``prefix`` too, so that
+``keys(prefix)`` is an ordered range read.
 """
 
 from __future__ import annotations
