@@ -3,6 +3,7 @@
     python -m benchmarks.langgraph                      # smoke: seconds, proves it works (benchmarks/results/smoke/)
     python -m benchmarks.langgraph --size full          # the numbers in benchmarks/results/langgraph.md (minutes)
     python -m benchmarks.langgraph --backends sqlite,postgresql --out /tmp/bench
+    python -m benchmarks.langgraph --backends redis,mongodb   # Redis (PRAISON_BENCH_REDIS_URL), MongoDB (PRAISON_BENCH_MONGODB_URL)
 
 Per backend, in one process, the two savers alternating in rounds (benchmarks/harness.py), each on a thread of its
 own, through the sync API that ``graph.invoke`` uses:
@@ -15,8 +16,11 @@ own, through the sync API that ``graph.invoke`` uses:
 
 The reference savers: LangGraph's SqliteSaver (langgraph-checkpoint-sqlite) on a file of its own beside
 praison_db's, with the same durability (WAL, synchronous=FULL), PostgresSaver (langgraph-checkpoint-postgres) on
-the same fresh database (its tables beside praison_db's), and InMemorySaver for memory://. MySQL has no LangGraph
-saver: praison_db's numbers are reported alone. Writes results to langgraph.md and langgraph.json.
+the same fresh database (its tables beside praison_db's), MongoDBSaver (langgraph-checkpoint-mongodb, when it is
+installed: it is not a dependency of praison-db) in the same database as praison_db's collections, and InMemorySaver
+for memory://. MySQL has no LangGraph saver, and langgraph-checkpoint-redis needs Redis's search and JSON modules
+(Redis 8 or Redis Stack), which plain Redis lacks: there praison_db's numbers are reported alone. Writes results to
+langgraph.md and langgraph.json.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ from .run import log, recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 REFERENCE = "langgraph"
-LIBRARIES = ("langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres")
+LIBRARIES = (
+    "langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres", "langgraph-checkpoint-mongodb",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Backend:
     name: str
     reference: str  # the LangGraph saver it is compared with ("" for none)
     reference_module: str  # importable when the reference can run
+    optional: bool = False  # the reference is not a dev dependency: without it praison_db is measured alone
 
 
 BACKENDS = [
@@ -82,7 +89,15 @@ BACKENDS = [
     Backend("sqlite", "SqliteSaver", "langgraph.checkpoint.sqlite"),
     Backend("postgresql", "PostgresSaver", "langgraph.checkpoint.postgres"),
     Backend("mysql", "", ""),
+    Backend("redis", "", ""),
+    Backend("mongodb", "MongoDBSaver", "langgraph.checkpoint.mongodb", optional=True),
 ]
+PACKAGES = {"sqlite": LIBRARIES[2], "postgresql": LIBRARIES[3], "mongodb": LIBRARIES[4]}
+SECANTUS_NOTE = (
+    "the server is SecantusDB (MongoDB's wire protocol on WiredTiger, in a process of its own), not MongoDB: its planner "
+    "sorts a thread's checkpoints in memory for the newest instead of reading the index backwards, and scans for an "
+    "`$in`, so both savers' reads grow with the thread here; set PRAISON_BENCH_MONGODB_URL to measure a MongoDB server"
+)
 BY_NAME = {b.name: b for b in BACKENDS}
 
 
@@ -105,6 +120,12 @@ def reference_saver(backend: Backend, location: Location) -> Iterator[Any]:
 
         with PostgresSaver.from_conn_string(location.praison_url) as saver:
             saver.setup()
+            yield saver
+    elif backend.name == "mongodb":
+        from langgraph.checkpoint.mongodb import MongoDBSaver
+
+        database = location.praison_url.partition("?")[0].rsplit("/", 1)[1]
+        with MongoDBSaver.from_conn_string(location.praison_url, db_name=database) as saver:
             yield saver
     else:
         yield None
@@ -149,15 +170,23 @@ class Chain:
 
 def run_backend(backend: Backend, sizes: LgSizes) -> dict[str, Any]:
     reason = LOCATIONS[backend.name].unavailable()
+    missing = ""
     if not reason and backend.reference_module:
         try:
             __import__(backend.reference_module)
         except ImportError as e:
-            reason = f"{backend.reference} is not installed ({e.name}): pip install {LIBRARIES[2 if backend.name == 'sqlite' else 3]}"
+            missing = f"{backend.reference} is not installed ({e.name}): pip install {PACKAGES[backend.name]}"
+    if missing and not backend.optional:
+        reason = missing
     if reason:
         log(f"[{backend.name}] not available: {reason}")
         return {"status": "not available", "reason": reason}
+    if missing:
+        log(f"[{backend.name}] measuring praison_db alone: {missing}")
+        backend = Backend(backend.name, "", "")
     result: dict[str, Any] = {"status": "ok", "raw_driver": backend.reference or "none (no LangGraph saver)"}
+    if missing:
+        result["raw_driver"] = f"none ({PACKAGES[backend.name]} not installed)"
     metrics: dict[str, Any] = {}
     result["metrics"] = metrics
     with recorded(backend.name, result), LOCATIONS[backend.name].location() as location, ExitStack() as stack:
@@ -199,6 +228,8 @@ def run_backend(backend: Backend, sizes: LgSizes) -> dict[str, Any]:
         result["checkpoints_in_thread"] = {s: c.step for s, c in chains.items()}
         notes = [f"{k}: {min(v[s]['n'] for s in chains if s in v):.0f} of {v['requested']} calls (time budget of {budget:g} s)"
                  for k, v in metrics.items() if min(v[s]["n"] for s in chains if s in v) < v["requested"]]
+        if backend.name == "mongodb" and not os.environ.get("PRAISON_BENCH_MONGODB_URL"):
+            notes.append(SECANTUS_NOTE)
         if notes:
             result["notes"] = notes
     return result
@@ -224,8 +255,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Generated by `{results['command']}` on {machine['date']}{took} (size `{results['size']}`). The program and "
         "what it does: [benchmarks/langgraph.py](../langgraph.py).",
         "",
-        "PraisonCheckpointSaver against LangGraph's own saver for the same database (SqliteSaver, PostgresSaver; "
-        "InMemorySaver for memory://), through the sync API a running graph uses. Each number is the median time of "
+        "PraisonCheckpointSaver against LangGraph's own saver for the same database (SqliteSaver, PostgresSaver, "
+        "MongoDBSaver; InMemorySaver for memory://), through the sync API a running graph uses. Each number is the median time of "
         "one call, the two savers alternating in rounds in one process; ratio = PraisonCheckpointSaver's median / "
         "LangGraph's (below 1: faster).",
         "",

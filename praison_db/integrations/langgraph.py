@@ -44,20 +44,22 @@ cover what exists (an entry whose checkpoint is gone is skipped).
 
 MongoDB collections ``<collection_prefix>lg_checkpoints``, ``lg_blobs`` and ``lg_writes``, the SQL tables' columns as
 fields (bytes as BSON binary), each with a unique index on its key; a checkpoint also keeps its metadata's plain
-top-level values under ``mf``, which ``list`` filters narrow on.
+top-level values (booleans, 64-bit integers, finite floats, strings up to 200 characters) under ``mf``, which
+``list`` filters narrow on. MongoDB 4.4 or later (reads use ``$unionWith``).
 
 Guarantees:
 
 - ``put`` stores the new blobs (insert-if-absent) and then the checkpoint (an upsert): a reader sees a checkpoint with
   every value it names, or not at all. On SQL it is one transaction (on PostgreSQL a single autocommitted
-  statement: one round trip); on Redis one script; on MongoDB the checkpoint, written last, is the commit point.
+  statement: one round trip); on Redis one script; on MongoDB the checkpoint, written last, is the commit point (on
+  MongoDB 8.0 or later both go in one ordered ``bulkWrite``: one round trip).
 - ``put_writes``: per (task_id, idx), a regular write is insert-if-absent, so a retried task stores nothing twice; a
   special one (error, interrupt, scheduled, resume: negative idx) overwrites. One transaction on SQL (and on MongoDB
   where the server has transactions), one script on Redis.
 - ``get_tuple`` without a checkpoint_id reads the newest checkpoint from an index, never a scan: ``ORDER BY
   checkpoint_id DESC LIMIT 1`` on the SQL primary key, the same sort on MongoDB's unique index, the last member of
   the Redis sorted set (one script with the values and writes: one round trip). On SQL and MongoDB its values and
-  pending writes come in reads on the blobs' and writes' keys.
+  pending writes come in one more read on the blobs' and writes' keys (``UNION ALL``, ``$unionWith``).
 - ``list`` returns newest first and reads a page at a time, never a whole thread. A metadata ``filter`` matches when
   each value equals the stored one as JSON (numbers by value, ``True`` is not ``1``, a missing key equals None); the
   database narrows the rows where it can (Redis reads only the metadata of candidates), and every row is checked
@@ -1028,11 +1030,11 @@ redis.call('SADD', B .. ':wk', ARGV[3] .. '\0' .. ARGV[2])
 return 1
 """
 
-# ARGV: base, mode, ... -> rows {id, ns, record, header, blob values, writes (field, value, ...)}, or with `meta`
-# {id, ns, metadata}. Modes: latest (ns); ns (ns, max, min, n, meta); thread (max, min, n, meta);
-# ids (meta, (id, ns)...), which leaves out checkpoints that are not there.
+# ARGV: base, mode, ... -> {rows, values}: rows {id, ns, record, header, writes (field, value, ...)}, or with `meta`
+# {id, ns, metadata}; values: (ns, fields, blobs) per namespace. Modes: latest (ns); ns (ns, max, min, n, meta);
+# thread (max, min, n, meta); ids (meta, (id, ns)...), which leaves out checkpoints that are not there.
 _LUA_READ = r"""
-local meta = false
+local meta, wanted, spaces = false, {}, {}
 local function row(ns, cid)
   local rec = redis.call('HGET', key('c', ns), cid)
   if not rec then return nil end
@@ -1041,9 +1043,21 @@ local function row(ns, cid)
     return {cid, ns, string.sub(rec, a + 1, string.find(rec, '\0', a + 1, true) - 1)}
   end
   local header = redis.call('HGET', key('h', ns), cid)
-  local parts, fields = split(header), {}
-  for i = 3, #parts, 2 do fields[#fields + 1] = parts[i] .. '\0' .. parts[i + 1] end
-  return {cid, ns, rec, header, hmget(key('b', ns), fields), redis.call('HGETALL', wkey(ns, cid))}
+  local w = wanted[ns]
+  if not w then
+    w = {fields = {}, seen = {}}
+    wanted[ns] = w
+    spaces[#spaces + 1] = ns
+  end
+  local parts = split(header)
+  for i = 3, #parts, 2 do
+    local f = parts[i] .. '\0' .. parts[i + 1]
+    if not w.seen[f] then
+      w.seen[f] = true
+      w.fields[#w.fields + 1] = f
+    end
+  end
+  return {cid, ns, rec, header, redis.call('HGETALL', wkey(ns, cid))}
 end
 local mode, out = ARGV[2], {}
 if mode == 'latest' then
@@ -1067,7 +1081,14 @@ else
     if r then out[#out + 1] = r end
   end
 end
-return out
+-- each value once, however many of the checkpoints name it (an unchanged channel is named by all of them)
+local blobs = {}
+for _, ns in ipairs(spaces) do
+  blobs[#blobs + 1] = ns
+  blobs[#blobs + 1] = wanted[ns].fields
+  blobs[#blobs + 1] = hmget(key('b', ns), wanted[ns].fields)
+end
+return {out, blobs}
 """
 
 # ARGV: base -> {index members (id NUL ns) of every checkpoint, run ids}; deletes every key of the thread.
@@ -1209,6 +1230,7 @@ def _text(value: bytes | str) -> str:
 
 
 Entry = tuple[str, str, str]  # (checkpoint_id, thread_id, ns): the order of list(), newest first when descending
+Blobs = dict[tuple[bytes, bytes], bytes]  # (ns, channel NUL version) -> stored blob, as a read script returns them
 
 
 class _RedisStorage(_Storage):
@@ -1319,60 +1341,70 @@ class _RedisStorage(_Storage):
 
     # ---- reads ----
 
-    def _row(self, thread_id: str, raw: list[Any], decode: Decode) -> _Row:
-        cid, ns, record, header, blobs, writes = raw
+    def _row(self, thread_id: str, found: tuple[list[Any], Blobs], decode: Decode) -> _Row:
+        (cid, ns, record, header, writes), blobs = found
         kind, _, rest = record.partition(b"\0")
         metadata, _, data = rest.partition(b"\0")
-        parts = header.decode().split("\0")
+        parts = header.split(b"\0")
         values: dict[str, tuple[str, bytes | None]] = {}
-        for (channel, _version), blob in zip(_pairs(parts[2:]), blobs):
+        for channel, version in _pairs(parts[2:]):
+            blob = blobs.get((ns, channel + b"\0" + version))
             if blob is not None:
                 blob_kind, sep, blob_data = blob.partition(b"\0")
-                values[channel] = (blob_kind.decode(), blob_data if sep else None)
+                values[channel.decode()] = (blob_kind.decode(), blob_data if sep else None)
         stored: list[Write] = []
         for name, value in _pairs(writes):
             task, _, idx = name.decode().rpartition("\0")
             channel, write_kind, path, blob = value.split(b"\0", 3)
             stored.append((task, int(idx), channel.decode(), write_kind.decode(), blob, path.decode()))
         checkpoint = decode((kind.decode(), data))
-        return _Row(thread_id, ns.decode(), cid.decode(), parts[1] or None, checkpoint, metadata.decode(), values, stored)
+        return _Row(thread_id, ns.decode(), cid.decode(), parts[1].decode() or None, checkpoint, metadata.decode(), values, stored)
+
+    def _read(self, thread_id: str, reply: list[Any]) -> dict[Entry, tuple[list[Any], Blobs]]:
+        """A read script's reply: each row (or metadata) with the values of its thread, by (id, thread, ns)."""
+        rows, flat = reply
+        blobs: Blobs = {}
+        for i in range(0, len(flat), 3):
+            ns, fields, values = flat[i : i + 3]
+            blobs.update(((ns, f), v) for f, v in zip(fields, values) if v is not None)
+        return {(raw[0].decode(), thread_id, raw[1].decode()): (raw, blobs) for raw in rows}
 
     def get(self, thread_id: str, ns: str, checkpoint_id: str | None, decode: Decode) -> _Row | None:
         args = ["latest", ns] if checkpoint_id is None else ["ids", "0", checkpoint_id, ns]
-        found = self._call("read", thread_id, args)
-        return self._row(thread_id, found[0], decode) if found else None
+        found = self._read(thread_id, self._call("read", thread_id, args))
+        return next((self._row(thread_id, f, decode) for f in found.values()), None)
 
-    def _fetch(self, entries: list[Entry], meta: bool) -> dict[Entry, list[Any]]:
+    def _fetch(self, entries: list[Entry], meta: bool) -> dict[Entry, tuple[list[Any], Blobs]]:
         """The rows (or metadata) of these checkpoints, of any threads, in one round trip; missing ones left out."""
         by_thread: dict[str, list[str]] = {}
         for cid, thread_id, ns in entries:
             by_thread.setdefault(thread_id, []).extend([cid, ns])
         calls = [("read", t, ["ids", "1" if meta else "0", *ids]) for t, ids in by_thread.items()]
-        found: dict[Entry, list[Any]] = {}
-        for thread_id, rows in zip(by_thread, self._execute(None, calls)):
-            for raw in rows:
-                found[(raw[0].decode(), thread_id, raw[1].decode())] = raw
+        found: dict[Entry, tuple[list[Any], Blobs]] = {}
+        for thread_id, reply in zip(by_thread, self._execute(None, calls)):
+            found.update(self._read(thread_id, reply))
         return found
 
-    def _scan(self, query: _Query, cursor: Entry | None, want: int, meta: bool) -> tuple[list[Entry], dict[Entry, list[Any]], Entry | None]:
+    def _scan(self, query: _Query, cursor: Entry | None, want: int, meta: bool) -> tuple[list[Entry], dict[Entry, tuple[list[Any], Blobs]], Entry | None]:
         """Up to ``want`` index entries after ``cursor`` (newest first) and the rows (or metadata) of those that exist;
         the last entry read, None once the index has no more."""
         highs: list[tuple[str, bool]] = [] if query.before is None else [(query.before, False)]
         cid = query.checkpoint_id
-        if query.thread_id is not None and query.ns is not None:
-            low = "-" if cid is None else "[" + cid
-            highs += ([] if cid is None else [(cid, True)]) + ([] if cursor is None else [(cursor[0], False)])
-            raw = self._call("read", query.thread_id, ["ns", query.ns, _upper(highs), low, str(want), "1" if meta else "0"])
-            entries = [(r[0].decode(), query.thread_id, r[1].decode()) for r in raw]
-            return entries, dict(zip(entries, raw)), (entries[-1] if len(entries) == want else None)
-        low = "-" if cid is None else "[" + cid + "\0"
-        highs += [] if cid is None else [(cid + "\x01", False)]
+        flag = "1" if meta else "0"
         if query.thread_id is not None:
-            highs += [] if cursor is None else [(f"{cursor[0]}\0{cursor[2]}", False)]
-            raw = self._call("read", query.thread_id, ["thread", _upper(highs), low, str(want), "1" if meta else "0"])
-            entries = [(r[0].decode(), query.thread_id, r[1].decode()) for r in raw]
-            return entries, dict(zip(entries, raw)), (entries[-1] if len(entries) == want else None)
-        highs += [] if cursor is None else [("\0".join(cursor), False)]
+            if query.ns is not None:  # one namespace: a range of its sorted set of ids
+                low = "-" if cid is None else "[" + cid
+                highs += ([] if cid is None else [(cid, True)]) + ([] if cursor is None else [(cursor[0], False)])
+                args = ["ns", query.ns, _upper(highs), low, str(want), flag]
+            else:  # every namespace of the thread: a range of its (id NUL ns) set
+                low = "-" if cid is None else "[" + cid + "\0"
+                highs += ([] if cid is None else [(cid + "\x01", False)]) + ([] if cursor is None else [(f"{cursor[0]}\0{cursor[2]}", False)])
+                args = ["thread", _upper(highs), low, str(want), flag]
+            found = self._read(query.thread_id, self._call("read", query.thread_id, args))
+            entries = list(found)
+            return entries, found, (entries[-1] if len(entries) == want else None)
+        low = "-" if cid is None else "[" + cid + "\0"
+        highs += ([] if cid is None else [(cid + "\x01", False)]) + ([] if cursor is None else [("\0".join(cursor), False)])
         members = self.r.zrevrangebylex(self.all_key, _upper(highs), low, start=0, num=want)
         scanned: list[Entry] = [tuple(m.decode().split("\0")) for m in members]  # type: ignore[misc]
         entries = [e for e in scanned if query.ns is None or e[2] == query.ns]
@@ -1388,7 +1420,7 @@ class _RedisStorage(_Storage):
             want = n - len(rows) if not query.filter and query.thread_id is not None else max(n - len(rows), _PAGE)
             entries, found, cursor = self._scan(query, cursor, want, bool(query.filter))
             if query.filter:
-                entries = [e for e in entries if _matches(query.filter, json.loads(found[e][2]))]
+                entries = [e for e in entries if _matches(query.filter, json.loads(found[e][0][2]))]
                 found = self._fetch(entries, False) if entries else {}
             rows += [self._row(e[1], found[e], decode) for e in entries if e in found]
             if cursor is None:
