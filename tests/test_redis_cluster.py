@@ -4,6 +4,7 @@ a private three-master cluster through tests/backends.py (backend ``redis-cluste
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -14,12 +15,12 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from praison_db import ConfigError, SessionNotFound, StoreUnavailable
+from praison_db import ConfigError, SessionExists, SessionNotFound, StoreUnavailable
 from praison_db.backends.redis import _Layout
 from praison_db.base import EXPORT_FORMAT
 from praison_db.facade import open_store
@@ -294,20 +295,33 @@ def test_a_session_created_again_by_another_owner_is_indexed_for_its_new_owner(u
         assert conv.list_sessions(user_id="mallory").items == []
 
 
-@pytest.mark.parametrize("older", [False, True], ids=["newer-again", "imported-older"])
-def test_a_session_deleted_and_created_again_mid_delete_stays_listed(url, older):
-    """The delete's index step arrives after the new session's: it must not take the new session's entries."""
+@pytest.mark.parametrize("when", ["after-create", "after-import-of-older", "inside-import-of-older"])
+def test_a_session_deleted_and_created_again_mid_delete_stays_listed(url, when):
+    """A delete's index step arrives after the session was created again under its id: after the create, or between
+    the create's index step and its script. It must not take the new session's entries, also when the new session
+    is dated before the deleted one (an import), so that the entries' scores do not protect them."""
     with open_store(url, "conversations") as conv:
         conv.create_session("s", user_id="alice")
         conv.add_message("s", "user", "old")
         index = conv._index
         status, owner, up = index.delete_one("s")  # the delete's first step: the session's keys are gone
         assert status == 1
-        if older:  # dated before the deleted one: its entries' scores do not protect them
-            conv.import_session(export("s", "bob", "2020-01-01T00:00:00+00:00"))
-        else:
+        if when == "after-create":
             conv.create_session("s", user_id="bob")
-        index.drop([("s", up, owner)])  # the delete's late index step
+            index.drop([("s", up, owner)])
+        elif when == "after-import-of-older":
+            conv.import_session(export("s", "bob", "2020-01-01T00:00:00+00:00"))
+            index.drop([("s", up, owner)])
+        else:
+            script = conv._import_script
+
+            def late_drop_first(*args: Any, **kwargs: Any) -> Any:
+                index.drop([("s", up, owner)])  # lands after the import's index step, before its script
+                return script(*args, **kwargs)
+
+            conv._import_script = late_drop_first
+            conv.import_session(export("s", "bob", "2020-01-01T00:00:00+00:00"))
+            conv._import_script = script
         assert [s.session_id for s in conv.list_sessions().items] == ["s"]
         assert [s.session_id for s in conv.list_sessions(user_id="bob").items] == ["s"]
         assert conv.list_sessions(user_id="alice").items == []
@@ -394,6 +408,71 @@ def test_listing_stays_exact_under_concurrent_appends_and_deletes(url):
             assert listed(conv, size) == alive
             for user in ("u0", "u1", "u2"):
                 assert listed(conv, size, user_id=user) == [s for s in alive if users[s] == user]
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["create", "import_old", "append", "dup", "pop", "truncate", "update", "delete", "died_after_index", "died_after_delete", "late_drop"]
+        ),
+        st.integers(0, 4),
+        st.sampled_from(["u0", "u1"]),
+    ),
+    min_size=3,
+    max_size=25,
+)
+_examples = itertools.count()
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(owners=st.lists(st.sampled_from(["u0", "u1"]), min_size=5, max_size=5), steps=_STEPS)
+def test_any_sequence_of_writes_and_interrupted_writes_lists_exactly(url, owners, steps):
+    """Writes, and writes whose process died between the two steps (after the index step; after a delete's first
+    step), and a delete's index step arriving after the id was used again: every listing, at every page size and
+    filter, is exactly the sessions that exist in activity order."""
+    url = f"{url}h{next(_examples)}"
+    ids = [f"s{i}" for i in range(5)]
+    late: list[tuple[str, int, str]] = []
+    with open_store(url, "conversations") as conv:
+        index = conv._index
+        for sid, user in zip(ids, owners):
+            conv.create_session(sid, user_id=user)
+            conv.add_message(sid, "user", "first")
+        for kind, n, user in steps:
+            sid = ids[n]
+            try:
+                if kind == "create":
+                    conv.get_or_create_session(sid, user_id=user)
+                elif kind == "import_old":
+                    conv.import_session(export(sid, user, f"2020-01-0{n + 1}T00:00:00+00:00", messages=1))
+                elif kind == "append":
+                    conv.add_message(sid, "user", "x")
+                elif kind == "dup":
+                    conv.add_message(sid, "user", "dup", id="d")
+                elif kind == "pop":
+                    conv.pop_message(sid)
+                elif kind == "truncate":
+                    conv.truncate(sid, 1)
+                elif kind == "update":
+                    conv.update_session(sid, name=kind)
+                elif kind == "delete":
+                    conv.delete_session(sid)
+                elif kind == "died_after_index":
+                    index.raise_entries(sid, us(datetime.now(timezone.utc)))
+                elif kind == "died_after_delete":
+                    status, owner, up = index.delete_one(sid)
+                    if status == 1:
+                        late.append((sid, up, owner))
+                elif late:
+                    index.drop([late.pop(0)])
+            except (SessionNotFound, SessionExists):
+                pass
+        owner = {sid: s.user_id for sid in ids if (s := conv.get_session(sid)) is not None}
+        expected = by_activity(conv, ids)
+        for size in (1, 3):
+            assert listed(conv, size) == expected
+            for user in ("u0", "u1"):
+                assert listed(conv, size, user_id=user) == [sid for sid in expected if owner[sid] == user]
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])
