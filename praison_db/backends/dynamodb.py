@@ -956,7 +956,8 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
                 self._heads.clear()
                 self._copied.clear()
             self._heads[sid] = answer.attributes
-            self._copied.get(sid, set()).difference_update(copied)
+            if sid in self._copied:  # keep only entries still in the header (a helper may have removed some)
+                self._copied[sid] &= set(answer.attributes.get("pend", {}).get("M", {}))
         return answer.attributes
 
     def _contended(self, sid: str) -> errors.StoreUnavailable:
