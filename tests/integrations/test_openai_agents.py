@@ -451,3 +451,25 @@ def test_runconfig_session_settings_override(tmp_path: Any) -> None:
             assert model.calls[0].input == [_user("turn 8"), _user("turn 9"), _user("new")]
 
     asyncio.run(main())
+
+
+def test_every_kind_of_store_can_be_passed_and_stays_open(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/kinds.db"
+
+    async def main() -> None:
+        with db(url) as sync_db:
+            unopened = aio.db(url)  # opened by the session's first call, closed by its owner
+            async with aio.db(url) as async_db:
+                stores = [sync_db, sync_db.conversations, unopened, async_db, async_db.conversations]
+                for n, store in enumerate(stores):
+                    session = PraisonSession("kinds", store)
+                    await session.add_items([_user(f"through store {n}")])
+                    assert (await session.get_items())[-1] == _user(f"through store {n}")
+                    await session.aclose()
+                    with pytest.raises(StoreClosed):
+                        await session.get_items()
+                assert not sync_db.closed and not async_db.closed and not unopened.closed
+                assert await async_db.conversations.count_messages("kinds") == len(stores)
+            await unopened.aclose()
+
+    asyncio.run(main())
