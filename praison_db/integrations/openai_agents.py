@@ -14,9 +14,12 @@ What it guarantees:
 - Every item the SDK adds comes back exactly as added (a Responses API message, reasoning item, function call or
   its output, any framework's own item): one praison message per item, with the item's type, role, content and
   other fields, so the same history is readable through ``praison_db`` itself (``get_messages``, the CLI, the UI).
-- Items are appended as given: two items carrying the same ``id`` (models served over the Chat Completions API all
-  answer with the id ``"__fake_id__"``) are both kept, as in the SDK's own sessions. The item's id stays in the
-  item; praison numbers the messages itself.
+  An item those fields cannot give back exactly (one with neither role nor type, as EncryptedSession's envelopes;
+  an explicit null in a message field such as ``"name": None``) is kept whole, as the content of a message of type
+  ``"praison_db.raw_item"``.
+- Items are appended as given: two items carrying the same ``id`` are both kept, as in the SDK's own sessions (the
+  SDK gives every item of a model it reaches over Chat Completions the id ``"__fake_id__"``). The item's id stays
+  one of its fields; the praison message gets an id of its own.
 - ``add_items`` stores its items in one transaction where the backend has them; ``get_items(limit=n)`` is one
   indexed read of the newest ``n``; ``pop_item`` and ``clear_session`` are atomic.
 - The praison session is created on the first ``add_items`` (race-free: processes sharing a session id share one
@@ -141,8 +144,8 @@ class PraisonSession:
         reaches the caller once the items are stored or known not to be, as with the SDK's own sessions.
 
         Raises:
-            InputError: an item is not a dict with a ``role`` or ``type``, or holds what JSON cannot keep exactly
-                (nothing is stored then).
+            InputError: an item is not a dict, or holds what JSON cannot keep exactly (NaN, an object, a lone
+                surrogate); nothing of the call is stored then.
         """
         store = await self._conversations()
         if isinstance(items, (str, bytes, Mapping)):
