@@ -594,6 +594,9 @@ def test_with_the_index_master_killed_writes_fail_before_changing_anything():
         url = f"{cluster.url}?prefix=k"
         index_node, by_port = _placed(cluster, "k")
         live = [sid for port, ids in by_port.items() if port != index_node.port for sid in ids][:3]
+        with pytest.raises(ConfigError, match="refused the credentials") as info:
+            open_store(url.replace(PASSWORD, "wrong-pw"), "conversations")
+        assert "wrong-pw" not in str(info.value)
         with open_store(url, "conversations") as conv:
             for sid in live:
                 conv.create_session(sid, user_id="u")

@@ -160,13 +160,15 @@ def _classify(error: BaseException, where: str, password: str | None) -> errors.
     """A praison_db error for a redis-py error; one line, password masked."""
     if isinstance(error, UnicodeError):
         return errors.InputError(f"{where}: ids, keys and text must be valid Unicode (no lone surrogates)")
-    if isinstance(error, (rx.SlotNotCoveredError, rx.RedisClusterUnreachableError)):
-        return errors.StoreUnavailable(f"{where} is unavailable: {redacted(error, password)}")
     if isinstance(error, rx.RedisClusterException):
-        # redis-py's cluster client says "cannot be connected" when no startup node answered
+        # The cluster client wraps what a node said (a refused password, a refused connection): that decides.
+        if isinstance(error.__cause__, rx.RedisError):
+            return _classify(error.__cause__, where, password)
         detail = redacted(error, password)
-        kind = errors.StoreUnavailable if "connect" in detail.lower() else errors.Error
-        return kind(f"{where}: {detail}")
+        unreachable = isinstance(error, (rx.SlotNotCoveredError, getattr(rx, "RedisClusterUnreachableError", ())))
+        if unreachable or "cannot be connected" in detail:
+            return errors.StoreUnavailable(f"{where} is unavailable: {detail}")
+        return errors.Error(f"{where}: {detail}")
     if not isinstance(error, rx.RedisError):
         return None
     detail = redacted(error, password)
