@@ -33,7 +33,7 @@ _NAME_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "json", "file", "memory"
 NETWORK_SCHEMES = frozenset(
     {
         "postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql", "mariadb",
-        "mariadb+pymysql", "redis", "rediss", "mongodb", "clickhouse", "clickhouses",
+        "mariadb+pymysql", "redis", "rediss", "mongodb", "clickhouse", "clickhouses", "singlestoredb", "singlestore",
     }
 )  # fmt: skip
 # Query keys whose values are secrets (libpq password/sslpassword/oauth_client_secret/scram_*, PyMySQL password and

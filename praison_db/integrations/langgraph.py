@@ -515,6 +515,25 @@ MIGRATIONS: list[Callable[[Any, _Tables], None]] = [_v1_create]
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 
 
+_EXACT = 2**53  # beyond it, an integer and the float of the same value have different JSON texts (2**60: ...976 vs 1.15...e+18)
+
+
+def _plain_json(value: Any) -> bool:
+    """A filter value a database compares as ``list`` does: JSON, every number finite and below 2**53 in magnitude
+    (the database's comparison of larger ones may go by their text). Others are left to the exact check."""
+    if value is None or isinstance(value, (bool, str)):
+        return True
+    if isinstance(value, int):
+        return abs(value) < _EXACT
+    if isinstance(value, float):
+        return math.isfinite(value) and abs(value) < _EXACT
+    if isinstance(value, (list, tuple)):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return False
+
+
 def _chunks(values: Sequence[T], size: int = _IN_CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -766,19 +785,14 @@ class _SqlStorage(_Storage):
             for k, v in wanted.items():
                 if v is None:  # a missing key matches None too: containment cannot say that
                     continue
-                try:
-                    json.dumps(v, allow_nan=False)
-                except (TypeError, ValueError):
-                    continue
-                doc[k] = v
+                if _plain_json(v):
+                    doc[k] = v
             if not doc:
                 return []
             return [cast(column, JSONB).op("@>")(cast(literal(json.dumps(doc), String), JSONB))]
         conditions = []
         for k, v in wanted.items():
-            if not _SAFE_KEY.match(k) or isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                continue
-            if isinstance(v, float) and not math.isfinite(v):
+            if not _SAFE_KEY.match(k) or isinstance(v, bool) or not isinstance(v, (str, int, float)) or not _plain_json(v):
                 continue
             value = func.json_extract(column, f'$."{k}"')
             if self.dialect != "sqlite" and isinstance(v, str):
@@ -1528,20 +1542,15 @@ class _RedisStorage(_Storage):
 _KEY_INDEX = "thread_ns_checkpoint"
 _ROW_FIELDS = {"_id": 0, "thread_id": 1, "checkpoint_ns": 1, "checkpoint_id": 1, "parent_checkpoint_id": 1, "type": 1, "checkpoint": 1, "metadata": 1}
 _NOT_KEY = {"_id": 0, "thread_id": 0, "checkpoint_ns": 0}
-_INT64 = range(-(2**63), 2**63)
 _CLIENT_BULK_WRITE = 25  # the wire version of MongoDB 8.0, whose bulkWrite command writes to several collections
 
 
 def _bson_scalar(value: Any) -> bool:
     """A metadata value MongoDB compares as list() does (numbers by value, booleans apart), short enough to be kept
     twice: what the prefilter uses, the same rule for the stored values and the filter's."""
-    if isinstance(value, bool):
-        return True
     if isinstance(value, str):
         return len(value) <= 200
-    if isinstance(value, int):
-        return value in _INT64
-    return isinstance(value, float) and math.isfinite(value)
+    return isinstance(value, (bool, int, float)) and _plain_json(value)
 
 
 def _duplicate_key(error: Exception) -> bool:
@@ -1925,6 +1934,9 @@ def _family(scheme: str) -> str:
     entry = entry_for(scheme)
     if scheme == "memory":
         return "memory"
+    if scheme.split("+", 1)[0] in ("singlestoredb", "singlestore"):
+        # Its tables need ROWSTORE, shard keys and no foreign keys, which the checkpoint schema does not say yet.
+        raise ConfigError(f"PraisonCheckpointSaver does not keep checkpoints on SingleStore yet; use {SUPPORTED_SCHEMES}")
     if entry.sqlalchemy is not None:
         return "sql"
     for family, module in (("redis", "praison_db.backends.redis:"), ("mongo", "praison_db.backends.mongo:")):

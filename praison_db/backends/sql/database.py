@@ -114,7 +114,7 @@ class SqlDatabase(SharedConnection):
                 with self.write(history=history) as conn:
                     return work(conn)
             except sa_exc.DBAPIError as e:
-                if attempt + 1 < attempts and (_is_retryable(e) or isinstance(e, sa_exc.IntegrityError)):
+                if attempt + 1 < attempts and (_is_retryable(e, attempt) or isinstance(e, sa_exc.IntegrityError)):
                     pause(min(0.05, 0.001 * 2**attempt))  # back-off between retries, not synchronisation
                     continue
                 raise

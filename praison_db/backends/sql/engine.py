@@ -279,17 +279,26 @@ def _row_lock(engine: Engine, table: Table, name: str) -> Iterator[None]:
 
 
 _RETRYABLE_CODES = {"40001", "40P01", 1213, 1205}  # serialization failure, deadlock, lock wait timeout
+_LOCK_WAIT_CODES = {1205}
+# A lost deadlock costs milliseconds and is worth many tries; a lock wait timeout has already waited half the read
+# timeout behind a holder that may be frozen, so it is tried once more and then reported.
+_CONFLICT_ATTEMPTS = 12
+_LOCK_WAIT_ATTEMPTS = 2
 
 
-def _is_retryable(error: sa_exc.DBAPIError) -> bool:
+def _codes(error: sa_exc.DBAPIError) -> set[Any]:
     orig: Any = error.orig  # the driver's exception, whose attributes depend on the driver
     # psycopg names the SQLSTATE; PyMySQL gives the error number first, and since 1.2 a SQLSTATE too, which for a
     # lock wait timeout (1205) is only the generic HY000: look at both.
-    codes = {getattr(orig, "sqlstate", None), *(orig.args[:1] if getattr(orig, "args", None) else ())}
+    return {getattr(orig, "sqlstate", None), *(orig.args[:1] if getattr(orig, "args", None) else ())}
+
+
+def _is_retryable(error: sa_exc.DBAPIError, attempt: int = 0) -> bool:
+    """Whether a failed transaction is worth running again, ``attempt`` (0-based) tries having failed so far."""
+    codes = _codes(error)
+    if not codes.isdisjoint(_LOCK_WAIT_CODES):
+        return attempt + 1 < _LOCK_WAIT_ATTEMPTS
     return not codes.isdisjoint(_RETRYABLE_CODES)
-
-
-_CONFLICT_ATTEMPTS = 12
 
 
 def _conflict_backoff(attempt: int) -> float:
@@ -310,7 +319,7 @@ def retry_conflicts(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return method(self, *args, **kwargs)
             except sa_exc.DBAPIError as e:
-                if attempt + 1 < _CONFLICT_ATTEMPTS and _is_retryable(e):
+                if attempt + 1 < _CONFLICT_ATTEMPTS and _is_retryable(e, attempt):
                     pause(_conflict_backoff(attempt))
                     continue
                 raise
