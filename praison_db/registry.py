@@ -48,6 +48,7 @@ _SQL = "praison_db.backends.sql:SqlConversationStore", "praison_db.backends.sql:
 _REDIS = "praison_db.backends.redis:RedisConversationStore", "praison_db.backends.redis:RedisStateStore"
 _MONGO = "praison_db.backends.mongo:MongoConversationStore", "praison_db.backends.mongo:MongoStateStore"
 _JSON = "praison_db.backends.jsonfile:JsonConversationStore", "praison_db.backends.jsonfile:JsonStateStore"
+_YAML = "praison_db.backends.yamlfile:YamlConversationStore", "praison_db.backends.yamlfile:YamlStateStore"
 _MEMORY = "praison_db.backends.memory:MemoryConversationStore", "praison_db.backends.memory:MemoryStateStore"
 _DYNAMO = "praison_db.backends.dynamodb:DynamoConversationStore", "praison_db.backends.dynamodb:DynamoStateStore"
 _CLICKHOUSE_STATE = (
@@ -85,6 +86,8 @@ _REDIS_ENTRY = BackendEntry(*_REDIS, extra="redis", driver="redis", async_driver
 _REDIS_CLUSTER = replace(_REDIS_ENTRY, driver="redis.cluster", async_driver="redis.asyncio.cluster")
 _MONGO_ENTRY = BackendEntry(*_MONGO, extra="mongo", driver="pymongo", async_driver="pymongo", distributions=("pymongo",))
 _JSON_ENTRY = BackendEntry(*_JSON, driver="filelock", distributions=("filelock",))
+# No async driver, as for JSON files: praison_db.aio runs the YAML stores in worker threads.
+_YAML_ENTRY = BackendEntry(*_YAML, extra="yaml", driver="yaml", distributions=("pyyaml", "filelock"))
 # No async driver: praison_db.aio runs the DynamoDB stores in worker threads.
 _DYNAMODB = BackendEntry(*_DYNAMO, extra="dynamodb", driver="boto3", distributions=("boto3", "botocore"))
 
@@ -115,6 +118,7 @@ _registry: dict[str, BackendEntry] = {
     "mongodb+srv": _MONGO_ENTRY,
     "json": _JSON_ENTRY,
     "file": _JSON_ENTRY,
+    "yaml": _YAML_ENTRY,
     "memory": BackendEntry(*_MEMORY),
     "dynamodb": _DYNAMODB,
 }

@@ -23,6 +23,7 @@ def _with_query(base: str, query: str) -> str:
 BACKENDS: list[Backend] = [
     Backend("memory", lambda c: f"memory://{c.uid}"),
     Backend("json", lambda c: f"json://{c.tmp}/sessions"),
+    Backend("yaml", lambda c: f"yaml://{c.tmp}/sessions"),
     Backend("sqlite", lambda c: f"sqlite:///{c.tmp}/praison.db"),
     Backend(
         "postgresql",
