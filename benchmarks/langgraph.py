@@ -82,6 +82,7 @@ class Backend:
     reference: str  # the LangGraph saver it is compared with ("" for none)
     reference_module: str  # importable when the reference can run
     optional: bool = False  # the reference is not a dev dependency: without it praison_db is measured alone
+    alone: str = "no LangGraph saver"  # why there is no reference, when there is none
 
 
 BACKENDS = [
@@ -89,7 +90,7 @@ BACKENDS = [
     Backend("sqlite", "SqliteSaver", "langgraph.checkpoint.sqlite"),
     Backend("postgresql", "PostgresSaver", "langgraph.checkpoint.postgres"),
     Backend("mysql", "", ""),
-    Backend("redis", "", ""),
+    Backend("redis", "", "", alone="langgraph-checkpoint-redis needs Redis 8 or Redis Stack"),
     Backend("mongodb", "MongoDBSaver", "langgraph.checkpoint.mongodb", optional=True),
 ]
 PACKAGES = {"sqlite": LIBRARIES[2], "postgresql": LIBRARIES[3], "mongodb": LIBRARIES[4]}
@@ -184,7 +185,7 @@ def run_backend(backend: Backend, sizes: LgSizes) -> dict[str, Any]:
     if missing:
         log(f"[{backend.name}] measuring praison_db alone: {missing}")
         backend = Backend(backend.name, "", "")
-    result: dict[str, Any] = {"status": "ok", "raw_driver": backend.reference or "none (no LangGraph saver)"}
+    result: dict[str, Any] = {"status": "ok", "raw_driver": backend.reference or f"none ({backend.alone})"}
     if missing:
         result["raw_driver"] = f"none ({PACKAGES[backend.name]} not installed)"
     metrics: dict[str, Any] = {}

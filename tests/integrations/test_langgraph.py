@@ -250,6 +250,21 @@ def test_metadata_filters_match_json_equality(url: str, stored: list[dict[str, A
         assert got == expected[::-1]
 
 
+@pytest.mark.parametrize(
+    ("stored", "wanted"),
+    [(2**60, float(2**60)), (float(2**60), 2**60), (2**70, float(2**70)), (-(2**70), float(-(2**70))), ({"n": [2**60]}, {"n": [float(2**60)]})],
+)
+def test_filters_match_large_numbers_by_value(url: str, stored: Any, wanted: Any) -> None:
+    """An integer and a float of the same value match whatever their size, though their JSON texts differ (2**60 is
+    1152921504606846976 as an integer and 1.152921504606847e+18 as a float): no database narrowing drops the match."""
+    tid = f"t-{uuid.uuid4().hex[:8]}"
+    with PraisonCheckpointSaver(url) as saver:
+        put(saver, tid, value=stored)
+        put(saver, tid, value="other")
+        assert [t.metadata["value"] for t in saver.list(config(tid), filter={"value": wanted})] == [stored]
+        assert len(list(saver.list(None, filter={"value": wanted, "step": 0}))) == 1
+
+
 # ---- storage: blobs, prune, delete_for_runs ----
 
 
