@@ -10,8 +10,8 @@ URLs, each with the same options, driver parameters, timeouts and error translat
 
 - every SQL URL praison_db takes (``sqlite:///file.db``, ``postgresql://``, ``mysql://``, ``mariadb://`` and their
   aliases; ``table_prefix``, ``pool_size``, ``connect_timeout``, ``read_timeout``, ``auto_upgrade``, ...);
-- Redis: ``redis://``, ``rediss://``, ``unix://`` (``prefix`` and redis-py's options; ``ttl`` is refused: checkpoints
-  stay until deleted or pruned);
+- Redis: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` (``prefix`` and redis-py's options; ``ttl`` is
+  refused: checkpoints stay until deleted or pruned);
 - MongoDB: ``mongodb://``, ``mongodb+srv://``, the database from the path (``collection_prefix`` and every
   connection-string option);
 - ``memory://`` (in-process, gone with the process; ``memory://name`` is shared by every saver of that name in the
@@ -40,7 +40,9 @@ of headers (run id, parent, the channel versions named), of blobs (by channel an
 hash of pending writes (by task and idx). Two keys span threads: ``<prefix>:lg:all`` (every checkpoint, for ``list``
 without a thread) and ``<prefix>:lg:run:<run_id>`` (the threads a run wrote to, for ``delete_for_runs``); a write
 updates them in the same round trip, just before the thread's script, and a delete just after it, so they always
-cover what exists (an entry whose checkpoint is gone is skipped).
+cover what exists (an entry whose checkpoint is gone is skipped). In a Redis Cluster (``redis+cluster://``) the same
+layout holds; the index step is sent first and each thread's script after it. Checkpoints have no TTL: give Redis a
+``maxmemory-policy`` that never evicts keys without one (``noeviction`` or ``volatile-*``), as for praison_db's stores.
 
 MongoDB collections ``<collection_prefix>lg_checkpoints``, ``lg_blobs`` and ``lg_writes``, the SQL tables' columns as
 fields (bytes as BSON binary), each with a unique index on its key; a checkpoint also keeps its metadata's plain
@@ -126,8 +128,8 @@ __all__ = ["PraisonCheckpointSaver", "MIGRATIONS", "SUPPORTED_SCHEMES"]
 T = TypeVar("T")
 
 SUPPORTED_SCHEMES = (
-    "sqlite://, postgresql://, mysql://, mariadb:// (and their aliases), redis://, rediss://, unix://, mongodb://, "
-    "mongodb+srv:// and memory://"
+    "sqlite://, postgresql://, mysql://, mariadb:// (and their aliases), redis://, rediss://, unix://, redis+cluster://, "
+    "mongodb://, mongodb+srv:// and memory://"
 )
 PRUNE_STRATEGIES = ("keep_latest", "delete")
 
