@@ -9,7 +9,7 @@ import json
 import math
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -522,3 +522,56 @@ def unpacked_extra(content: str | None, packed: dict[str, Any] | None) -> tuple[
         packed = dict(packed)
         return packed.pop("content"), packed
     return content, packed
+
+
+# ---- how key-value stores keep a message: one compact JSON text (Redis, DynamoDB) ----
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def epoch_us(value: datetime) -> int:
+    """Integer microseconds since the epoch: exact, and exact as a double (a sorted-set score) below 2**53."""
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_epoch_us(value: bytes | int | str) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+def message_body(m: Message) -> str:
+    """A message as a key-value store keeps it: JSON without seq and session_id (where it is stored says both).
+
+    "id" comes first (a Redis script reads it from the start of the body). Fields at their default are left out, so
+    a body written before the open message model (always a role, never a type or extra) is a message without them.
+    """
+    body: dict[str, Any] = {"id": m.id}
+    if m.role is not None:
+        body["role"] = m.role
+    body["created_at"] = epoch_us(m.created_at)
+    for name in ("type", "content", "name", "tool_calls", "tool_call_id"):
+        value = getattr(m, name)
+        if value is not None:
+            body[name] = value
+    if m.metadata:
+        body["metadata"] = m.metadata
+    if m.extra:
+        body["extra"] = m.extra
+    return dumps(body)
+
+
+def message_from_body(session_id: str, seq: int, raw: str | bytes) -> Message:
+    d = json.loads(raw)
+    return Message.trusted(
+        id=d["id"],
+        session_id=session_id,
+        seq=seq,
+        role=d.get("role"),
+        content=d.get("content"),
+        type=d.get("type"),
+        name=d.get("name"),
+        tool_calls=d.get("tool_calls"),
+        tool_call_id=d.get("tool_call_id"),
+        metadata=d.get("metadata") or {},
+        extra=d.get("extra") or {},
+        created_at=from_epoch_us(d["created_at"]),
+    )

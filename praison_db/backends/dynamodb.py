@@ -69,7 +69,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -94,7 +94,7 @@ from ..base import (
     resolve_options,
     seq_taken,
 )
-from ..models import Message, MessageDraft, Session, dumps
+from ..models import Message, MessageDraft, Session, dumps, epoch_us, from_epoch_us, message_body, message_from_body
 from ..url import StoreURL, redact_text
 
 __all__ = ["DynamoConversationStore", "DynamoStateStore"]
@@ -125,7 +125,6 @@ OPTIONS: dict[str, Option] = {
 }
 TABLE_SUFFIX = "praison"
 HEADER = "S"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _INT64 = range(-(2**63), 2**63)
 _BATCH_WRITE = 25  # DynamoDB's limit per BatchWriteItem
 _BATCH_GET = 100  # and per BatchGetItem
@@ -156,12 +155,7 @@ _CREDENTIALS = {
 }
 
 
-def _us(value: datetime) -> int:
-    return (value - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(value: Any) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
+_us, _from_us = epoch_us, from_epoch_us
 
 
 def _S(text: str) -> dict[str, str]:
@@ -528,41 +522,6 @@ def _session(sid: str, item: Mapping[str, Any]) -> Session:
     )
 
 
-def _body(m: Message) -> str:
-    """A message as stored: JSON without seq and session_id (the key holds those); fields at their default left out."""
-    body: dict[str, Any] = {"id": m.id}
-    if m.role is not None:
-        body["role"] = m.role
-    body["created_at"] = _us(m.created_at)
-    for name in ("type", "content", "name", "tool_calls", "tool_call_id"):
-        value = getattr(m, name)
-        if value is not None:
-            body[name] = value
-    if m.metadata:
-        body["metadata"] = m.metadata
-    if m.extra:
-        body["extra"] = m.extra
-    return dumps(body)
-
-
-def _message(sid: str, seq: int, text: str) -> Message:
-    d = loads(text)
-    return Message.trusted(
-        id=d["id"],
-        session_id=sid,
-        seq=seq,
-        role=d.get("role"),
-        content=d.get("content"),
-        type=d.get("type"),
-        name=d.get("name"),
-        tool_calls=d.get("tool_calls"),
-        tool_call_id=d.get("tool_call_id"),
-        metadata=d.get("metadata") or {},
-        extra=d.get("extra") or {},
-        created_at=_from_us(d["created_at"]),
-    )
-
-
 def _seq_key(seq: int) -> str:
     return f"M#{seq:020d}"
 
@@ -672,7 +631,7 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
             found = best.get(seq)
             if found is None:
                 raise _Missing(seq)
-            out.append(_message(sid, seq, self._text_of(sid, found[1])))
+            out.append(message_from_body(sid, seq, self._text_of(sid, found[1])))
         return out
 
     def _text_of(self, sid: str, source: Any) -> str:
@@ -1065,7 +1024,7 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
             winner = self._winners(head, self._items_between(sid, seq, seq), seq, seq).get(seq)
             if winner is None or winner[0] != version:
                 continue  # the seq was taken again by another message
-            message = _message(sid, seq, self._text_of(sid, winner[1]))
+            message = message_from_body(sid, seq, self._text_of(sid, winner[1]))
             if message.id == message_id:
                 found[message_id] = message
         return found
@@ -1076,7 +1035,7 @@ class DynamoConversationStore(_DynamoStore, ConversationStore):
         records: list[_Record] = []
         parts: list[dict[str, Any]] = []
         for m in messages:
-            text = _body(m)
+            text = message_body(m)
             size = len(text.encode("utf-8"))
             if size <= min(budget, _INLINE_ITEM):
                 budget -= size

@@ -79,7 +79,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -106,7 +106,7 @@ from ..base import (
     not_an_integer,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session, dumps
+from ..models import Message, MessageDraft, Session, dumps, epoch_us, from_epoch_us, message_body, message_from_body
 from ..url import StoreURL, redacted
 
 __all__ = ["RedisConversationStore", "RedisStateStore"]
@@ -130,18 +130,11 @@ _DEFAULTS: dict[str, Any] = {
     "socket_timeout": 30.0,  # bounded, and long enough for a 16 MB message on a slow link
     "health_check_interval": 15,  # PING a connection idle that long before reusing it
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SCAN_COUNT = 1000
 _BATCH = 500
 
 
-def _us(value: datetime) -> int:
-    """Integer microseconds since the epoch: exact, and exact as a sorted-set score (below 2**53)."""
-    return (value - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(value: bytes | int | str) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
+_us, _from_us = epoch_us, from_epoch_us
 
 
 def _ms(seconds: float) -> int:
@@ -887,45 +880,6 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2]))
 
 
-def _message_body(m: Message) -> str:
-    """A message as stored: JSON without seq and session_id (both follow from where it is stored).
-
-    "id" comes first: the scripts read it from the start of the body. Fields at their default are left out, so a
-    body of the previous layout (always a role, never a type or extra) is simply a message without them.
-    """
-    body: dict[str, Any] = {"id": m.id}
-    if m.role is not None:
-        body["role"] = m.role
-    body["created_at"] = _us(m.created_at)
-    for name in ("type", "content", "name", "tool_calls", "tool_call_id"):
-        value = getattr(m, name)
-        if value is not None:
-            body[name] = value
-    if m.metadata:
-        body["metadata"] = m.metadata
-    if m.extra:
-        body["extra"] = m.extra
-    return dumps(body)
-
-
-def _message_from_body(session_id: str, seq: int, raw: bytes) -> Message:
-    d = loads(raw)
-    return Message.trusted(
-        id=d["id"],
-        session_id=session_id,
-        seq=seq,
-        role=d.get("role"),
-        content=d.get("content"),
-        type=d.get("type"),
-        name=d.get("name"),
-        tool_calls=d.get("tool_calls"),
-        tool_call_id=d.get("tool_call_id"),
-        metadata=d.get("metadata") or {},
-        extra=d.get("extra") or {},
-        created_at=_from_us(d["created_at"]),
-    )
-
-
 class RedisConversationStore(_RedisStore, ConversationStore):
     """ConversationStore on plain Redis: a hash per session, a list of messages, sorted sets for listing."""
 
@@ -1125,7 +1079,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         # Timestamps are made here; the script checks the ids against the session's id -> seq hash and assigns the
         # seqs of the new ones (their list positions), atomically.
         drafted = [d.stamp(session_id, 0, now) for d in drafts]
-        tail = [str(len(drafted))] + [m.id for m in drafted] + [_message_body(m) for m in drafted]
+        tail = [str(len(drafted))] + [m.id for m in drafted] + [message_body(m) for m in drafted]
         keys = self.layout.session(session_id)
 
         def run(owner: str) -> Any:
@@ -1136,13 +1090,13 @@ class RedisConversationStore(_RedisStore, ConversationStore):
             raise missing_session(session_id)
         out = []
         for m, seq, body in zip(drafted, flat[::2], flat[1::2]):
-            out.append(m.model_copy(update={"seq": int(seq)}) if body == b"" else _message_from_body(session_id, int(seq), body))
+            out.append(m.model_copy(update={"seq": int(seq)}) if body == b"" else message_from_body(session_id, int(seq), body))
         return out
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         args = ["" if v is None else str(v) for v in (limit, before_seq, after_seq)]
         first, raw = self._read(keys=[self.layout.session(session_id)[1]], args=args)
-        return [_message_from_body(session_id, int(first) + 1 + i, body) for i, body in enumerate(raw)]
+        return [message_from_body(session_id, int(first) + 1 + i, body) for i, body in enumerate(raw)]
 
     def _count_messages(self, session_id: str) -> int:
         return int(self.r.hget(self.layout.session(session_id)[0], "message_count") or 0)
@@ -1154,7 +1108,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
             return self._pop_script(keys=keys, args=self._script_head(session_id, now, owner))
 
         result = self._write(session_id, now, run, lambda result: result is not None)
-        return None if result is None else _message_from_body(session_id, int(result[0]), result[1])
+        return None if result is None else message_from_body(session_id, int(result[0]), result[1])
 
     def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
         keys = self.layout.session(session_id)
@@ -1165,7 +1119,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         return int(self._write(session_id, now, run, lambda removed: bool(removed)) or 0)
 
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
-        tail = [str(len(messages))] + [m.id for m in messages] + [str(m.seq) for m in messages] + [_message_body(m) for m in messages]
+        tail = [str(len(messages))] + [m.id for m in messages] + [str(m.seq) for m in messages] + [message_body(m) for m in messages]
         keys = self.layout.session(session_id)
 
         def run(owner: str) -> Any:
@@ -1187,7 +1141,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
 
         def run() -> Any:
             head = self._script_head(session.session_id, session.updated_at) + [str(len(fields))]
-            return self._import_script(keys=self.layout.session(session.session_id), args=head + fields + [_message_body(m) for m in messages])
+            return self._import_script(keys=self.layout.session(session.session_id), args=head + fields + [message_body(m) for m in messages])
 
         if not self.conn.cluster:
             return bool(run() == 1)
