@@ -116,12 +116,17 @@ def _memory() -> Iterator[Location]:
         yield Location(f"memory://bench{_uid()}", tmp)
 
 
-@contextmanager
-def _json() -> Iterator[Location]:
-    with _scratch() as tmp:
-        mine, theirs = tmp / "praison", tmp / "raw"
-        theirs.mkdir()
-        yield Location(f"json://{mine}", tmp, partial(raw.RawJson, str(theirs)), partial(raw.RawJson, str(mine)))
+def _files(scheme: str, raw_side: type[raw.RawJson]) -> Callable[[], AbstractContextManager[Location]]:
+    """A folder for the file store of ``scheme`` and one for its raw side, which also fills praison_db's folder."""
+
+    @contextmanager
+    def location() -> Iterator[Location]:
+        with _scratch() as tmp:
+            mine, theirs = tmp / "praison", tmp / "raw"
+            theirs.mkdir()
+            yield Location(f"{scheme}://{mine}", tmp, partial(raw_side, str(theirs)), partial(raw_side, str(mine)))
+
+    return location
 
 
 def _sql(kind: str, url: str, tmp: Path, raw_url: str | None = None) -> Location:
@@ -252,7 +257,8 @@ def _clickhouse() -> Iterator[Location]:
 
 BACKENDS: list[Backend] = [
     Backend("memory", _memory, raw_label="none (in-process dict)"),
-    Backend("json", _json, raw_label="open/write/fsync"),
+    Backend("json", _files("json", raw.RawJson), raw_label="open/write/fsync"),
+    Backend("yaml", _files("yaml", raw.RawYaml), ("yaml", "praison_db.backends.yamlfile"), raw_label="PyYAML dump/write/fsync"),
     Backend("sqlite", _sqlite, raw_label="sqlite3"),
     Backend("postgresql", _server_database(_postgres, "postgresql"), ("psycopg",), raw_label="psycopg 3"),
     Backend("mysql", _server_database(_mysql, "mysql"), ("pymysql",), raw_label="PyMySQL"),

@@ -6,6 +6,7 @@ Every raw side stores the same rows (same ids, timestamps, JSON text) with the s
   one transaction per append that bumps the session's counter row and inserts the message; SQLite in WAL mode with
   ``synchronous=FULL``, PostgreSQL and MariaDB at their durable defaults.
 - JSON files: praison_db's file layout; append = open, write one line, fsync; the newest N = read the file's tail.
+- YAML files: the same in praison_db's YAML layout, one document per message through PyYAML's C dumper and loader.
 - Redis (redis-py): one Lua script per append, like praison_db's; Lists and a sorted set of activity.
 - MongoDB (pymongo): ``find_one_and_update`` of the counter + ``insert_one``, in one transaction, like praison_db;
   the newest N is the seq range after the session's length, which the raw side keeps in-process.
@@ -33,7 +34,7 @@ from typing import Any
 from praison_db.files import fsync_dir as _fsync_dir, session_file_stem  # naming and folder fsync: plain helpers
 from praison_db.facade import open_store
 
-__all__ = ["RawSql", "RawJson", "RawRedis", "RawMongo", "RawClickHouse"]
+__all__ = ["RawSql", "RawJson", "RawYaml", "RawRedis", "RawMongo", "RawClickHouse"]
 
 _M_COLUMNS = ("session_id", "seq", "id", "role", "content", "name", "tool_calls", "tool_call_id", "metadata", "created_at")
 _S_COLUMNS = ("session_id", "user_id", "agent_id", "session_type", "name", "metadata", "created_at", "updated_at", "message_count")
@@ -250,8 +251,11 @@ class RawJson:
     """Plain files in praison_db's layout: ``<stem>.session.json`` headers, ``<stem>.jsonl`` messages.
 
     State is one small file per key, replaced atomically (write, fsync, rename, fsync the folder), read back on
-    every get: the same durability and cross-process freshness as praison_db's state file.
+    every get: the same durability and cross-process freshness as praison_db's state file. The format is a few
+    methods (:class:`RawYaml` is the same side in YAML).
     """
+
+    HEADER, MESSAGES, STATE, END = ".session.json", ".jsonl", ".json", b"\n"
 
     def __init__(self, directory: str) -> None:
         self.dir = Path(directory)
@@ -259,20 +263,30 @@ class RawJson:
         self._seq: dict[str, int] = {}
         self._files: dict[str, tuple[Path, Path]] = {}
 
+    def _value(self, value: Any) -> bytes:
+        """A header or a state value, as its file holds it."""
+        return json.dumps(value, ensure_ascii=False).encode()
+
+    def _record(self, message: dict[str, Any]) -> bytes:
+        """A message as appended, its terminator included."""
+        return (_dumps(message) + "\n").encode()
+
+    def _load(self, data: bytes) -> Any:
+        return json.loads(data)
+
     def _paths(self, session_id: str) -> tuple[Path, Path]:
         paths = self._files.get(session_id)
         if paths is None:
             stem = session_file_stem(session_id)
-            paths = self._files[session_id] = (self.dir / f"{stem}.session.json", self.dir / f"{stem}.jsonl")
+            paths = self._files[session_id] = (self.dir / f"{stem}{self.HEADER}", self.dir / f"{stem}{self.MESSAGES}")
         return paths
 
-    @staticmethod
-    def _header(session_id: str, created: str, updated: str) -> bytes:
+    def _header(self, session_id: str, created: str, updated: str) -> bytes:
         header = {
             "session_id": session_id, "user_id": None, "agent_id": None, "session_type": "agent", "name": None,
             "metadata": {}, "created_at": created, "updated_at": updated,
         }
-        return json.dumps(header, ensure_ascii=False).encode()
+        return self._value(header)
 
     def create_session(self, session_id: str) -> None:
         header, _ = self._paths(session_id)
@@ -285,12 +299,12 @@ class RawJson:
         seq = self._seq[session_id] + 1
         message = _fresh_message(session_id, seq, text, _now())
         message["created_at"] = message["created_at"].isoformat()
-        _write_durably(self._paths(session_id)[1], (_dumps(message) + "\n").encode(), "ab")
+        _write_durably(self._paths(session_id)[1], self._record(message), "ab")
         self._seq[session_id] = seq
 
     def import_session(self, session_id: str, msgs: list[dict[str, Any]]) -> None:
         header, lines = self._paths(session_id)
-        _write_durably(lines, "".join(_dumps(m) + "\n" for m in msgs).encode())
+        _write_durably(lines, b"".join(self._record(m) for m in msgs))
         _write_durably(header, self._header(session_id, msgs[0]["created_at"], msgs[-1]["created_at"]))
         _fsync_dir(self.dir)
         self._seq[session_id] = len(msgs)
@@ -302,11 +316,11 @@ class RawJson:
             while True:
                 start = max(0, size - block)
                 f.seek(start)
-                lines = f.read(size - start).split(b"\n")
-                if start == 0 or len(lines) >= n + 2:  # a partial first line, n whole ones, "" after the last \n
+                records = f.read(size - start).split(self.END)
+                if start == 0 or len(records) >= n + 2:  # a partial first record, n whole ones, "" after the last
                     break
                 block *= 4
-        return [json.loads(line) for line in lines[-n - 1 : -1]]
+        return [self._load(record) for record in records[-n - 1 : -1]]
 
     def add_sessions(self, n: int) -> None:
         # Each header gets the file time it would have had if written at its activity time, as when a store writes
@@ -323,28 +337,28 @@ class RawJson:
         """Newest activity = newest file time (a header or a messages file): stat every file, read n headers."""
         with os.scandir(self.dir) as entries:
             stamped = [
-                (e.stat().st_mtime_ns, e.name.split(".", 1)[0]) for e in entries if e.name.endswith((".session.json", ".jsonl"))
+                (e.stat().st_mtime_ns, e.name.split(".", 1)[0]) for e in entries if e.name.endswith((self.HEADER, self.MESSAGES))
             ]
         stems: list[str] = []
         for _, stem in heapq.nlargest(2 * n, stamped):
             if stem not in stems:
                 stems.append(stem)
-        return [json.loads((self.dir / f"{stem}.session.json").read_bytes()) for stem in stems[:n]]
+        return [self._load((self.dir / f"{stem}{self.HEADER}").read_bytes()) for stem in stems[:n]]
 
     def _state_path(self, key: str) -> Path:
-        return self.state_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.json"
+        return self.state_dir / f"{hashlib.sha1(key.encode()).hexdigest()}{self.STATE}"
 
     def state_set(self, key: str, value: Any) -> None:
         self.state_dir.mkdir(exist_ok=True)  # made on first use; nothing next to the two fsyncs
         path = self._state_path(key)
         tmp = path.with_suffix(".tmp")
-        _write_durably(tmp, _dumps(value).encode())
+        _write_durably(tmp, self._value(value))
         os.replace(tmp, path)
         _fsync_dir(self.state_dir)
 
     def state_get(self, key: str) -> Any:
         try:
-            return json.loads(self._state_path(key).read_bytes())
+            return self._load(self._state_path(key).read_bytes())
         except FileNotFoundError:
             return None
 
@@ -353,6 +367,39 @@ class RawJson:
 
     def close(self) -> None:
         pass
+
+
+class RawYaml(RawJson):
+    """The same files in praison_db's YAML layout, written and read by PyYAML's C dumper and loader directly:
+    ``<stem>.session.yaml`` headers, ``<stem>.yaml`` messages as ``---`` ... ``...`` documents (fields that are None
+    left out, as praison_db writes them)."""
+
+    HEADER, MESSAGES, STATE, END = ".session.yaml", ".yaml", ".yaml", b"\n...\n"
+
+    def __init__(self, directory: str) -> None:
+        import yaml
+
+        super().__init__(directory)
+        self._yaml, self._dumper, self._loader = yaml, yaml.CSafeDumper, yaml.CSafeLoader
+
+    def _dump(self, value: Any, document: bool) -> bytes:
+        text = self._yaml.dump(
+            value, Dumper=self._dumper, explicit_start=document, explicit_end=document, allow_unicode=True,
+            default_flow_style=False, sort_keys=False,
+        )  # fmt: skip
+        return str(text).encode()
+
+    def _value(self, value: Any) -> bytes:
+        return self._dump(value, False)
+
+    def _record(self, message: dict[str, Any]) -> bytes:
+        return self._dump({k: v for k, v in message.items() if v is not None and v != {}}, True)
+
+    def _load(self, data: bytes) -> Any:
+        return self._yaml.load(data, Loader=self._loader)
+
+    def version(self) -> str:
+        return f"PyYAML {self._yaml.__version__} (libyaml) + fsync"
 
 
 # ---- Redis ----
