@@ -282,7 +282,7 @@ def _ratio(entry: dict[str, Any] | None, field: str = "ratio") -> str:
 KEYS = {"add_items": "add_items x1", "get_items": f"get_items({RESUME_N})", "pop_item": "pop_item"}
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], analysis: bool = False) -> str:
     ok = {name: r for name, r in results["backends"].items() if r.get("metrics")}
     sizes, machine = results["sizes"], results["machine"]
     took = f" in {results['seconds']:.0f} s" if results["size"] == "full" else ""
@@ -333,6 +333,8 @@ def markdown(results: dict[str, Any]) -> str:
     section("3. pop_item", "pop_item",
             f"`await session.pop_item()`, {sizes['pops']:,} calls per side, each removing the newest item of a "
             f"{sizes['pops']:,}-item session.")
+    if analysis:
+        lines.extend(["", "Where the time goes, and what would close each gap: [openai_agents_analysis.md](openai_agents_analysis.md)."])
     lines.extend(backends_and_machine(results, raw_header="SDK session"))
     return "\n".join(lines)
 
@@ -341,7 +343,8 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     results["machine"].setdefault("load_average_at_end", [round(x, 2) for x in os.getloadavg()])
     md, data = out / "openai_agents.md", out / "openai_agents.json"
-    md.write_text(markdown(results), encoding="utf-8")
+    # openai_agents_analysis.md is written by hand after a full run: where the time goes.
+    md.write_text(markdown(results, (out / "openai_agents_analysis.md").exists()), encoding="utf-8")
     data.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     return [md, data]
 
