@@ -10,14 +10,15 @@
         await store.state.incr("rate:alice")
 
 How it runs, written once: an async store wraps the very store class the sync API uses.
-- SQL, Redis and MongoDB are opened on their native async drivers (SQLAlchemy's asyncio extension over aiosqlite,
+- PostgreSQL, MySQL, Redis and MongoDB are opened on their native async drivers (SQLAlchemy's asyncio extension over
   psycopg 3's AsyncConnection and aiomysql; redis.asyncio; pymongo's AsyncMongoClient). Each call runs the store's
   code in a greenlet on the event loop, and every wait for the server is an ``await`` on that driver
   (:mod:`praison_db.bridge`): the loop serves other tasks meanwhile, and a cancelled task stops at that wait.
-- JSON files, memory and chDB run each call in a worker thread, with the same cross-process file locks, so a file's
-  fsync never stalls the loop.
-- A thread cannot be stopped: a call cancelled while it runs in a worker thread, or on SQLite (whose driver runs each
-  statement in a thread), finishes before CancelledError reaches the caller. Either way a cancelled append is stored
+- SQLite, JSON files, YAML files, memory, chDB and DynamoDB run each call in a worker thread, with the same
+  cross-process file locks, so a file's fsync never stalls the loop (for SQLite one hop per call costs less than
+  aiosqlite's hop per statement).
+- A thread cannot be stopped: a call cancelled while it runs in a worker thread finishes before CancelledError
+  reaches the caller. Either way a cancelled append is stored
   whole or not at all.
 
 Iterators (``iter_messages``, ``iter_sessions``, ``keys``) are async iterators; their argument errors surface at the

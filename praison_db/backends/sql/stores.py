@@ -26,6 +26,7 @@ from ...base import (
     after_last,
 )
 from ...models import Message, MessageDraft, Session, dumps, packed_extra, unpacked_extra
+from ...bridge import in_thread
 from ...url import StoreURL
 from .database import SqlDatabase
 from .engine import OPTIONS, _insert_ignore, _upsert, retry_conflicts
@@ -50,6 +51,16 @@ class _SqlStore(ConnectedStore):
         self.db = database.acquire()
         self.url = database.url.render()
         self.t = database.tables
+
+    @classmethod
+    def from_url_async(cls, url: StoreURL, **options: Any) -> Any:
+        """The store for praison_db.aio: on PostgreSQL and MySQL over the native async driver; on SQLite the sync
+        store, which the async API runs in a worker thread. aiosqlite hops to its own thread once per statement (four
+        per append), so one hop per call costs less (measured in the closing benchmarks), and a cancelled call
+        finishes first either way."""
+        if url.base_scheme == "sqlite":
+            return in_thread(cls.from_url, url, **options)
+        return super().from_url_async(url, **options)
 
     def _close(self) -> None:
         self.db.release()
