@@ -27,8 +27,8 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
 _MAX_LENGTH = 8_192  # far above any real URL; keeps the '@' search below cheap
-# Schemes whose authority is a name or a folder rather than a network host (json://rel/dir, memory://name).
-_NAME_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "json", "file", "memory", "chdb", "unix"})
+# Schemes whose authority is a name or a folder rather than a network host (json://rel/dir, yaml://rel/dir, memory://name).
+_NAME_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "json", "file", "yaml", "memory", "chdb", "unix"})
 # Built-in schemes whose hosts are resolved by the driver with the system resolver (not mongodb+srv: SRV records).
 NETWORK_SCHEMES = frozenset(
     {

@@ -100,6 +100,9 @@ def test_urls_name_the_folder_and_both_roles(tmp_path, monkeypatch):
         store.conversations.create_session("s")
         assert store.conversations.directory == Path("rel/dir") and (tmp_path / "rel" / "dir").is_dir()
         assert isinstance(store.state, YamlStateStore)  # state beside the conversations, as YAML too
+    for relative in ("./here", "data.d/x", "my:dir/x", "a%20b/c"):  # a folder name, not a host: as json:// reads it
+        with db(f"yaml://{relative}") as store:
+            assert store.conversations.directory == Path(relative.replace("%20", " "))
     with pytest.raises(ConfigError, match="needs a directory"):
         db("yaml://")
     with pytest.raises(ConfigError, match="no user or password"):
