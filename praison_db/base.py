@@ -676,7 +676,7 @@ class ConversationStore(_Store, ABC):
         return self._add(session_id, [draft])[0]
 
     @_operation
-    def add_messages(self, session_id: str, messages: Iterable[Mapping[str, Any] | Message]) -> list[Message]:
+    def add_messages(self, session_id: str, messages: Iterable[Mapping[str, Any] | Message | MessageDraft]) -> list[Message]:
         """Append several messages in order, in one transaction where the backend has them (all or nothing).
 
         Each item is a dict in any framework's shape (an OpenAI chat message, a Responses API item such as a

@@ -18,6 +18,7 @@ from .errors import InputError
 
 __all__ = [
     "Message",
+    "MessageDraft",
     "Session",
     "Page",
     "Role",
