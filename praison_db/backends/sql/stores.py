@@ -371,46 +371,50 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             )
         return len(fresh)
 
+    @functools.cached_property
+    def _removal_statements(self) -> tuple[Any, Any, Any, Any, Any]:
+        """(session row lock, newest message locked, delete one seq, delete after a seq, lower the count), built once:
+        building a statement costs more than SQLite takes to run it."""
+        s, m = self.t.sessions.c, self.t.messages.c
+        lock = select(s.message_count).where(s.session_id == bindparam("sid")).with_for_update()
+        newest = self._newest.with_for_update()
+        delete_one = delete(self.t.messages).where(m.session_id == bindparam("sid"), m.seq == bindparam("seq"))
+        delete_after = delete(self.t.messages).where(m.session_id == bindparam("sid"), m.seq > bindparam("seq"))
+        stamp = bindparam("now", type_=s.updated_at.type)
+        # The next append takes the freed seqs; activity moves to now (never back: _later).
+        lower = (
+            update(self.t.sessions)
+            .where(s.session_id == bindparam("sid"))
+            .values(message_count=s.message_count - bindparam("removed"), updated_at=_later(s.updated_at, stamp))
+        )
+        return lock, newest, delete_one, delete_after, lower
+
     @retry_conflicts
     def _pop(self, session_id: str, now: datetime) -> Message | None:
+        lock, newest, delete_one, _, lower = self._removal_statements
         with self.db.write() as conn:
-            if not self._lock_session(conn, session_id):
+            # The session's row lock queues removals behind appends; the locking read of the newest message is then
+            # the latest committed one, not an older snapshot's (as in _append_known).
+            if conn.execute(lock, {"sid": session_id}).first() is None:
                 return None
-            # A locking read, as in _append_known: the newest committed row, not an older snapshot's.
-            row = conn.execute(self._newest.with_for_update(), {"sid": session_id, "n": 1}).first()
+            row = conn.execute(newest, {"sid": session_id, "n": 1}).first()
             if row is None:
                 return None
             message = _message_from_row(row)
-            m = self.t.messages.c
-            conn.execute(delete(self.t.messages).where(m.session_id == session_id, m.seq == message.seq))
-            self._lower_count(conn, session_id, 1, now)
+            conn.execute(delete_one, {"sid": session_id, "seq": message.seq})
+            conn.execute(lower, {"sid": session_id, "removed": 1, "now": now})
         return message
 
     @retry_conflicts
     def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
-        m = self.t.messages.c
+        lock, _, _, delete_after, lower = self._removal_statements
         with self.db.write() as conn:
-            if not self._lock_session(conn, session_id):
+            if conn.execute(lock, {"sid": session_id}).first() is None:
                 return 0
-            removed = conn.execute(delete(self.t.messages).where(m.session_id == session_id, m.seq > after_seq)).rowcount
+            removed = int(conn.execute(delete_after, {"sid": session_id, "seq": after_seq}).rowcount)
             if removed:
-                self._lower_count(conn, session_id, removed, now)
-        return int(removed)
-
-    def _lock_session(self, conn: Connection, session_id: str) -> bool:
-        """Take the session's row lock, which queues removals behind appends; False if the session is missing."""
-        s = self.t.sessions.c
-        return conn.execute(select(s.message_count).where(s.session_id == session_id).with_for_update()).first() is not None
-
-    def _lower_count(self, conn: Connection, session_id: str, removed: int, now: datetime) -> None:
-        """message_count down by ``removed`` (the next append takes the freed seqs) and activity now."""
-        s = self.t.sessions.c
-        stamp = bindparam("at", now, type_=s.updated_at.type)
-        conn.execute(
-            update(self.t.sessions)
-            .where(s.session_id == session_id)
-            .values(message_count=s.message_count - removed, updated_at=_later(s.updated_at, stamp))
-        )
+                conn.execute(lower, {"sid": session_id, "removed": removed, "now": now})
+        return removed
 
     @functools.cached_property
     def _newest_seq(self) -> Any:
