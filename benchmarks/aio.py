@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import json
-import os
 import statistics
 import sys
 import time
@@ -47,7 +45,7 @@ from praison_db.facade import open_store  # noqa: E402
 from . import raw  # noqa: E402
 from .backends import BY_NAME, Backend, Location, Unavailable  # noqa: E402
 from .harness import PRAISON, RAW, RESUME_N, call_order, content, export, fresh_id, messages  # noqa: E402
-from .report import TARGETS, _mark, _table, _time, backends_and_machine, machine_info  # noqa: E402
+from .report import TARGETS, _mark, _table, _time, backends_and_machine, machine_info, write_files  # noqa: E402
 from .run import Run, chosen, log, recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -532,12 +530,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    results["machine"].setdefault("load_average_at_end", [round(x, 2) for x in os.getloadavg()])
-    md, data = out / "aio.md", out / "aio.json"
-    md.write_text(markdown(results), encoding="utf-8")
-    data.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    return [md, data]
+    return write_files(results, out / "aio.md", out / "aio.json", markdown)
 
 
 async def run_all(names: list[str], sizes: AioSizes) -> dict[str, Any]:

@@ -21,8 +21,6 @@ so the ratio is the libraries' cost and not a journal mode; on PostgreSQL both c
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import warnings
@@ -41,7 +39,7 @@ from praison_db.facade import open_store  # noqa: E402
 
 from .backends import BY_NAME, Backend, Location  # noqa: E402
 from .harness import PRAISON, RESUME_N, Make, content, fresh_id  # noqa: E402
-from .report import _table, _time, backends_and_machine, machine_info  # noqa: E402
+from .report import _table, _time, backends_and_machine, machine_info, write_files  # noqa: E402
 from .run import Run, chosen, log, recorded  # noqa: E402
 
 LANGCHAIN = "langchain"
@@ -285,12 +283,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    results["machine"].setdefault("load_average_at_end", [round(x, 2) for x in os.getloadavg()])
-    md, data = out / "langchain.md", out / "langchain.json"
-    md.write_text(markdown(results), encoding="utf-8")
-    data.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    return [md, data]
+    return write_files(results, out / "langchain.md", out / "langchain.json", markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

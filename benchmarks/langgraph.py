@@ -26,7 +26,6 @@ langgraph.md and langgraph.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ from praison_db.integrations.langgraph import PraisonCheckpointSaver  # noqa: E4
 from .backends import BY_NAME as LOCATIONS  # noqa: E402
 from .backends import Location, Unavailable  # noqa: E402
 from .harness import PRAISON, content, interleaved, summarize  # noqa: E402
-from .report import _table, _time, backends_and_machine, machine_info  # noqa: E402
+from .report import _table, _time, backends_and_machine, machine_info, write_files  # noqa: E402
 from .run import log, recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -295,12 +294,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    results["machine"].setdefault("load_average_at_end", [round(x, 2) for x in os.getloadavg()])
-    md, data = out / "langgraph.md", out / "langgraph.json"
-    md.write_text(markdown(results), encoding="utf-8")
-    data.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    return [md, data]
+    return write_files(results, out / "langgraph.md", out / "langgraph.json", markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

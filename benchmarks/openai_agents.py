@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -51,7 +49,7 @@ from praison_db import aio, db  # noqa: E402
 from .aio import interleaved_async  # noqa: E402
 from .backends import BY_NAME, Backend, Location  # noqa: E402
 from .harness import PRAISON, RESUME_N, Make, content, fresh_id  # noqa: E402
-from .report import _table, _time, backends_and_machine, machine_info  # noqa: E402
+from .report import _table, _time, backends_and_machine, machine_info, write_files  # noqa: E402
 from .run import Run, chosen, log, recorded  # noqa: E402
 
 NATIVE = "praison_db_aio"  # PraisonSession over praison_db.aio.db(url)
@@ -340,13 +338,9 @@ def markdown(results: dict[str, Any], analysis: bool = False) -> str:
 
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    results["machine"].setdefault("load_average_at_end", [round(x, 2) for x in os.getloadavg()])
-    md, data = out / "openai_agents.md", out / "openai_agents.json"
     # openai_agents_analysis.md is written by hand after a full run: where the time goes.
-    md.write_text(markdown(results, (out / "openai_agents_analysis.md").exists()), encoding="utf-8")
-    data.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    return [md, data]
+    analysis = (out / "openai_agents_analysis.md").exists()
+    return write_files(results, out / "openai_agents.md", out / "openai_agents.json", lambda r: markdown(r, analysis))
 
 
 async def run_all(names: list[str], sizes: AgentsSizes) -> dict[str, Any]:

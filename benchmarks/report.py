@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -285,12 +286,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def write_files(results: dict[str, Any], md: Path, data: Path, report: Callable[[dict[str, Any]], str]) -> list[Path]:
+    """Write a run's report (``md``, from ``report(results)``) and every number (``data``, JSON); the load average
+    at the end of the run goes into both."""
+    md.parent.mkdir(parents=True, exist_ok=True)
     results["machine"].setdefault("load_average_at_end", [round(x, 2) for x in os.getloadavg()])
-    png, md, data = out / "append_growth.png", out / "README.md", out / "results.json"
+    md.write_text(report(results), encoding="utf-8")
+    data.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    return [md, data]
+
+
+def write_report(results: dict[str, Any], out: Path) -> list[Path]:
+    png = out / "append_growth.png"
+    out.mkdir(parents=True, exist_ok=True)
     plot(results, png)
     # analysis.md is written by hand after a full run: why each target was missed.
-    md.write_text(markdown(results, png.name, (out / "analysis.md").exists()), encoding="utf-8")
-    data.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    return [md, png, data]
+    written = write_files(results, out / "README.md", out / "results.json", lambda r: markdown(r, png.name, (out / "analysis.md").exists()))
+    return [written[0], png, written[1]]
