@@ -19,7 +19,6 @@ benchmarks/README.md, section "The async API".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import inspect
 import statistics
@@ -29,9 +28,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +43,8 @@ from praison_db.facade import open_store  # noqa: E402
 from . import raw  # noqa: E402
 from .backends import BY_NAME, Backend, Location, Unavailable  # noqa: E402
 from .harness import PRAISON, RAW, RESUME_N, call_order, content, export, fresh_id, messages  # noqa: E402
-from .report import TARGETS, _mark, _table, _time, backends_and_machine, machine_info, write_files  # noqa: E402
-from .run import Run, chosen, log, recorded  # noqa: E402
+from .report import TARGETS, _mark, _table, _time, backends_and_machine, write_files  # noqa: E402
+from .run import Run, comparison_main, log, recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 SYNC = "sync"  # the sync store, timed in the same rounds for reference
@@ -538,29 +536,11 @@ async def run_all(names: list[str], sizes: AioSizes) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.aio", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="smoke", help="smoke: seconds (CI); full: the published numbers")
-    parser.add_argument("--backends", default="", help=f"comma-separated subset of {','.join(BY_NAME)} (default: all reachable)")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
-    args = parser.parse_args(argv)
-    names, out = chosen(parser, args)
-    sizes = SIZES[args.size]
-
-    command = "python -m benchmarks.aio " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = machine_info()
-    for name in LIBRARIES:
-        try:
-            machine["libraries"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    machine["event_loop"] = "asyncio (default policy)"
-    results: dict[str, Any] = {"size": args.size, "sizes": asdict(sizes), "command": command.strip(), "machine": machine}
-    started = time.perf_counter()
-    results["backends"] = asyncio.run(run_all(names, sizes))
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    written = write_report(results, out)
-    log(f"wrote {', '.join(str(p) for p in written)}")
-    return 1 if any(r["status"] == "failed" for r in results["backends"].values()) else 0
+    return comparison_main(
+        argv, module="aio", doc=__doc__ or "", sizes=SIZES, libraries=LIBRARIES,
+        run=lambda names, sizes: asyncio.run(run_all(names, sizes)),
+        write=write_report, machine_extra={"event_loop": "asyncio (default policy)"},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ so the ratio is the libraries' cost and not a journal mode; on PostgreSQL both c
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 import warnings
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -39,8 +37,8 @@ from praison_db.facade import open_store  # noqa: E402
 
 from .backends import BY_NAME, Backend, Location  # noqa: E402
 from .harness import PRAISON, RESUME_N, Make, content, fresh_id  # noqa: E402
-from .report import _table, _time, backends_and_machine, machine_info, write_files  # noqa: E402
-from .run import Run, chosen, log, recorded  # noqa: E402
+from .report import _table, _time, backends_and_machine, write_files  # noqa: E402
+from .run import Run, comparison_main, log, recorded  # noqa: E402
 
 LANGCHAIN = "langchain"
 BACKENDS = ("sqlite", "postgresql")  # where SQLChatMessageHistory runs (SQLAlchemy) and praison_db does too
@@ -287,31 +285,11 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.langchain", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="smoke", help="smoke: seconds (CI); full: the published numbers")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
-    args = parser.parse_args(argv)
-    names, out = chosen(parser, args)
-    other = [name for name in names if name not in BACKENDS]
-    if other:
-        parser.error(f"SQLChatMessageHistory runs on {', '.join(BACKENDS)} only, not {', '.join(other)}")
-    sizes = SIZES[args.size]
-
-    command = "python -m benchmarks.langchain " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = machine_info()
-    for name in LIBRARIES:
-        try:
-            machine["libraries"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    results: dict[str, Any] = {"size": args.size, "sizes": asdict(sizes), "command": command.strip(), "machine": machine}
-    started = time.perf_counter()
-    results["backends"] = {name: run_backend(BY_NAME[name], sizes) for name in names}
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    written = write_report(results, out)
-    log(f"wrote {', '.join(str(p) for p in written)}")
-    return 1 if any(r["status"] == "failed" for r in results["backends"].values()) else 0
+    return comparison_main(
+        argv, module="langchain", doc=__doc__ or "", sizes=SIZES, libraries=LIBRARIES,
+        run=lambda names, sizes: {name: run_backend(BY_NAME[name], sizes) for name in names},
+        write=write_report, only=tuple(BACKENDS), refusal="SQLChatMessageHistory runs on",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

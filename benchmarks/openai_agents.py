@@ -28,14 +28,11 @@ openai_agents.md (tables) and openai_agents.json (every number) into the output 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
-import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -49,8 +46,8 @@ from praison_db import aio, db  # noqa: E402
 from .aio import interleaved_async  # noqa: E402
 from .backends import BY_NAME, Backend, Location  # noqa: E402
 from .harness import PRAISON, RESUME_N, Make, content, fresh_id  # noqa: E402
-from .report import _table, _time, backends_and_machine, machine_info, write_files  # noqa: E402
-from .run import Run, chosen, log, recorded  # noqa: E402
+from .report import _table, _time, backends_and_machine, write_files  # noqa: E402
+from .run import Run, comparison_main, log, recorded  # noqa: E402
 
 NATIVE = "praison_db_aio"  # PraisonSession over praison_db.aio.db(url)
 SDK = "sdk"  # the SDK's own session for the database
@@ -351,31 +348,11 @@ async def run_all(names: list[str], sizes: AgentsSizes) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.openai_agents", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="smoke", help="smoke: seconds (CI); full: the published numbers")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {','.join(BACKENDS)}")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
-    args = parser.parse_args(argv)
-    names, out = chosen(parser, args)
-    other = [name for name in names if name not in BACKENDS]
-    if other:
-        parser.error(f"the SDK has sessions for {', '.join(BACKENDS)} only, not {', '.join(other)}")
-    sizes = SIZES[args.size]
-
-    command = "python -m benchmarks.openai_agents " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = machine_info()
-    for name in LIBRARIES:
-        try:
-            machine["libraries"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    results: dict[str, Any] = {"size": args.size, "sizes": asdict(sizes), "command": command.strip(), "machine": machine}
-    started = time.perf_counter()
-    results["backends"] = asyncio.run(run_all(names, sizes))
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    written = write_report(results, out)
-    log(f"wrote {', '.join(str(p) for p in written)}")
-    return 1 if any(r["status"] == "failed" for r in results["backends"].values()) else 0
+    return comparison_main(
+        argv, module="openai_agents", doc=__doc__ or "", sizes=SIZES, libraries=LIBRARIES,
+        run=lambda names, sizes: asyncio.run(run_all(names, sizes)),
+        write=write_report, only=tuple(BACKENDS), refusal="the SDK has sessions for",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

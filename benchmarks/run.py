@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,52 @@ def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[l
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
     return names, args.out or (ROOT / "results" if args.size == "full" else ROOT / "results" / "smoke")
+
+
+def comparison_main(
+    argv: list[str] | None,
+    *,
+    module: str,
+    doc: str,
+    sizes: Mapping[str, Any],
+    libraries: tuple[str, ...],
+    run: Callable[[list[str], Any], dict[str, Any]],
+    write: Callable[[dict[str, Any], Path], list[Path]],
+    only: tuple[str, ...] = (),
+    refusal: str = "",
+    machine_extra: Mapping[str, Any] | None = None,
+) -> int:
+    """``main()`` of a benchmark module: its command line, a run of the chosen backends, the report written.
+
+    ``only``: the backends the other side exists on (``refusal`` says so for any other); ``libraries``: the packages
+    whose versions the report records.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(sizes), default="smoke", help="smoke: seconds (CI); full: the published numbers")
+    choices = ",".join(only) if only else f"{','.join(BY_NAME)} (default: all reachable)"
+    parser.add_argument("--backends", default=",".join(only), help=f"comma-separated subset of {choices}")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
+    args = parser.parse_args(argv)
+    names, out = chosen(parser, args)
+    other = [name for name in names if only and name not in only]
+    if other:
+        parser.error(f"{refusal} {', '.join(only)} only, not {', '.join(other)}")
+    size = sizes[args.size]
+    machine = machine_info()
+    for name in libraries:
+        try:
+            machine["libraries"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    machine.update(machine_extra or {})
+    command = f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    results: dict[str, Any] = {"size": args.size, "sizes": asdict(size), "command": command.strip(), "machine": machine}
+    started = time.perf_counter()
+    results["backends"] = run(names, size)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    written = write(results, out)
+    log(f"wrote {', '.join(str(p) for p in written)}")
+    return 1 if any(r["status"] == "failed" for r in results["backends"].values()) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
