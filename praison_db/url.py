@@ -34,6 +34,7 @@ NETWORK_SCHEMES = frozenset(
     {
         "postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql", "mariadb",
         "mariadb+pymysql", "redis", "rediss", "mongodb", "clickhouse", "clickhouses", "singlestoredb", "singlestore",
+        "redis+cluster", "rediss+cluster",
     }
 )  # fmt: skip
 # Query keys whose values are secrets (libpq password/sslpassword/oauth_client_secret/scram_*, PyMySQL password and

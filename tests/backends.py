@@ -11,6 +11,7 @@ import os
 
 from praison_db.testing import Backend, TestContext, add_backend, for_role, require
 from tests import servers
+from tests.private_servers import postgres_with_replica
 from tests.redis_cluster import redis_cluster_server
 
 __all__ = ["BACKENDS", "Backend", "TestContext", "for_role", "require"]
@@ -36,6 +37,13 @@ BACKENDS: list[Backend] = [
         lambda c: _with_query(c.server, f"table_prefix=t{c.uid}_"),
         server=servers.mysql_database,
         server_name="MariaDB/MySQL (127.0.0.1:3306)",
+    ),
+    # Listings and history reads from a streaming replica (read_url), which applies each commit before it returns.
+    Backend(
+        "postgresql-replica",
+        lambda c: _with_query(c.server, f"table_prefix=t{c.uid}_"),
+        server=postgres_with_replica,
+        server_name="a private PostgreSQL primary with a streaming replica",
     ),
     Backend(
         "redis",

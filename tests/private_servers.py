@@ -109,8 +109,9 @@ def _tempdir(prefix: str, owner: str | None) -> Iterator[Path]:
 
 
 @contextmanager
-def private_postgres() -> Iterator[PrivateServer]:
-    """A PostgreSQL cluster of its own (initdb + postgres) with trust auth; yields its server and URL."""
+def private_postgres(*extra: str) -> Iterator[PrivateServer]:
+    """A PostgreSQL cluster of its own (initdb + postgres) with trust auth; yields its server and URL. ``extra``:
+    more server settings, e.g. ``"-c", "synchronous_commit=remote_apply"``."""
     if not (PG_BIN / "initdb").exists():
         unavailable("a private PostgreSQL (initdb)", f"{PG_BIN}/initdb not found")
     user = _as_user()
@@ -121,7 +122,7 @@ def private_postgres() -> Iterator[PrivateServer]:
             check=True, capture_output=True, timeout=120, **user,
         )  # fmt: skip
         port = free_port()
-        args = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(tmp), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        args = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(tmp), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", *extra]
         log = open(tmp / "log", "wb")
         process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, **user)
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -133,6 +134,44 @@ def private_postgres() -> Iterator[PrivateServer]:
         finally:
             _stop(process, signal.SIGINT)  # fast shutdown
             log.close()
+
+
+@contextmanager
+def streaming_replica(primary: PrivateServer) -> Iterator[PrivateServer]:
+    """A hot standby of ``primary``: ``pg_basebackup`` into a temporary folder and a second postmaster on a free port."""
+    user = _as_user()
+    port = primary.url.rsplit(":", 1)[1].split("/")[0]
+    with _tempdir("praison-pg-replica-", user.get("user")) as tmp:
+        data = tmp / "data"
+        subprocess.run(
+            [str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "--no-sync"],
+            check=True, capture_output=True, timeout=120, **user,
+        )  # fmt: skip
+        replica_port = free_port()
+        args = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(replica_port), "-k", str(tmp), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "hot_standby=on"]
+        log = open(tmp / "log", "wb")
+        process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, **user)
+        url = f"postgresql://postgres@127.0.0.1:{replica_port}/postgres"
+        try:
+            import psycopg
+
+            wait_until(lambda: psycopg.connect(url, connect_timeout=2).close() is None, "PostgreSQL replica", timeout=60)
+            yield PrivateServer(url, process)
+        finally:
+            _stop(process, signal.SIGINT)
+            log.close()
+
+
+@contextmanager
+def postgres_with_replica() -> Iterator[str]:
+    """A PostgreSQL primary whose commits wait until its streaming replica has applied them (synchronous_commit =
+    remote_apply), as the base URL of a db that reads from that replica: every read there sees every commit, so the
+    whole conformance suite holds as on one server while listings and history reads go to the replica."""
+    from urllib.parse import quote
+
+    settings = ("-c", "synchronous_standby_names=*", "-c", "synchronous_commit=remote_apply")
+    with private_postgres(*settings) as primary, streaming_replica(primary) as replica:
+        yield f"{primary.url}?read_url={quote(replica.url, safe='')}"
 
 
 @contextmanager

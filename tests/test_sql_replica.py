@@ -9,7 +9,6 @@ to its next read however far the replica lags, and a replica that goes away cost
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 
 from praison_db import ConfigError, db
 from praison_db.aio import db as async_db
-from tests.private_servers import PG_BIN, PrivateServer, _as_user, _stop, _tempdir, free_port, private_mariadb, private_postgres
+from tests.private_servers import PrivateServer, _stop, private_mariadb, private_postgres, streaming_replica
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -61,29 +60,6 @@ class Pair:
             target = self.sql(self.primary.url, "SELECT @@gtid_binlog_pos")
             check = f"SELECT MASTER_GTID_WAIT('{target}', 0)"
             wait_until(lambda: self.sql(self.replica.url, check) == 0, "replica replay", timeout=60)
-
-
-@contextmanager
-def streaming_replica(primary: PrivateServer) -> Iterator[PrivateServer]:
-    user = _as_user()
-    port = primary.url.rsplit(":", 1)[1].split("/")[0]
-    with _tempdir("praison-pg-replica-", user.get("user")) as tmp:
-        data = tmp / "data"
-        subprocess.run(
-            [str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "--no-sync"],
-            check=True, capture_output=True, timeout=120, **user,
-        )  # fmt: skip
-        replica_port = free_port()
-        args = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(replica_port), "-k", str(tmp), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "hot_standby=on"]
-        log = open(tmp / "log", "wb")
-        process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, **user)
-        url = f"postgresql://postgres@127.0.0.1:{replica_port}/postgres"
-        try:
-            wait_until(lambda: psycopg.connect(url, connect_timeout=2).close() is None, "PostgreSQL replica", timeout=60)
-            yield PrivateServer(url, process)
-        finally:
-            _stop(process, signal.SIGINT)
-            log.close()
 
 
 @contextmanager
