@@ -191,7 +191,7 @@ def decoded(record: bytes) -> Message:
 def test_no_value_can_end_or_start_a_document(message):
     record = CODEC.encode_message(message)
     assert boundary_problem(record) is None, record.decode()
-    assert CODEC.looks_like_message(record[: -len(END)])
+    assert CODEC.looks_like_message(record[: -len(END)]) and CODEC.message_id(record[: -len(END)]) == message.id
     assert same(decoded(record).model_dump(mode="json"), message.model_dump(mode="json"))
 
 
@@ -349,6 +349,21 @@ def test_a_process_dying_mid_append_loses_only_what_it_had_not_written(directory
         m = store.add_message("s", "assistant", "after the crash")
         assert m.seq == len(want) + 1
         assert [d["content"] for d in documents(path)] == [*want, "after the crash"]
+
+
+def test_a_new_store_reads_the_ids_of_a_long_session_without_parsing_its_documents(directory, monkeypatch):
+    with YamlConversationStore(directory) as writer:
+        writer.create_session("big")
+        ids = [f"id-{i}" for i in range(1995)] + ["123", "true", "a b", "1.5", "x" * 200]  # the last five: parsed
+        writer.add_messages("big", [{"role": "user", "content": f"m{i}", "id": id_} for i, id_ in enumerate(ids)])
+    parsed: list[bytes] = []
+    real = CODEC.decode
+    monkeypatch.setattr(YamlConversationStore.codec, "decode", lambda raw: parsed.append(raw) or real(raw))
+    with YamlConversationStore(directory) as store:
+        again = store.add_message("big", "user", "retry", id="id-1500")  # the first append reads every id
+        assert (again.seq, again.content) == (1501, "m1500") and len(parsed) <= 10
+        assert [store.add_message("big", "user", "retry", id=id_).seq for id_ in ids[-5:]] == [1996, 1997, 1998, 1999, 2000]
+        assert store.add_message("big", "user", "new", id="id-new").seq == 2001
 
 
 # ---- removals cut the file in place ----

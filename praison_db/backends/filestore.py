@@ -133,6 +133,12 @@ class Codec(ABC):
     def encode_message(self, message: Message) -> bytes:
         return self.encode(message.model_dump(mode="json"))
 
+    def message_id(self, raw: bytes) -> str | None:
+        """The id of the message record ``raw`` (without its terminator), None when it is not a message. A store
+        indexes every record's id on its first append to a session: a codec may tell them faster than ``decode``."""
+        record = self.decode(raw)
+        return record["id"] if record is not None and _is_message(record) else None
+
     def looks_like_message(self, raw: bytes) -> bool:
         """Whether ``raw`` is a message record as this codec writes them, told without parsing it (a False is
         checked by parsing)."""
@@ -848,9 +854,9 @@ class FileConversationStore(ConversationStore):
             data = f.read(st.st_size - index.offset)
             pos = index.offset
             for raw in data.split(terminator)[:-1]:
-                record = codec.decode(raw) if raw else None
-                if record is not None and _is_message(record):
-                    index.ids[record["id"]] = (pos, len(raw) + width)
+                message_id = codec.message_id(raw) if raw else None
+                if message_id is not None:
+                    index.ids[message_id] = (pos, len(raw) + width)
                 pos += len(raw) + width
             index.offset = pos
             if data:
