@@ -258,8 +258,8 @@ class PraisonChatMessageHistory(BaseChatMessageHistory):
     """A LangChain chat message history kept in one praison_db session, on any backend.
 
     The sync methods (``messages``, ``add_messages``, ``clear``) use praison_db's sync API; the async ones
-    (``aget_messages``, ``aadd_messages``, ``aclear``) use its async API (``praison_db.aio``), so on SQL, Redis and
-    MongoDB they await the async driver and never block the event loop. Each store is opened at its first use.
+    (``aget_messages``, ``aadd_messages``, ``aclear``) use its async API (``praison_db.aio``), so on PostgreSQL, MySQL,
+    Redis and MongoDB they await the async driver, and elsewhere a worker thread: they never block the event loop. Each store is opened at its first use.
 
     Given a URL (or nothing), the history opens what it needs itself, once per face, and :meth:`close` /
     :meth:`aclose` close it. Given a db object, it uses that object and leaves closing it to its owner:
@@ -267,8 +267,8 @@ class PraisonChatMessageHistory(BaseChatMessageHistory):
     - a sync ``praison_db.db(...)`` (or its ``conversations`` store): the async methods run the sync store in worker
       threads;
     - an async ``praison_db.aio.db(...)`` (or its ``conversations`` store): on a backend without an async driver
-      (memory, JSON files, chDB) the sync methods call the store directly; on SQL, Redis and MongoDB they run on the
-      event loop the store belongs to, which must then be running in another thread (called from that loop itself
+      (memory, SQLite, JSON and YAML files, chDB, DynamoDB) the sync methods call the store directly; on PostgreSQL,
+      MySQL, Redis and MongoDB they run on the event loop the store belongs to, which must then be running in another thread (called from that loop itself
       they raise ConfigError: await the async methods there).
 
     Messages are stored exactly (see :mod:`praison_db.integrations.langchain`), and a message's ``id`` is its

@@ -42,7 +42,11 @@ from praison_db.facade import open_store
 from praison_db.integrations.langchain import PraisonChatMessageHistory
 from praison_db.models import MAX_ROLE_LENGTH
 from praison_db.testing.suite.test_numbers import same
+from tests.backends import BACKENDS
 from tests.integrations.langchain_turns import ANSWERS, QUESTIONS, SYSTEM, Chat
+
+# A backend whose async store runs on its native driver, so its connections belong to one event loop.
+POSTGRESQL = next(b for b in BACKENDS if b.name == "postgresql")
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
@@ -448,9 +452,9 @@ def test_a_sync_db_serves_both_faces_and_stays_open(kind: str, tmp_path: Path) -
     store.close()
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_an_async_db_serves_the_sync_face_from_another_thread(kind: str, tmp_path: Path) -> None:
-    url = _local_url(kind, tmp_path)
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgresql"])
+def test_an_async_db_serves_the_sync_face_from_another_thread(kind: str, tmp_path: Path, make_url: Any) -> None:
+    url = make_url(POSTGRESQL) if kind == "postgresql" else _local_url(kind, tmp_path)
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
@@ -469,15 +473,17 @@ def test_an_async_db_serves_the_sync_face_from_another_thread(kind: str, tmp_pat
     history = on_loop(make())
     try:
         on_loop(history.aadd_messages([HumanMessage("async")]))
-        history.add_messages([AIMessage("sync, from this thread")])  # SQLite: runs on the store's loop
+        history.add_messages([AIMessage("sync, from this thread")])  # PostgreSQL: runs on the store's loop
         assert history.messages == [HumanMessage("async"), AIMessage("sync, from this thread")]
 
         async def sync_inside_the_loop() -> None:
             history.messages  # noqa: B018 - a blocking read on the loop's own thread
 
-        if kind == "sqlite":
+        if kind == "postgresql":
             with pytest.raises(ConfigError, match="await"):
                 on_loop(sync_inside_the_loop())
+        else:  # a store that runs in worker threads serves a blocking call from the loop's own thread too
+            on_loop(sync_inside_the_loop())
         on_loop(history.aclose())
         assert on_loop(store.conversations.count_messages("s")) == 2  # not closed: it is the caller's
     finally:
@@ -523,8 +529,8 @@ def test_lifecycle_of_what_the_history_opened(tmp_path: Path) -> None:
     both.close()  # everything is closed already: nothing left to refuse
 
 
-def test_an_async_store_belongs_to_its_event_loop(tmp_path: Path) -> None:
-    history = PraisonChatMessageHistory("s", f"sqlite:///{tmp_path}/lc.db")
+def test_an_async_store_belongs_to_its_event_loop(make_url: Any) -> None:
+    history = PraisonChatMessageHistory("s", make_url(POSTGRESQL))
     first = asyncio.new_event_loop()
     try:
         first.run_until_complete(history.aadd_messages([HumanMessage("first loop")]))
