@@ -394,3 +394,29 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_once_idle_past_the_p
         wait_past(time.time() + PING_AFTER_IDLE_SECONDS)
         for i in range(3):
             assert store.add_message("s", "user", f"after {i}").seq == i + 1
+
+
+def test_threads_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path):
+    """Switching a new file to WAL answers "database is locked" at once to the others racing it: they must wait."""
+    import threading
+
+    for attempt in range(15):
+        url = f"sqlite:///{tmp_path}/new-{attempt}.db"
+        start, failures = threading.Barrier(6), []  # type: ignore[var-annotated]
+
+        def open_one(url: str, start: threading.Barrier, failures: list[BaseException]) -> None:
+            try:
+                start.wait()
+                with db(url) as store:
+                    store.conversations.get_or_create_session("shared")
+            except BaseException as e:  # noqa: BLE001 - reported below
+                failures.append(e)
+
+        threads = [threading.Thread(target=open_one, args=(url, start, failures)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        with db(url) as store:
+            assert [s.session_id for s in store.conversations.list_sessions()] == ["shared"]

@@ -656,13 +656,30 @@ def _install_psycopg_hooks(engine: Engine, read_timeout: float, asynchronous: bo
         return conn
 
 
+def _wal(cursor: Any, wait: float = 30.0) -> None:
+    """PRAGMA journal_mode=WAL (readers never block the writer). While another connection switches a new file's
+    journal mode, SQLite answers "database is locked" at once, without its busy handler: several threads or processes
+    opening a new database together would fail. So the switch is tried again, backing off, for up to ``wait``."""
+    deadline = time.monotonic() + wait
+    delay = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as e:  # sqlite3's or aiosqlite's OperationalError
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            pause(delay)
+            delay = min(delay * 2, 0.05)
+
+
 def _install_sqlite_hooks(engine: Engine, *, memory: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below decides how transactions start
         cur = dbapi_conn.cursor()
         if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            _wal(cur)
         cur.execute("PRAGMA synchronous=FULL")  # durable when commit returns, even on power loss
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
