@@ -15,7 +15,6 @@ started for the run (tests.servers: npm's dynalite, in memory, on a free loopbac
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/dynamodb.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from .harness import PRAISON, RAW, content, interleaved, summarize  # noqa: E402
+from .harness import PRAISON, RAW, content, pair_main, interleaved, summarize  # noqa: E402
 
 RESUME_N = 20
 
@@ -99,26 +98,11 @@ def run(calls: int) -> dict[str, Any]:
         finally:
             conv.close()
             raw.client.close()
-    for entry in results.values():
-        entry["ratio"] = entry[PRAISON]["median_us"] / entry[RAW]["median_us"]
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=300, help="calls per side and measurement")
-    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    args = parser.parse_args(argv)
-    results = run(args.calls)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for name, entry in results.items():
-        p, r = entry[PRAISON], entry[RAW]
-        print(
-            f"{name}: praison_db median {p['median_us']:,.0f} µs (p90 {p['p90_us']:,.0f}), "
-            f"raw boto3 {r['median_us']:,.0f} µs (p90 {r['p90_us']:,.0f}), ratio {entry['ratio']:.2f}x, n={p['n']}"
-        )
+    pair_main(argv, __doc__ or "", run, "raw boto3")
 
 
 if __name__ == "__main__":

@@ -154,3 +154,31 @@ def summary(seconds: list[float]) -> dict[str, float]:
 
 def summarize(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {name: summary(values) for name, values in samples.items() if values}
+
+
+def pair_main(argv: list[str] | None, doc: str, run: Callable[[int], dict[str, Any]], raw_name: str, floor: str = "") -> None:
+    """The command line of a quick two-sided benchmark: ``--calls`` per side, the ratios printed (or ``--json``).
+
+    ``run(calls)`` returns, per measurement, the PRAISON and RAW summaries (and, optionally, a ``floor`` one)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300, help="calls per side and measurement")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    args = parser.parse_args(argv)
+    results = run(args.calls)
+    for entry in results.values():
+        entry["ratio"] = entry[PRAISON]["median_us"] / entry[RAW]["median_us"]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for name, entry in results.items():
+        p, r = entry[PRAISON], entry[RAW]
+        line = (
+            f"{name}: praison_db median {p['median_us']:,.0f} µs (p90 {p['p90_us']:,.0f}), "
+            f"{raw_name} {r['median_us']:,.0f} µs (p90 {r['p90_us']:,.0f}), ratio {entry['ratio']:.2f}x, n={p['n']}"
+        )
+        if floor and floor in entry:
+            line += f"; {floor} {entry[floor]['median_us']:,.0f} µs"
+        print(line)

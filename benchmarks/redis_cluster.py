@@ -19,7 +19,6 @@ Both sides run in one process, alternating (benchmarks.harness), on a cluster st
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/redis_cluste
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from .harness import PRAISON, RAW, content, interleaved, state_value, summarize  # noqa: E402
+from .harness import PRAISON, RAW, content, pair_main, interleaved, state_value, summarize  # noqa: E402
 
 RESUME_N, LIST_N, SESSIONS, FILLED = 20, 50, 2_000, 1_000
 FLOOR = "raw, session only"
@@ -142,29 +141,11 @@ def run(calls: int) -> dict[str, Any]:
             conv.close()
             state.close()
             raw.r.close()
-    for entry in results.values():
-        entry["ratio"] = entry[PRAISON]["median_us"] / entry[RAW]["median_us"]
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=300, help="calls per side and measurement")
-    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    args = parser.parse_args(argv)
-    results = run(args.calls)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for name, entry in results.items():
-        p, r = entry[PRAISON], entry[RAW]
-        line = (
-            f"{name}: praison_db median {p['median_us']:,.0f} µs (p90 {p['p90_us']:,.0f}), "
-            f"raw redis-py cluster {r['median_us']:,.0f} µs (p90 {r['p90_us']:,.0f}), ratio {entry['ratio']:.2f}x, n={p['n']}"
-        )
-        if FLOOR in entry:
-            line += f"; {FLOOR} {entry[FLOOR]['median_us']:,.0f} µs"
-        print(line)
+    pair_main(argv, __doc__ or "", run, "raw redis-py cluster", floor=FLOOR)
 
 
 if __name__ == "__main__":
