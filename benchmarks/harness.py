@@ -23,7 +23,8 @@ PRAISON, RAW = "praison_db", "raw"
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work one run does. ``full`` gives the published numbers; ``smoke`` proves the program works."""
+    """How much work one run does. ``full`` gives the published numbers; ``smoke`` proves the program works; ``medium``
+    checks a change in minutes."""
 
     appends: int  # 1. durable single-message appends, one session
     growth_points: tuple[int, ...]  # 2. session lengths at which append cost is sampled (the plot)
@@ -43,6 +44,12 @@ SIZES = {
     "smoke": Sizes(
         appends=20, growth_points=(10, 100), growth_samples=10, growth_pair=(10, 100), bulk_messages=300,
         bulk_repeats=1, resume_reads=20, list_sessions=200, list_reads=5, state_keys=30, rounds=2, budget_s=10,
+    ),
+    # Minutes for every backend: a quick before/after check of one change; the published numbers are "full".
+    "medium": Sizes(
+        appends=300, growth_points=(100, 1_000, 10_000), growth_samples=100, growth_pair=(100, 10_000),
+        bulk_messages=10_000, bulk_repeats=2, resume_reads=300, list_sessions=10_000, list_reads=50,
+        state_keys=2_000, rounds=6, budget_s=30,
     ),
     "full": Sizes(
         appends=1000, growth_points=(100, 1_000, 10_000, 100_000), growth_samples=200, growth_pair=(100, 10_000),

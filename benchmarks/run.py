@@ -236,7 +236,7 @@ def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[l
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
-    return names, args.out or (ROOT / "results" if args.size == "full" else ROOT / "results" / "smoke")
+    return names, args.out or (ROOT / "results" if args.size == "full" else ROOT / "results" / args.size)
 
 
 def comparison_main(
@@ -258,7 +258,7 @@ def comparison_main(
     whose versions the report records.
     """
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(sizes), default="smoke", help="smoke: seconds (CI); full: the published numbers")
+    parser.add_argument("--size", choices=sorted(sizes), default="smoke", help="smoke: seconds (CI); medium: minutes (a before/after check); full: the published numbers")
     choices = ",".join(only) if only else f"{','.join(BY_NAME)} (default: all reachable)"
     parser.add_argument("--backends", default=",".join(only), help=f"comma-separated subset of {choices}")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
@@ -287,7 +287,7 @@ def comparison_main(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="smoke", help="smoke: seconds (CI); full: the published numbers")
+    parser.add_argument("--size", choices=sorted(SIZES), default="smoke", help="smoke: seconds (CI); medium: minutes (a before/after check); full: the published numbers")
     parser.add_argument("--backends", default="", help=f"comma-separated subset of {','.join(BY_NAME)} (default: all reachable)")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or benchmarks/results/smoke for smoke)")
     parser.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="measure nothing: redraw the table and plot of a results.json")
