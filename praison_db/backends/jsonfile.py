@@ -29,7 +29,8 @@ from typing import Any
 
 from ..files import open_private as open_private, session_file_stem as session_file_stem  # imported from here too
 from ..models import Message, dumps
-from .filestore import Codec, FileConversationStore, FileStateStore, Record, file_capabilities, records_before
+from .filestate import FileStateStore
+from .filestore import Codec, FileConversationStore, Record, file_capabilities, records_before
 from .filestore import _ns as _ns  # imported from here too
 
 __all__ = ["JsonConversationStore", "JsonStateStore", "DefaultSessionStore", "JsonLines"]

@@ -53,7 +53,8 @@ import yaml
 
 from ..files import why_damaged
 from ..models import Message
-from .filestore import Codec, FileConversationStore, FileStateStore, Record, file_capabilities
+from .filestate import FileStateStore
+from .filestore import Codec, FileConversationStore, Record, file_capabilities
 
 try:
     from yaml import CSafeDumper as _SafeDumper, CSafeLoader as _Loader
