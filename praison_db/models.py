@@ -5,6 +5,8 @@ Everything here is plain JSON when stored: datetimes are ISO-8601 UTC strings, d
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import uuid
@@ -69,7 +71,7 @@ class _Model(BaseModel):
         The hot read paths build thousands of these; this does what ``model_construct`` does for a complete set of
         fields, without its per-field default handling (which costs more than the rest of a row).
         """
-        if len(values) != len(cls.model_fields):
+        if len(values) != cls._field_count():
             return cls.model_construct(**values)
         model = cls.__new__(cls)
         _set = object.__setattr__
@@ -78,6 +80,11 @@ class _Model(BaseModel):
         _set(model, "__pydantic_extra__", None)
         _set(model, "__pydantic_private__", None)
         return model
+
+    @classmethod
+    @functools.cache
+    def _field_count(cls) -> int:
+        return len(cls.model_fields)  # pydantic computes this property on every access
 
     @field_validator("created_at", "updated_at", check_fields=False)
     @classmethod
@@ -393,7 +400,8 @@ def new_id() -> str:
 class MessageDraft(BaseModel):
     """A validated message that has no seq/created_at yet; the store assigns those when it appends.
 
-    ``id`` is the caller's (it makes a retried append a no-op) or None until the shared base generates one.
+    ``id`` is the caller's (it makes a retried append a no-op) or, when the caller gave none, a new random one
+    (``generated``); a draft made some other way with ``id=None`` gets one from the shared base.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -426,8 +434,10 @@ class MessageDraft(BaseModel):
         extra: object = None,
     ) -> MessageDraft:
         kind = check_name(type, "type")
+        given = check_optional_id(id, "message id")
         return cls.model_construct(
-            id=check_optional_id(id, "message id"),
+            id=given or new_id(),
+            generated=given is None,
             role=check_role(role, kind),
             content=check_content(content),
             type=kind,

@@ -3,6 +3,7 @@ upgrade), and the schema commands ``migrate`` and ``schema_version``."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,8 @@ from ...models import utcnow
 from ...registry import entry_for
 from ...url import StoreURL
 from . import schema as sql_schema
-from .engine import OPTIONS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction, is_singlestore
+from .engine import OPTIONS, _check_url, _classify, _create_engine, _is_retryable, _schema_transaction, check_packet, is_singlestore
+from .prepared import Prepared, Runner, wrapped_error
 from .replica import Replica
 from .schema import Tables, _mysql_collation, build_tables
 
@@ -71,6 +73,11 @@ class SqlDatabase(SharedConnection):
         if self.replica is not None:
             self.replica.dispose()
 
+    def prepare(self, statement: Any) -> Prepared:
+        """``statement`` compiled once for this database, to run on the driver's cursor (see prepared.py)."""
+        guard = functools.partial(check_packet, self.where) if self.engine.dialect.name in ("mysql", "mariadb") else None
+        return Prepared(statement, self.engine.dialect, guard=guard)
+
     # ---- transactions ----
 
     @contextmanager
@@ -86,6 +93,46 @@ class SqlDatabase(SharedConnection):
                 self.replica.wrote(conn)  # after the commit: what the replica must replay before we read there
 
     @contextmanager
+    def fast_write(self, *, history: bool = True) -> Iterator[Runner]:
+        """A write transaction for prepared statements (prepared.py) on a pooled DBAPI connection: what :meth:`write`
+        gives without SQLAlchemy's Connection and transaction bookkeeping. SQLite takes its write lock first (BEGIN
+        IMMEDIATE), PostgreSQL's driver begins with the first statement; commit when the block ends, roll back when
+        it raises (a lost connection is invalidated instead). :meth:`write` itself on MySQL (the pool's reset after
+        a raw connection costs MySQL a ROLLBACK round trip that SQLAlchemy's own commit spares), with a replica to
+        track, or with ``echo`` on."""
+        if self.dialect not in ("sqlite", "postgresql") or self.engine.echo or (history and self.replica is not None):
+            with self.write(history=history) as conn:
+                yield conn
+            return
+        dialect = self.engine.dialect
+        try:
+            raw = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as e:
+            raise wrapped_error(dialect, None, e, None) from e
+        try:
+            driver = raw.dbapi_connection
+            assert driver is not None
+            try:
+                if self.dialect == "sqlite":
+                    driver.execute("BEGIN IMMEDIATE")
+                yield raw
+                driver.commit()
+            except BaseException as e:
+                # A driver error here is BEGIN's or COMMIT's (statements raise SQLAlchemy's): raised as SQLAlchemy's,
+                # a lost connection invalidated first. Then the rollback, unless the connection is gone.
+                error = wrapped_error(dialect, raw, e, None) if isinstance(e, dialect.loaded_dbapi.Error) else e
+                if raw.is_valid:
+                    try:
+                        driver.rollback()
+                    except dialect.loaded_dbapi.Error:
+                        raw.invalidate()
+                if error is e:
+                    raise
+                raise error from e
+        finally:
+            raw.close()
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection for reads, which are single statements: on PostgreSQL in autocommit mode (psycopg switches
         it without a round trip), saving the BEGIN and ROLLBACK around every read."""
@@ -96,15 +143,48 @@ class SqlDatabase(SharedConnection):
             with conn.begin():
                 yield conn
 
-    def read_history(self, work: Callable[[Connection], T]) -> T:
+    @contextmanager
+    def fast_read(self) -> Iterator[Runner]:
+        """A pooled DBAPI connection for prepared statements (prepared.py) that read: what :meth:`read` gives
+        without SQLAlchemy's Connection and transaction bookkeeping around each call, which costs more than SQLite
+        takes to answer. Autocommit on PostgreSQL, as in :meth:`read`; the pool's checkout checks (the idle ping)
+        and its reset on return (a rollback) still run. With ``echo`` on, :meth:`read` itself (statements logged)."""
+        if self.engine.echo:
+            with self.read() as conn:
+                yield conn
+            return
+        dialect = self.engine.dialect
+        try:
+            raw = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as e:
+            raise wrapped_error(dialect, None, e, None) from e
+        try:
+            if self.dialect == "postgresql":
+                dialect.set_isolation_level(raw.dbapi_connection, "AUTOCOMMIT")  # type: ignore[arg-type]
+                try:
+                    yield raw
+                finally:
+                    if raw.is_valid:
+                        dialect.reset_isolation_level(raw.dbapi_connection)  # type: ignore[arg-type]
+            else:
+                yield raw
+        finally:
+            raw.close()
+
+    def read_history(self, work: Callable[[Any], T], *, prepared: bool = False) -> T:
         """``work(conn)`` for a listing or history read: on the read replica when one is set and it has our writes
-        (see replica.py), else as :meth:`read`."""
+        (see replica.py), else as :meth:`read` (:meth:`fast_read` when ``work`` runs only prepared statements)."""
+        on_primary = self._on_primary_fast if prepared else self._on_primary
         if self.replica is None:
-            return self._on_primary(work)
-        return self.replica.read(work, self._on_primary)
+            return on_primary(work)
+        return self.replica.read(work, on_primary)
 
     def _on_primary(self, work: Callable[[Connection], T]) -> T:
         with self.read() as conn:
+            return work(conn)
+
+    def _on_primary_fast(self, work: Callable[[Runner], T]) -> T:
+        with self.fast_read() as conn:
             return work(conn)
 
     def retrying(self, work: Callable[[Connection], Any], attempts: int = 30, *, history: bool = True) -> Any:

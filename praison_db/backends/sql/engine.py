@@ -572,22 +572,29 @@ def _install_mysql_hooks(
 
     @event.listens_for(engine, "before_cursor_execute")
     def _check_packet(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        cursor = getattr(cursor, "_cursor", cursor)  # the driver's own cursor under SQLAlchemy's async adapter
-        limit = getattr(cursor.connection, "praison_max_packet", None)
-        if not limit or not parameters:
-            return
-        for row in parameters if executemany else [parameters]:
-            values = row.values() if isinstance(row, dict) else row
-            # Cheap upper bound first (4 bytes a character, doubled by escaping); the exact size only when close.
-            if len(statement) + 8 * sum(len(v) for v in values if isinstance(v, (str, bytes))) < limit - 1024:
-                continue
-            size = len(cursor.mogrify(statement, row).encode("utf-8", "surrogateescape")) + 1
-            if size > limit:
-                raise errors.InputError(
-                    f"{where}: this write needs a {size:,}-byte statement but the server's max_allowed_packet is "
-                    f"{limit:,} bytes; raise it (max_allowed_packet=64M under [mysqld], or SET GLOBAL "
-                    "max_allowed_packet=67108864) or store less"
-                )
+        check_packet(where, cursor, statement, parameters, executemany)
+
+
+def check_packet(where: str, cursor: Any, statement: str, parameters: Any, executemany: bool) -> None:
+    """Refuse, as a one-line InputError, a MySQL statement larger than the server's max_allowed_packet (which the
+    server would answer by dropping the connection). Run before every statement: by the ``before_cursor_execute``
+    hook, and by prepared statements (prepared.py), which bypass it."""
+    cursor = getattr(cursor, "_cursor", cursor)  # the driver's own cursor under SQLAlchemy's async adapter
+    limit = getattr(cursor.connection, "praison_max_packet", None)
+    if not limit or not parameters:
+        return
+    for row in parameters if executemany else [parameters]:
+        values = row.values() if isinstance(row, dict) else row
+        # Cheap upper bound first (4 bytes a character, doubled by escaping); the exact size only when close.
+        if len(statement) + 8 * sum(len(v) for v in values if isinstance(v, (str, bytes))) < limit - 1024:
+            continue
+        size = len(cursor.mogrify(statement, row).encode("utf-8", "surrogateescape")) + 1
+        if size > limit:
+            raise errors.InputError(
+                f"{where}: this write needs a {size:,}-byte statement but the server's max_allowed_packet is "
+                f"{limit:,} bytes; raise it (max_allowed_packet=64M under [mysqld], or SET GLOBAL "
+                "max_allowed_packet=67108864) or store less"
+            )
 
 
 class _BoundedWait:

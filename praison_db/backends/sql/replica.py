@@ -115,7 +115,7 @@ class Replica:
                 if found[0] > self._written:
                     self._written, self._written_at = found
 
-    def read(self, work: Callable[[Connection], T], on_primary: Callable[[Callable[[Connection], T]], T]) -> T:
+    def read(self, work: Callable[[Any], T], on_primary: Callable[[Callable[[Any], T]], T]) -> T:
         """``work`` on the replica if it is up and has replayed our writes, else on the primary (``on_primary``)."""
         if time.monotonic() < self._down_until:
             return on_primary(work)
@@ -147,7 +147,7 @@ class Replica:
                 self._replayed = max(self._replayed, number)
         return done
 
-    def _fall_back(self, error: Exception, work: Callable[[Connection], T], on_primary: Callable[[Callable[[Connection], T]], T]) -> T:
+    def _fall_back(self, error: Exception, work: Callable[[Any], T], on_primary: Callable[[Callable[[Any], T]], T]) -> T:
         self._down_until = time.monotonic() + REPLICA_RETRY_SECONDS
         log.warning("praison_db: %s is unreachable, reading from the primary for %.0f s: %s", self.where, REPLICA_RETRY_SECONDS, type(error).__name__)
         return on_primary(work)

@@ -81,6 +81,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if isinstance(value, str):
+            if len(value) == 26:  # what process_bind_param writes: parsed with its zone in one call
+                return datetime.fromisoformat(value + "+00:00")
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 

@@ -30,6 +30,7 @@ from ...bridge import in_thread
 from ...url import StoreURL
 from .database import SqlDatabase
 from .engine import OPTIONS, _insert_ignore, _upsert, retry_conflicts
+from .prepared import Prepared, Runner
 from .schema import MIGRATIONS
 
 T = TypeVar("T")
@@ -156,11 +157,17 @@ class SqlConversationStore(_SqlStore, ConversationStore):
 
     # ---- sessions ----
 
+    @functools.cached_property
+    def _session_statements(self) -> tuple[Prepared, Prepared]:
+        """(insert a session unless its id exists, one session by id), prepared once."""
+        s = self.t.sessions
+        one = select(s).where(s.c.session_id == bindparam("sid"))
+        return self.db.prepare(_insert_ignore(self.db.dialect, s)), self.db.prepare(one)
+
     @retry_conflicts
     def _insert_session(self, session: Session) -> bool:
-        with self.db.write() as conn:
-            result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
-            return result.rowcount == 1
+        with self.db.fast_write() as conn:
+            return self._session_statements[0].rowcount(conn, _session_row(session)) == 1
 
     def _get_or_insert_session(self, session: Session) -> Session:
         # Insert-or-nothing commits first; the read after it sees whichever process won.
@@ -171,8 +178,8 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         return found
 
     def _get_session(self, session_id: str) -> Session | None:
-        query = select(self.t.sessions).where(self.t.sessions.c.session_id == session_id)
-        row = self.db.read_history(lambda conn: conn.execute(query).first())
+        one = self._session_statements[1]
+        row = self.db.read_history(lambda conn: one.first(conn, {"sid": session_id}), prepared=True)
         return _session_from_row(row) if row else None
 
     def _list_statement(self, user: bool, agent: bool, kind: bool, after: bool) -> Any:
@@ -180,7 +187,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         cache = self.__dict__.setdefault("_list_statements", {})
         shape = (user, agent, kind, after)
         if shape not in cache:
-            cache[shape] = self._build_list_statement(*shape)
+            cache[shape] = self.db.prepare(self._build_list_statement(*shape))
         return cache[shape]
 
     def _build_list_statement(self, user: bool, agent: bool, kind: bool, after: bool) -> Any:
@@ -203,7 +210,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         params: dict[str, Any] = {"user_id": flt.user_id, "agent_id": flt.agent_id, "session_type": flt.session_type, "n": limit}
         if after is not None:
             params.update(after_at=after[0], after_id=after[1])
-        return self.db.read_history(lambda conn: [_session_from_row(r) for r in conn.execute(query, params)])
+        return self.db.read_history(lambda conn: [_session_from_row(r) for r in query.rows(conn, params)], prepared=True)
 
     @retry_conflicts
     def _update_session(self, session_id: str, changes: dict[str, Any], now: datetime) -> Session | None:
@@ -243,15 +250,15 @@ class SqlConversationStore(_SqlStore, ConversationStore):
     # ---- messages ----
 
     @functools.cached_property
-    def _append_statements(self) -> tuple[Any, Any, Any]:
-        """(counter bump, count read, message insert), built once per store."""
+    def _append_statements(self) -> tuple[Prepared, Prepared, Prepared]:
+        """(counter bump, count read, message insert), prepared once per store."""
         s = self.t.sessions.c
         bump = update(self.t.sessions).where(s.session_id == bindparam("sid"))
         bump = bump.values(message_count=s.message_count + bindparam("n"), updated_at=_later(s.updated_at, bindparam("now", type_=s.updated_at.type)))
         if self.db.engine.dialect.update_returning:
             bump = bump.returning(s.message_count)
         count = select(s.message_count).where(s.session_id == bindparam("sid"))
-        return bump, count, insert(self.t.messages)
+        return self.db.prepare(bump), self.db.prepare(count), self.db.prepare(insert(self.t.messages))
 
     @retry_conflicts
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
@@ -262,28 +269,30 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             # transaction rolled back whole; sort the drafts into stored and new under the session's row lock.
             return self._append_known(session_id, drafts, now)
 
-    def _bump(self, conn: Connection, session_id: str, n: int, now: datetime) -> int:
+    def _bump(self, conn: Runner, session_id: str, n: int, now: datetime) -> int:
         """Add ``n`` to the session's message_count (taking its row lock); the new count."""
         bump, read_count, _ = self._append_statements
         params = {"sid": session_id, "n": n, "now": now}
         # The counter row is the lock: concurrent appenders to one session queue here, others don't wait.
-        if conn.dialect.update_returning:
-            count = conn.execute(bump, params).scalar()
+        if self.db.engine.dialect.update_returning:
+            count = bump.scalar(conn, params)
             if count is None:
                 raise missing_session(session_id)
             return int(count)
-        if conn.execute(bump, params).rowcount == 0:
+        if bump.rowcount(conn, params) == 0:
             raise missing_session(session_id)
-        return int(conn.execute(read_count, params).scalar_one())
+        return int(read_count.scalar(conn, params))
 
     def _append_new(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
         insert_messages = self._append_statements[2]
         n = len(drafts)
-        with self.db.write() as conn:
+        with self.db.fast_write() as conn:
             count = self._bump(conn, session_id, n, now)
             stored = [d.stamp(session_id, count - n + 1 + i, now) for i, d in enumerate(drafts)]
-            rows = [_message_row(m) for m in stored]
-            conn.execute(insert_messages, rows[0] if n == 1 else rows)
+            if n == 1:
+                insert_messages.rowcount(conn, _message_row(stored[0]))
+            else:
+                insert_messages.many(conn, [_message_row(m) for m in stored])
         return stored
 
     def _append_known(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
@@ -303,7 +312,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             if fresh:
                 count = self._bump(conn, session_id, len(fresh), now)
                 stored = [d.stamp(session_id, count - len(fresh) + 1 + i, now) for i, d in enumerate(fresh)]
-                conn.execute(self._append_statements[2], [_message_row(x) for x in stored])
+                self._append_statements[2].many(conn, [_message_row(x) for x in stored])
                 known.update((x.id, x) for x in stored)
         return [known[d.id] for d in drafts]  # type: ignore[index]
 
@@ -313,10 +322,15 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         m = self.t.messages.c
         return select(self.t.messages).where(m.session_id == bindparam("sid")).order_by(m.seq.desc()).limit(bindparam("n"))
 
+    @functools.cached_property
+    def _newest_prepared(self) -> Prepared:
+        return self.db.prepare(self._newest)
+
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         if limit is not None and before_seq is None and after_seq is None:
             params = {"sid": session_id, "n": limit}
-            rows = self.db.read_history(lambda conn: [_message_from_row(r) for r in conn.execute(self._newest, params)])
+            newest = self._newest_prepared
+            rows = self.db.read_history(lambda conn: [_message_from_row(r) for r in newest.rows(conn, params)], prepared=True)
             rows.reverse()
             return rows
         m = self.t.messages.c
@@ -336,8 +350,8 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         return rows
 
     def _count_messages(self, session_id: str) -> int:
-        query = select(self.t.sessions.c.message_count).where(self.t.sessions.c.session_id == session_id)
-        return int(self.db.read_history(lambda conn: conn.execute(query).scalar()) or 0)
+        count = self._append_statements[1]
+        return int(self.db.read_history(lambda conn: count.scalar(conn, {"sid": session_id}), prepared=True) or 0)
 
     @retry_conflicts
     def _import_messages(self, session_id: str, messages: list[Message], updated_at: datetime) -> int:
@@ -362,7 +376,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
                 fresh = [x for x in messages if x.id not in held]
             last = after_last(session_id, fresh, last)
             if fresh:
-                conn.execute(insert(self.t.messages), [_message_row(x) for x in fresh])
+                self._append_statements[2].many(conn, [_message_row(x) for x in fresh])
             stamp = bindparam("at", updated_at, type_=s.updated_at.type)
             conn.execute(
                 update(self.t.sessions)
@@ -372,7 +386,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         return len(fresh)
 
     @functools.cached_property
-    def _removal_statements(self) -> tuple[Any, Any, Any, Any, Any]:
+    def _removal_statements(self) -> tuple[Prepared, Prepared, Prepared, Prepared, Prepared]:
         """(session row lock, newest message locked, delete one seq, delete after a seq, lower the count), built once:
         building a statement costs more than SQLite takes to run it."""
         s, m = self.t.sessions.c, self.t.messages.c
@@ -387,33 +401,33 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             .where(s.session_id == bindparam("sid"))
             .values(message_count=s.message_count - bindparam("removed"), updated_at=_later(s.updated_at, stamp))
         )
-        return lock, newest, delete_one, delete_after, lower
+        return tuple(self.db.prepare(x) for x in (lock, newest, delete_one, delete_after, lower))  # type: ignore[return-value]
 
     @retry_conflicts
     def _pop(self, session_id: str, now: datetime) -> Message | None:
         lock, newest, delete_one, _, lower = self._removal_statements
-        with self.db.write() as conn:
+        with self.db.fast_write() as conn:
             # The session's row lock queues removals behind appends; the locking read of the newest message is then
             # the latest committed one, not an older snapshot's (as in _append_known).
-            if conn.execute(lock, {"sid": session_id}).first() is None:
+            if lock.first(conn, {"sid": session_id}) is None:
                 return None
-            row = conn.execute(newest, {"sid": session_id, "n": 1}).first()
+            row = newest.first(conn, {"sid": session_id, "n": 1})
             if row is None:
                 return None
             message = _message_from_row(row)
-            conn.execute(delete_one, {"sid": session_id, "seq": message.seq})
-            conn.execute(lower, {"sid": session_id, "removed": 1, "now": now})
+            delete_one.rowcount(conn, {"sid": session_id, "seq": message.seq})
+            lower.rowcount(conn, {"sid": session_id, "removed": 1, "now": now})
         return message
 
     @retry_conflicts
     def _truncate(self, session_id: str, after_seq: int, now: datetime) -> int:
         lock, _, _, delete_after, lower = self._removal_statements
-        with self.db.write() as conn:
-            if conn.execute(lock, {"sid": session_id}).first() is None:
+        with self.db.fast_write() as conn:
+            if lock.first(conn, {"sid": session_id}) is None:
                 return 0
-            removed = int(conn.execute(delete_after, {"sid": session_id, "seq": after_seq}).rowcount)
+            removed = delete_after.rowcount(conn, {"sid": session_id, "seq": after_seq})
             if removed:
-                conn.execute(lower, {"sid": session_id, "removed": removed, "now": now})
+                lower.rowcount(conn, {"sid": session_id, "removed": removed, "now": now})
         return removed
 
     @functools.cached_property
@@ -423,13 +437,13 @@ class SqlConversationStore(_SqlStore, ConversationStore):
 
     @retry_conflicts
     def _import(self, session: Session, messages: list[Message]) -> bool:
-        with self.db.write() as conn:
-            result = conn.execute(_insert_ignore(self.db.dialect, self.t.sessions).values(**_session_row(session)))
-            if result.rowcount != 1:
+        insert_messages = self._append_statements[2]
+        with self.db.fast_write() as conn:
+            if self._session_statements[0].rowcount(conn, _session_row(session)) != 1:
                 return False
             batch = 5000
             for start in range(0, len(messages), batch):
-                conn.execute(insert(self.t.messages), [_message_row(m) for m in messages[start : start + batch]])
+                insert_messages.many(conn, [_message_row(m) for m in messages[start : start + batch]])
         return True
 
 
@@ -459,21 +473,26 @@ class SqlStateStore(_SqlStore, StateStore):
             raise self.db.translate(e) from e
 
     @functools.cached_property
-    def _get_statements(self) -> tuple[Any, Any]:
-        """(one key, several keys), built once; expiry is checked against a bound ``now``."""
+    def _get_statements(self) -> tuple[Prepared, Any]:
+        """(one key, prepared; several keys), built once; expiry is checked against a bound ``now``."""
         st = self.t.state
         live = or_(st.c.expires_at.is_(None), st.c.expires_at > bindparam("now"))
         one = select(st.c.key, st.c.value).where(st.c.key == bindparam("key"), live)
         many = select(st.c.key, st.c.value).where(st.c.key.in_(bindparam("keys", expanding=True)), live)
-        return one, many
+        return self.db.prepare(one), many
+
+    @functools.cached_property
+    def _set_statement(self) -> Prepared:
+        return self.db.prepare(_upsert(self.db.dialect, self.t.state, ["value", "expires_at"]))
 
     def _get_many(self, keys: list[str]) -> dict[str, Any]:
         one, many = self._get_statements
         now = time.time()
+        if len(keys) == 1:
+            with self.db.fast_read() as raw:
+                rows = one.rows(raw, {"key": keys[0], "now": now})
+            return {key: loads(value) for key, value in rows}
         with self.db.read() as conn:
-            if len(keys) == 1:
-                rows = conn.execute(one, {"key": keys[0], "now": now})
-                return {key: loads(value) for key, value in rows}
             found: dict[str, Any] = {}
             for chunk in _chunks(list(set(keys))):
                 found.update((key, loads(value)) for key, value in conn.execute(many, {"keys": chunk, "now": now}))
@@ -481,11 +500,12 @@ class SqlStateStore(_SqlStore, StateStore):
 
     @retry_conflicts
     def _set_many(self, items: dict[str, str], expires_at: float | None) -> None:
-        with self.db.write(history=False) as conn:
-            conn.execute(
-                _upsert(self.db.dialect, self.t.state, ["value", "expires_at"]),
-                [{"key": k, "value": v, "expires_at": expires_at} for k, v in items.items()],
-            )
+        rows = [{"key": k, "value": v, "expires_at": expires_at} for k, v in items.items()]
+        with self.db.fast_write(history=False) as conn:
+            if len(rows) == 1:
+                self._set_statement.rowcount(conn, rows[0])
+            else:
+                self._set_statement.many(conn, rows)
 
     @retry_conflicts
     def _delete(self, key: str) -> bool:
