@@ -339,6 +339,8 @@ def check_json_dict(value: object, what: str = "metadata") -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise InputError(f"{what} must be a dict, got {type(value).__name__}")
+    if not value:
+        return {}  # the usual metadata and extra: nothing to check or copy
     # A round trip both validates and detaches the stored copy from the caller's object.
     return json.loads(encode_json(dict(value), what))
 

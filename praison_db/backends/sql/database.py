@@ -147,7 +147,8 @@ class SqlDatabase(SharedConnection):
     def fast_read(self) -> Iterator[Runner]:
         """A pooled DBAPI connection for prepared statements (prepared.py) that read: what :meth:`read` gives
         without SQLAlchemy's Connection and transaction bookkeeping around each call, which costs more than SQLite
-        takes to answer. Autocommit on PostgreSQL, as in :meth:`read`; the pool's checkout checks (the idle ping)
+        takes to answer. Autocommit on PostgreSQL, as in :meth:`read` (so a one-statement write there commits on its
+        own: the one-statement append); the pool's checkout checks (the idle ping)
         and its reset on return (a rollback) still run. With ``echo`` on, :meth:`read` itself (statements logged)."""
         if self.engine.echo:
             with self.read() as conn:

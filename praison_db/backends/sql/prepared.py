@@ -34,6 +34,16 @@ Processor = Callable[[Any], Any] | None
 Runner = Connection | PoolProxiedConnection
 
 
+def _empty_dict_first(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A JSON bind processor that writes the usual empty metadata without serializing it."""
+    empty = processor({})
+
+    def process(value: Any) -> Any:
+        return empty if type(value) is dict and not value else processor(value)
+
+    return process
+
+
 def _json_text(value: Any) -> Any:
     return {} if value == "{}" else json.loads(value)
 
@@ -75,6 +85,8 @@ class Prepared:
         for name in order:
             bind = by_name[name]
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None and isinstance(bind.type, sqltypes.JSON):
+                processor = _empty_dict_first(processor)
             self._binds.append((name, bind.key, processor, bind.value))
         self._positional = compiled.positional
         columns = list(getattr(statement, "selected_columns", ()) or ())

@@ -283,9 +283,34 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             raise missing_session(session_id)
         return int(read_count.scalar(conn, params))
 
+    @functools.cached_property
+    def _append_one(self) -> Prepared:
+        """PostgreSQL's append of one message as one statement: a CTE bumps the counter (taking the session's row
+        lock) and the insert takes its seq from it; no row when the session is missing. Autocommitted, it is one
+        round trip where a transaction takes four (BEGIN, bump, insert, COMMIT)."""
+        s = self.t.sessions.c
+        bump = (
+            update(self.t.sessions)
+            .where(s.session_id == bindparam("sid"))
+            .values(message_count=s.message_count + 1, updated_at=_later(s.updated_at, bindparam("now", type_=s.updated_at.type)))
+            .returning(s.message_count)
+            .cte("bump")
+        )
+        columns = list(self.t.messages.columns)
+        values = [bump.c.message_count if c.name == "seq" else bindparam(c.name, type_=c.type) for c in columns]
+        statement = insert(self.t.messages).from_select([c.name for c in columns], select(*values).select_from(bump))
+        return self.db.prepare(statement.returning(self.t.messages.c.seq))
+
     def _append_new(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
         insert_messages = self._append_statements[2]
         n = len(drafts)
+        if n == 1 and self.db.dialect == "postgresql" and self.db.replica is None:
+            row = _message_row(drafts[0].stamp(session_id, 0, now))
+            with self.db.fast_read() as conn:  # autocommit: the statement is its own transaction
+                seq = self._append_one.scalar(conn, {**row, "sid": session_id, "now": now})
+            if seq is None:
+                raise missing_session(session_id)
+            return [drafts[0].stamp(session_id, int(seq), now)]
         with self.db.fast_write() as conn:
             count = self._bump(conn, session_id, n, now)
             stored = [d.stamp(session_id, count - n + 1 + i, now) for i, d in enumerate(drafts)]
