@@ -16,18 +16,22 @@ import os
 import re
 import stat
 import tempfile
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout, lock_descriptor, unlock_descriptor
 
 from .errors import IntegrityError
 
 __all__ = [
     "PRIVATE_DIR",
     "PRIVATE_FILE",
+    "LockFiles",
     "check_folders",
     "damage_of",
     "damaged",
@@ -116,50 +120,64 @@ def damage_of(error: IntegrityError) -> str | None:
     return getattr(error, "damaged", None)
 
 
-def is_link(path: Path) -> bool:
+def is_link(path: str | os.PathLike[str]) -> bool:
     try:
         return stat.S_ISLNK(os.lstat(path).st_mode)
     except OSError:
         return False
 
 
-def check_folders(path: Path, root: Path | None) -> None:
+def check_folders(path: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> None:
     """Refuse a link at a folder of ours between ``root`` and ``path`` (O_NOFOLLOW covers only the last part)."""
     if root is None:
         return
     top = os.fspath(root)
     folder = os.path.dirname(path)  # strings, not pathlib: this runs on every read
     while len(folder) > len(top) and folder.startswith(top):
-        if is_link(Path(folder)):
-            raise unsafe(Path(folder), root, "a symbolic link")
+        if is_link(folder):
+            raise unsafe(Path(folder), Path(root), "a symbolic link")
         folder = os.path.dirname(folder)
 
 
-def open_private(path: Path, mode: str, *, root: Path | None = None, encoding: str | None = None) -> IO[Any]:
+def _open_fd(path: str | os.PathLike[str], flags: int, root: str | os.PathLike[str] | None) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file at ``path``, opened without following a link there, and its stat."""
+
+    def refused(what: str) -> IntegrityError:
+        return unsafe(Path(path), None if root is None else Path(root), what)
+
+    check_folders(path, root)
+    if not _NOFOLLOW and is_link(path):  # no O_NOFOLLOW on this OS: check first (a narrow race remains)
+        raise refused("a symbolic link")
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, PRIVATE_FILE)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        # Linux says ELOOP for a link under O_NOFOLLOW, the BSDs EMLINK or EFTYPE: ask the file system instead.
+        if e.errno == errno.ELOOP or is_link(path):
+            raise refused("a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refused("not a regular file")
+        if flags & os.O_CREAT and stat.S_IMODE(st.st_mode) != PRIVATE_FILE and _owned(st):
+            os.fchmod(fd, PRIVATE_FILE)  # the umask may have left group/other bits, or an older file kept them
+        return fd, st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_private(path: str | os.PathLike[str], mode: str, *, root: str | os.PathLike[str] | None = None, encoding: str | None = None) -> IO[Any]:
     """Open a store file without following a symbolic link at its path; a file it creates is owner-only (0600).
 
     ``mode`` is one of ``rb``, ``r+b`` (created if missing), ``wb``, ``ab``, ``r``, ``a``. Raises IntegrityError
     naming the file (relative to ``root``) when a link or anything but a regular file sits at ``path``, and
     FileNotFoundError when reading a missing file.
     """
-    check_folders(path, root)
-    if not _NOFOLLOW and is_link(path):  # no O_NOFOLLOW on this OS: check first (a narrow race remains)
-        raise unsafe(path, root, "a symbolic link")
+    fd, _ = _open_fd(path, _MODES[mode], root)
     try:
-        fd = os.open(path, _MODES[mode] | _OPEN_FLAGS, PRIVATE_FILE)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        # Linux says ELOOP for a link under O_NOFOLLOW, the BSDs EMLINK or EFTYPE: ask the file system instead.
-        if e.errno == errno.ELOOP or is_link(path):
-            raise unsafe(path, root, "a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise unsafe(path, root, "not a regular file")
-        if _MODES[mode] & os.O_CREAT and stat.S_IMODE(st.st_mode) != PRIVATE_FILE and _owned(st):
-            os.fchmod(fd, PRIVATE_FILE)  # the umask may have left group/other bits, or an older file kept them
         return os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding=encoding or "utf-8")
     except BaseException:
         os.close(fd)
@@ -216,6 +234,179 @@ def private_lock(path: Path, timeout: float, *, root: Path | None = None, lock: 
         yield
     finally:
         lock.release()
+
+
+class _Held:
+    """One lock file of a LockFiles: its descriptor (kept open between holds), and who in this process holds it."""
+
+    __slots__ = ("fd", "ident", "mutex", "depth", "users")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file the descriptor is open on
+        self.mutex = threading.RLock()  # the threads of this process, one at a time (flock is per descriptor)
+        self.depth = 0  # nested holds by the thread that has the mutex
+        self.users = 0  # threads holding or waiting: the descriptor is not closed under them
+
+
+def _close_all(held: dict[str, _Held]) -> None:
+    for entry in held.values():
+        if entry.fd is not None:
+            try:
+                os.close(entry.fd)
+            except OSError:
+                pass
+            entry.fd = None
+    held.clear()
+
+
+class LockFiles:
+    """Cross-process locks on the lock files of a folder, with their descriptors kept open between holds.
+
+    Opening a lock file and taking filelock's FileLock costs more than an append's write; this opens each lock file
+    once (owner-only, never through a symbolic link, like :func:`private_lock`) and takes the same lock on it with
+    filelock's ``lock_descriptor`` (``flock`` on Unix), so it excludes processes holding these files through
+    FileLock, and the other way round. A hold is good only while the path still names the file the descriptor is open
+    on (the lock file deleted, or a link planted there, while the descriptor stayed open): each hold checks that with
+    one ``lstat`` and opens the file again if not. Threads of this process take turns on a reentrant mutex per file
+    (a ``flock`` does not exclude holders of the same descriptor); a child process after ``fork`` opens its own.
+    On a file system without ``flock`` it falls back to FileLock, which then uses its soft lock.
+    """
+
+    _CAPACITY = 256  # lock files kept open per folder; the least recently used idle one is closed past that
+    _FIRST_POLL, _MAX_POLL = 0.001, 0.05  # seconds between attempts while another process holds a lock
+
+    def __init__(self, root: str | os.PathLike[str], timeout: float) -> None:
+        self.root = os.fspath(root)
+        self.timeout = timeout
+        self._held: dict[str, _Held] = {}
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+        self._soft: dict[str, FileLock] | None = None  # FileLocks, once flock turned out to be missing here
+        self._finalizer = weakref.finalize(self, _close_all, self._held)
+
+    def close(self) -> None:
+        """Close every lock file (a hold in progress keeps its own until it ends)."""
+        with self._guard:
+            _close_all({k: v for k, v in self._held.items() if not v.users})
+            for key in [k for k, v in self._held.items() if v.fd is None]:
+                del self._held[key]
+
+    @contextmanager
+    def hold(self, path: str) -> Iterator[None]:
+        """Hold the lock file ``path`` (inside ``root``); filelock's Timeout after ``timeout`` s of waiting for it,
+        IntegrityError for a link or a non-file at it or at a folder above it."""
+        entry = self._acquire(path) if self._soft is None else None
+        if entry is None:
+            with self._soft_hold(path):
+                yield
+            return
+        try:
+            yield
+        finally:
+            self._release(entry)
+
+    def _acquire(self, path: str) -> _Held | None:
+        deadline = time.monotonic() + self.timeout
+        entry = self._entry(path)
+        try:
+            if not entry.mutex.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                raise Timeout(path)
+            try:
+                if not entry.depth:
+                    self._lock(entry, path, deadline)
+            except BaseException:
+                entry.mutex.release()
+                raise
+            entry.depth += 1
+            return entry
+        except _NoFlock:
+            self._done(entry)
+            return None
+        except BaseException:
+            self._done(entry)
+            raise
+
+    def _release(self, entry: _Held) -> None:
+        try:
+            entry.depth -= 1
+            if not entry.depth and entry.fd is not None:
+                unlock_descriptor(entry.fd)
+        finally:
+            entry.mutex.release()
+            self._done(entry)
+
+    def _done(self, entry: _Held) -> None:
+        with self._guard:
+            entry.users -= 1
+
+    def _entry(self, path: str) -> _Held:
+        with self._guard:
+            if os.getpid() != self._pid:
+                # A forked child shares the parent's descriptors, and with them its locks: start afresh.
+                _close_all(self._held)
+                self._held, self._pid = {}, os.getpid()
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, _close_all, self._held)
+            held = self._held
+            entry = held.pop(path, None)
+            if entry is None:
+                entry = _Held()
+                if len(held) >= self._CAPACITY:
+                    idle = next((k for k, v in held.items() if not v.users), None)
+                    if idle is not None:
+                        _close_all({idle: held.pop(idle)})
+            held[path] = entry  # most recently used last
+            entry.users += 1
+            return entry
+
+    def _lock(self, entry: _Held, path: str, deadline: float) -> None:
+        poll = self._FIRST_POLL
+        while True:
+            check_folders(path, self.root)
+            if entry.fd is None:
+                entry.fd, st = _open_fd(path, os.O_RDWR | os.O_CREAT, self.root)
+                entry.ident = (st.st_dev, st.st_ino)
+            try:
+                locked = lock_descriptor(entry.fd, blocking=False)
+            except OSError as e:
+                if e.errno != errno.ENOSYS:
+                    raise
+                self._soft = {}
+                raise _NoFlock from None
+            if locked:
+                try:
+                    st = os.lstat(path)
+                    if (st.st_dev, st.st_ino) == entry.ident:
+                        return
+                except OSError:
+                    pass
+                # The file at the path is no longer the one locked (removed, replaced, a link planted): open it again.
+                unlock_descriptor(entry.fd)
+                os.close(entry.fd)
+                entry.fd = None
+                continue
+            if time.monotonic() >= deadline:
+                raise Timeout(path)
+            time.sleep(poll)
+            poll = min(poll * 2, self._MAX_POLL)
+
+    @contextmanager
+    def _soft_hold(self, path: str) -> Iterator[None]:
+        soft = self._soft
+        assert soft is not None
+        with self._guard:
+            lock = soft.get(path)
+            if lock is None:
+                if len(soft) >= self._CAPACITY:
+                    soft.pop(next(iter(soft)))
+                lock = soft[path] = FileLock(path, timeout=self.timeout, mode=PRIVATE_FILE)
+        with private_lock(Path(path), self.timeout, root=Path(self.root), lock=lock):
+            yield
+
+
+class _NoFlock(Exception):
+    """flock is missing on this file system (ENOSYS): the hold is taken again with FileLock."""
 
 
 def fsync_dir(path: Path) -> None:

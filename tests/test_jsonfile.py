@@ -151,14 +151,56 @@ def test_delete_takes_the_session_lock(tmp_path):
         assert store.delete_session("locked") is True
 
 
-def test_state_file_is_replaced_atomically(tmp_path):
+def test_a_lock_file_removed_between_writes_still_excludes_its_next_holder(tmp_path):
+    # The store keeps lock files open between writes: a hold counts only while the path still names the file it holds.
+    with JsonConversationStore(tmp_path / "s", lock_timeout=0.2) as store:
+        store.create_session("gone")
+        store.add_message("gone", "user", "first")
+        lock_path = store.directory / ".locks" / f"{session_file_stem('gone')}.lock"
+        lock_path.unlink()
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)  # a new lock file, held by another process
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with pytest.raises(StoreUnavailable, match="lock"):
+                store.add_message("gone", "user", "blocked")
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        assert store.add_message("gone", "user", "second").seq == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_waits_for_the_lock_its_parent_holds(tmp_path):
+    with JsonConversationStore(tmp_path / "s", lock_timeout=0.2) as store:
+        store.create_session("forked")
+        store.add_message("forked", "user", "parent")  # the parent's lock file is open when it forks
+        with store._locked(store._paths("forked").lock):
+            pid = os.fork()
+            if pid == 0:  # the child inherits the open lock file, and with it the parent's flock
+                try:
+                    store.add_message("forked", "user", "child")
+                    code = 1
+                except StoreUnavailable:
+                    code = 0
+                except BaseException:
+                    code = 2
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert [m.content for m in store.get_messages("forked")] == ["parent"]
+
+
+def test_state_file_is_a_snapshot_then_one_line_per_change(tmp_path):
     from praison_db.backends.jsonfile import JsonStateStore
 
     with JsonStateStore(tmp_path / "state.json") as state:
         state.set("a", 1)
         state.set("b", {"x": [1, 2]})
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
-    assert json.loads((tmp_path / "state.json").read_text())["items"]["b"][0] == {"x": [1, 2]}
+    assert [json.loads(line) for line in (tmp_path / "state.json").read_text().splitlines()] == [
+        {"format": "praison_db.state/v2", "items": {"a": [1, None]}},
+        {"set": {"b": [{"x": [1, 2]}, None]}},
+    ]
 
 
 # ---- message ids ----

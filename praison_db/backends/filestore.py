@@ -46,7 +46,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from ..base import (
     Capabilities,
@@ -61,7 +61,7 @@ from ..base import (
 )
 from ..errors import ConfigError, Error, IntegrityError, StoreUnavailable
 from ..files import (
-    PRIVATE_FILE,
+    LockFiles,
     damage_of,
     damaged,
     fsync_dir,
@@ -71,7 +71,6 @@ from ..files import (
     why_damaged,
     make_private_dir,
     open_private,
-    private_lock,
     session_file_stem,
     write_private,
 )
@@ -425,6 +424,7 @@ def _tail(codec: Codec, path: Path, want: int, stop: Any = None, skip: Any = Non
 
 
 _ID_INDEXES = 256  # sessions whose message ids are kept in memory per store
+_CACHED_SESSIONS = 4096  # sessions whose file paths and parsed header are kept per store
 
 
 @dataclass
@@ -436,6 +436,9 @@ class _IdIndex:
     offset: int = 0
     tail: bytes = b""  # the last record read (and its terminator): if it moved, the file is not the one indexed
     ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The seq of the message whose record ``tail`` is, when this store wrote or kept it (None: not known). A file
+    # that ends at ``offset`` with ``tail`` ends with a whole record, that message: its last seq is known unread.
+    last_seq: int | None = None
 
     def still_fits(self, f: Any, file_id: tuple[int, int], size: int) -> bool:
         if file_id != self.file_id or size < self.offset:
@@ -478,8 +481,10 @@ class FileConversationStore(ConversationStore):
         self._locks = self.directory / ".locks"
         make_private_dir(self.directory, own=False)
         make_private_dir(self._locks, root=self.directory)
-        self._lock_objects: dict[Path, FileLock] = {}
+        self._lock_files = LockFiles(self.directory, lock_timeout)
         self._id_indexes: dict[Path, _IdIndex] = {}
+        self._files: dict[str, _Files] = {}
+        self._headers: dict[Path, tuple[_Generation, Session]] = {}
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> Any:
@@ -489,7 +494,12 @@ class FileConversationStore(ConversationStore):
     # ---- files ----
 
     def _paths(self, session_id: str) -> _Files:
-        return self._stem_paths(session_file_stem(session_id))
+        files = self._files.get(session_id)
+        if files is None:
+            if len(self._files) >= _CACHED_SESSIONS:
+                self._files.clear()
+            files = self._files[session_id] = self._stem_paths(session_file_stem(session_id))
+        return files
 
     def _stem_paths(self, stem: str) -> _Files:
         codec = self.codec
@@ -518,19 +528,16 @@ class FileConversationStore(ConversationStore):
 
     @contextmanager
     def _locked(self, lock_path: Path) -> Iterator[None]:
-        lock = self._lock_objects.get(lock_path)
-        if lock is None:
-            # Lock objects are reused (making one costs more than an append's write); the cache stays bounded.
-            if len(self._lock_objects) >= 1024:
-                self._lock_objects.pop(next(iter(self._lock_objects)))
-            lock = self._lock_objects[lock_path] = FileLock(lock_path, timeout=self._lock_timeout, mode=PRIVATE_FILE)
         try:
-            with private_lock(lock_path, self._lock_timeout, root=self.directory, lock=lock):
+            with self._lock_files.hold(os.fspath(lock_path)):
                 yield
         except Timeout:
             raise StoreUnavailable(
                 f"another process has held the lock of {lock_path.name} for {self._lock_timeout:g} s; try again"
             ) from None
+
+    def _close(self) -> None:
+        self._lock_files.close()
 
     def _translate_error(self, error: Exception) -> Error | None:
         if isinstance(error, OSError):
@@ -538,8 +545,25 @@ class FileConversationStore(ConversationStore):
         return None
 
     def _read_header(self, path: Path) -> Session | None:
-        """The session a header file holds; None when there is none; IntegrityError naming it when it is damaged."""
-        return self._header(path)[0]
+        """The session a header file holds; None when there is none; IntegrityError naming it when it is damaged.
+
+        Kept in memory while the file is the one read: every write replaces a header by a new file (a new inode and
+        a later file time, see _write_header), so the same generation (see _generation) is the same content. For
+        the store's own use: a session it returns is not shared with a caller.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        cached = self._headers.get(path)
+        if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size) and stat.S_ISREG(st.st_mode):
+            return cached[1]
+        session, generation = self._header(path)
+        if session is not None and generation is not None:
+            if len(self._headers) >= _CACHED_SESSIONS:
+                self._headers.clear()
+            self._headers[path] = generation, session
+        return session
 
     def _header(self, path: Path) -> tuple[Session | None, _Generation | None]:
         """The session a header file holds, and the generation (see _generation) of the very file read."""
@@ -797,8 +821,24 @@ class FileConversationStore(ConversationStore):
             if self._read_header(files.header) is None:
                 raise missing_session(session_id)
             with open_private(files.messages, "r+b", root=self.directory) as f:
+                index = self._index_at_end(f, files.messages)
+                if index is not None and index.last_seq is not None:
+                    yield f, index.last_seq, index  # the file is as this store left it: nothing to repair or read
+                    return
                 last_seq = self._repair_tail(f, files)
                 yield f, last_seq, self._id_index(f, files.messages)
+
+    def _index_at_end(self, f: Any, path: Path) -> _IdIndex | None:
+        """The id index of ``f`` when it covers the whole file (no one appended, cut or replaced it since)."""
+        index = self._id_indexes.get(path)
+        if index is None:
+            return None
+        st = os.fstat(f.fileno())
+        if st.st_size != index.offset or not index.still_fits(f, (st.st_dev, st.st_ino), st.st_size):
+            return None
+        self._id_indexes.pop(path, None)
+        self._id_indexes[path] = index  # most recently used last
+        return index
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
         files = self._paths(session_id)
@@ -822,7 +862,7 @@ class FileConversationStore(ConversationStore):
         for m, record in zip(messages, records):
             index.ids[m.id] = (end, len(record))
             end += len(record)
-        index.offset, index.tail = end, records[-1]
+        index.offset, index.tail, index.last_seq = end, records[-1], messages[-1].seq
         # A file server whose clock trails ours stamps the file before the messages: see _list_sessions.
         if os.fstat(f.fileno()).st_mtime_ns + _MTIME_SLACK_NS < _ns(activity):
             _cover(f.fileno(), _ns(activity))
@@ -851,7 +891,7 @@ class FileConversationStore(ConversationStore):
                 if message_id is not None:
                     index.ids[message_id] = (pos, len(raw) + width)
                 pos += len(raw) + width
-            index.offset = pos
+            index.offset, index.last_seq = pos, None
             if data:
                 before = data.rfind(terminator, 0, len(data) - width)
                 index.tail = data[before + width :] if before >= 0 else data
@@ -955,7 +995,7 @@ class FileConversationStore(ConversationStore):
                         index.ids.clear()
                     for record in gone or ():
                         index.ids.pop(record["id"], None)
-                    index.offset, index.tail = cut, kept_record
+                    index.offset, index.tail, index.last_seq = cut, kept_record, kept_seq
             popped = _message(gone[0]) if gone else None
         return count, popped
 
