@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from praison_db import ConfigError, StoreUnavailable
 from praison_db.facade import open_store
+from praison_db.models import message_from_body
 from praison_db.testing.blocking import open_blocking
 from praison_db.testing.suite.test_numbers import same
 from tests import servers
@@ -154,6 +155,49 @@ def test_timestamps_keep_microseconds(url):
         assert conv.get_session("us").created_at == created.created_at
         assert conv.get_messages("us")[0].created_at == message.created_at
         assert created.created_at.microsecond == conv.get_session("us").created_at.microsecond
+
+
+def test_a_first_page_that_filters_or_missing_sessions_leave_short_walks_on(url, raw):
+    # The first page is one script reading `limit` entries; the walk goes on from its last entry when it fell short.
+    with open_store(url, "conversations") as conv:
+        for i in range(3):
+            conv.create_session(f"w{i}", session_type="workflow")
+        for i in range(60):
+            conv.create_session(f"a{i:02d}")
+        page = conv.list_sessions(session_type="workflow", limit=2)
+        assert [s.session_id for s in page] == ["w2", "w1"] and page.next_cursor
+        assert [s.session_id for s in conv.list_sessions(session_type="workflow", limit=2, cursor=page.next_cursor)] == ["w0"]
+        raw.delete(*(f"{prefix_of(url)}:s:a{i}" for i in range(55, 60)))  # gone, as if evicted: their entries stay
+        assert [s.session_id for s in conv.list_sessions(limit=3)] == ["a54", "a53", "a52"]
+        assert [s.session_id for s in conv.iter_sessions()][-4:] == ["a00", "w2", "w1", "w0"]
+
+
+# ---- reads ----
+
+_ITEMS: list[dict[str, Any]] = [
+    {"role": "system", "content": "Sois bref, s'il te plaît. \u2028 \" / \\ \U0001f600"},
+    {"role": "user", "content": "Quel temps ?", "name": "alice", "metadata": {"lang": "fr", "n": -0.0, "big": 2**60}},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+    {"role": "tool", "content": {"temp": 21.5, "list": [1, None, True]}, "tool_call_id": "c1"},
+    {"type": "function_call", "call_id": "c2", "name": "w", "arguments": "{}", "status": "completed"},
+    {"type": "reasoning", "summary": [], "id": "rs_1"},
+]
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["one-array-reply", "a-reply-per-message"])
+def test_reads_give_exactly_the_stored_messages(url, raw, large):
+    # Windows small together come back from the server as one JSON array, larger ones message by message.
+    items = _ITEMS + ([{"role": "user", "content": "x" * 700_000}, {"role": "user", "content": "y" * 700_000}] if large else [])
+    with open_store(url, "conversations") as conv:
+        conv.create_session("r")
+        stored = conv.add_messages("r", items)
+        bodies = raw.lrange(f"{prefix_of(url)}:m:r", 0, -1)
+        expected = [message_from_body("r", i + 1, body) for i, body in enumerate(bodies)]
+        assert conv.get_messages("r") == expected == stored
+        assert same([m.to_item() for m in conv.get_messages("r")], [m.to_item() for m in stored])
+        assert conv.get_messages("r", limit=3) == expected[-3:]
+        assert conv.get_messages("r", before_seq=4, after_seq=1) == expected[1:3]
+        assert conv.get_messages("r", after_seq=len(items)) == [] == conv.get_messages("missing", limit=20)
 
 
 # ---- options and failures ----

@@ -76,6 +76,7 @@ or behind Sentinel). Give it a ``maxmemory-policy`` that never evicts keys witho
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -439,7 +440,8 @@ return deleted
 """
 
 # One server. ARGV: prefix, now_ms, batch. Removes the index entries of TTL'd sessions that Redis has expired.
-_LUA_SWEEP = _LUA_UNINDEX + r"""
+_LUA_SWEEP_COMMON = _LUA_UNINDEX + r"""
+local function sweep()
 local p, now_ms = ARGV[1], tonumber(ARGV[2])
 local X = p .. ':expiring'
 local due = redis.call('ZRANGE', X, '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
@@ -459,17 +461,41 @@ for _, m in ipairs(due) do
   end
 end
 return #due
+end
+"""
+_LUA_SWEEP = _LUA_SWEEP_COMMON + "return sweep()"
+
+# One server: the first page of a listing in one call. KEYS: the index. ARGV: prefix, now_ms, sweep batch, count.
+# Sweeps, then returns the newest ``count`` entries of the index as one JSON array text of rows
+# [session id, score, the fields of its hash _session_from_row takes (false where missing)].
+_LUA_LIST = _LUA_SWEEP_COMMON + r"""
+sweep()
+local entries = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1, 'REV', 'WITHSCORES')
+if #entries == 0 then return '[]' end
+local rows = {}
+for i = 1, #entries, 2 do
+  local h = redis.call('HMGET', ARGV[1] .. ':s:' .. entries[i], 'user_id', 'agent_id', 'session_type', 'name', 'metadata',
+    'created_at', 'updated_at', 'message_count')
+  rows[#rows + 1] = {entries[i], entries[i + 1], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]}
+end
+return cjson.encode(rows)
 """
 
-# KEYS: the message list. ARGV: limit, before_seq, after_seq ('' = none).  -> {index of the first, messages}.
+# KEYS: the message list. ARGV: limit, before_seq, after_seq ('' = none).  -> {index of the first, messages}: the
+# bodies as one JSON array text when they are small together (one reply and one parse instead of one per message;
+# each body is a JSON object), else as a list of bodies.
 _LUA_READ = r"""
 local n = redis.call('LLEN', KEYS[1])
 local lo, hi = 0, n - 1
 if ARGV[3] ~= '' then lo = math.max(lo, tonumber(ARGV[3])) end
 if ARGV[2] ~= '' then hi = math.min(hi, tonumber(ARGV[2]) - 2) end
 if ARGV[1] ~= '' then lo = math.max(lo, hi - tonumber(ARGV[1]) + 1) end
-if hi < lo then return {0, {}} end
-return {lo, redis.call('LRANGE', KEYS[1], lo, hi)}
+if hi < lo then return {0, '[]'} end
+local bodies = redis.call('LRANGE', KEYS[1], lo, hi)
+local size = 0
+for i = 1, #bodies do size = size + #bodies[i] end
+if size > 1048576 then return {lo, bodies} end
+return {lo, '[' .. table.concat(bodies, ',') .. ']'}
 """
 
 # ---- cluster: the scripts of the index slot ----
@@ -876,6 +902,43 @@ def _session_from_hash(session_id: str, h: Mapping[bytes, bytes]) -> Session:
     )
 
 
+def _message(session_id: str, seq: int, d: dict[str, Any]) -> Message:
+    """A message from its parsed body: models.message_from_body after its json.loads (a read parses many at once)."""
+    get = d.get
+    return Message.trusted(
+        id=d["id"],
+        session_id=session_id,
+        seq=seq,
+        role=get("role"),
+        content=get("content"),
+        type=get("type"),
+        name=get("name"),
+        tool_calls=get("tool_calls"),
+        tool_call_id=get("tool_call_id"),
+        metadata=get("metadata") or {},
+        extra=get("extra") or {},
+        created_at=_from_us(d["created_at"]),
+    )
+
+
+def _session_from_row(row: list[Any]) -> Session | None:
+    """A session from a row of _LUA_LIST (false for a missing field); None if the session is gone."""
+    sid, _, user_id, agent_id, session_type, name, metadata, created, updated, count = row
+    if updated is False:
+        return None
+    return Session.trusted(
+        session_id=sid,
+        user_id=None if user_id is False else user_id,
+        agent_id=None if agent_id is False else agent_id,
+        session_type=session_type,
+        name=None if name is False else name,
+        metadata=loads(metadata),
+        created_at=_from_us(created),
+        updated_at=_from_us(updated),
+        message_count=int(count),
+    )
+
+
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2]))
 
@@ -906,6 +969,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         else:
             self._delete = _Script(r, _LUA_DELETE)
             self._sweep = _Script(r, _LUA_SWEEP)
+            self._list_first = _Script(r, _LUA_LIST)
 
     def state_store(self) -> RedisStateStore:
         """A StateStore with the same prefix, sharing this store's connection pool."""
@@ -1005,11 +1069,24 @@ class RedisConversationStore(_RedisStore, ConversationStore):
             after = (int(rows[-1][1]), rows[-1][0])
 
     def _list_sessions(self, flt: SessionFilter, limit: int, after: tuple[datetime, str] | None) -> list[Session]:
-        self._sweep_expired()
         anchor = (_us(after[0]), after[1].encode("utf-8")) if after is not None else None
-        if self.conn.cluster:
-            return self._index.page(self._index_of(flt), flt, limit, anchor)
+        index = self._index_of(flt)
         found: list[Session] = []
+        if anchor is None and not self.conn.cluster:
+            # The first page, sweep included, is one script; the walk goes on below only if filters or expired
+            # sessions left it short.
+            rows = json.loads(self._list_first(keys=[index], args=[self.conn.prefix, str(int(time.time() * 1000)), "1000", str(limit)]))
+            for row in rows:
+                s = _session_from_row(row)
+                if s is not None and flt.matches(s):
+                    found.append(s)
+            if len(found) >= limit or len(rows) < limit:
+                return found[:limit]
+            anchor = (int(float(rows[-1][1])), rows[-1][0].encode("utf-8"))
+        else:
+            self._sweep_expired()
+        if self.conn.cluster:
+            return self._index.page(index, flt, limit, anchor)
         batch: list[bytes] = []
 
         def flush() -> None:
@@ -1021,7 +1098,7 @@ class RedisConversationStore(_RedisStore, ConversationStore):
                     found.append(s)
             batch.clear()
 
-        for sid, _score in self._walk(self._index_of(flt), anchor):
+        for sid, _score in self._walk(index, anchor):
             batch.append(sid)
             if len(batch) >= max(limit - len(found), 20):
                 flush()
@@ -1096,7 +1173,10 @@ class RedisConversationStore(_RedisStore, ConversationStore):
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
         args = ["" if v is None else str(v) for v in (limit, before_seq, after_seq)]
         first, raw = self._read(keys=[self.layout.session(session_id)[1]], args=args)
-        return [message_from_body(session_id, int(first) + 1 + i, body) for i, body in enumerate(raw)]
+        seq = int(first) + 1
+        if isinstance(raw, bytes):  # the bodies as one JSON array
+            return [_message(session_id, seq + i, d) for i, d in enumerate(json.loads(raw))]
+        return [message_from_body(session_id, seq + i, body) for i, body in enumerate(raw)]
 
     def _count_messages(self, session_id: str) -> int:
         return int(self.r.hget(self.layout.session(session_id)[0], "message_count") or 0)
