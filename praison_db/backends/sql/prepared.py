@@ -96,7 +96,10 @@ class Prepared:
         self._results: list[tuple[int, Callable[[Any], Any]]] = []
         for index, column in enumerate(columns):
             processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
-            if processor is not None:
+            reader = getattr(column.type, "reader", None)  # a type's own one-call conversion (schema.UTCDateTime)
+            if reader is not None:
+                self._results.append((index, reader(dialect)))
+            elif processor is not None:
                 # JSON text (SQLite, MySQL): json.loads itself, which is what SQLAlchemy's processor ends in (the
                 # engine sets no other deserializer), without its layers; "{}", the usual metadata, without parsing.
                 self._results.append((index, _json_text if isinstance(column.type, sqltypes.JSON) else processor))

@@ -77,6 +77,22 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
+    def reader(self, dialect: Dialect) -> Callable[[Any], datetime | None]:
+        """:meth:`process_result_value` for non-NULL values as one plain function: prepared statements
+        (prepared.py) call it once per value."""
+        utc = timezone.utc
+        if dialect.name == "sqlite":
+
+            def read(value: Any) -> datetime | None:
+                if type(value) is str and len(value) == 26:
+                    return datetime.fromisoformat(value + "+00:00")
+                return self.process_result_value(value, dialect)
+
+            return read
+        if dialect.name == "postgresql":
+            return lambda value: value if value.tzinfo is utc else self.process_result_value(value, dialect)
+        return lambda value: value.replace(tzinfo=utc) if type(value) is datetime and value.tzinfo is None else self.process_result_value(value, dialect)
+
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
