@@ -1527,6 +1527,9 @@ class RedisStateStore(_RedisStore, StateStore):
         return self._base + key
 
     def _get_many(self, keys: list[str]) -> dict[str, Any]:
+        if len(keys) == 1:  # get() and exists()
+            value = self.r.get(self._k(keys[0]))
+            return {} if value is None else {keys[0]: loads(value)}
         names = [self._k(k) for k in keys]
         # A cluster reads the keys of each slot with one MGET; values of different slots are read one after another.
         values = self.r.mget_nonatomic(names) if self.conn.cluster else self.r.mget(names)
@@ -1537,6 +1540,10 @@ class RedisStateStore(_RedisStore, StateStore):
             expires_at = time.time() + self.conn.ttl
         # Relative expiry from the absolute time: the server's clock may differ from ours.
         px = None if expires_at is None else _ms(expires_at - time.time())
+        if len(items) == 1:  # set(): one SET is atomic on its own, in a cluster too
+            [(k, v)] = items.items()
+            self.r.set(self._k(k), v, px=px)
+            return
         if self._set_slot is not None:
             self._set_in_slots(items, px)
             return
