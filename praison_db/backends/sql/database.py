@@ -121,6 +121,7 @@ class SqlDatabase(SharedConnection):
                 # A driver error here is BEGIN's or COMMIT's (statements raise SQLAlchemy's): raised as SQLAlchemy's,
                 # a lost connection invalidated first. Then the rollback, unless the connection is gone.
                 error = wrapped_error(dialect, raw, e, None) if isinstance(e, dialect.loaded_dbapi.Error) else e
+                _invalidate_on_exit(raw, e)
                 if raw.is_valid:
                     try:
                         driver.rollback()
@@ -169,6 +170,9 @@ class SqlDatabase(SharedConnection):
                         dialect.reset_isolation_level(raw.dbapi_connection)  # type: ignore[arg-type]
             else:
                 yield raw
+        except BaseException as e:
+            _invalidate_on_exit(raw, e)
+            raise
         finally:
             raw.close()
 
@@ -252,6 +256,12 @@ class SqlDatabase(SharedConnection):
         with self.read() as conn:
             info = conn.dialect.server_version_info
             return ".".join(str(p) for p in info) if info else "?"
+
+
+def _invalidate_on_exit(raw: Any, error: BaseException) -> None:
+    """A call cancelled or interrupted mid-statement leaves its connection in an unknown state: replace it."""
+    if not isinstance(error, Exception) and raw.is_valid:
+        raw.invalidate(error)
 
 
 def _open_unprepared(url: str | StoreURL, options: dict[str, Any]) -> SqlDatabase:

@@ -34,6 +34,13 @@ Processor = Callable[[Any], Any] | None
 Runner = Connection | PoolProxiedConnection
 
 
+def _close(cursor: Any) -> None:
+    try:
+        cursor.close()
+    except Exception:  # noqa: BLE001 - the statement's own error is the one to report
+        pass
+
+
 def _empty_dict_first(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A JSON bind processor that writes the usual empty metadata without serializing it."""
     empty = processor({})
@@ -149,10 +156,14 @@ class Prepared:
             else:
                 cursor.execute(self.sql, params)
         except self._error as e:
-            cursor.close()
+            _close(cursor)
             raise self._wrapped(conn, e, params, cursor, many) from e
-        except BaseException:
-            cursor.close()
+        except BaseException as e:
+            _close(cursor)
+            if not isinstance(e, Exception):
+                # Cancelled, interrupted or exiting mid-statement: the connection's state is unknown (aiomysql closes
+                # it), so it is not rolled back or reused but replaced, as SQLAlchemy's own execution does.
+                conn.invalidate(e)
             raise
         return cursor
 
