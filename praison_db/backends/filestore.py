@@ -34,6 +34,7 @@ and ``damaged_files()`` (shown by ``praison-db doctor``) lists every such file.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -578,7 +579,7 @@ class FileConversationStore(ConversationStore):
         except (ValueError, RecursionError) as e:  # not UTF-8, not the format, or not the shape of a session
             why = "empty" if not data.strip() else self.codec.why(e, "a session header")
             raise damaged(path, self.directory, why) from None
-        if session.updated_at.tzinfo is None or self._stem_paths(session_file_stem(session.session_id)).header.name != path.name:
+        if session.updated_at.tzinfo is None or session_file_stem(session.session_id) + self.codec.header_suffix != path.name:
             raise damaged(path, self.directory, "it does not hold this session")
         return session, (st.st_ino, st.st_mtime_ns, st.st_size)
 
@@ -642,7 +643,7 @@ class FileConversationStore(ConversationStore):
         # half-deleted session with this id are discarded first.
         with open_private(messages_path, "wb", root=self.directory) as f:
             if messages:
-                f.write(b"".join(self.codec.encode_message(m) for m in messages))
+                f.write(b"".join([self.codec.encode_message(m) for m in messages]))
             f.flush()
             os.fsync(f.fileno())
         self._write_header(header_path, session, max([session.updated_at, *(m.created_at for m in messages or [])]))
@@ -687,21 +688,35 @@ class FileConversationStore(ConversationStore):
             return "messages", name[: -len(codec.messages_suffix)]
         return None
 
-    def _entries(self) -> Iterator[tuple[str, str, int]]:
-        """(kind, stem, modification time) of every header and messages file; anything else in the folder is not ours."""
+    def _file_times(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The modification time of every header and of every messages file, by stem; anything else in the folder
+        is not ours. One pass over the folder: listing stats every session's files."""
+        codec = self.codec
+        header_suffix, messages_suffix = codec.header_suffix, codec.messages_suffix
+        header_cut, messages_cut = -len(header_suffix), -len(messages_suffix)
+        headers: dict[str, int] = {}
+        messages: dict[str, int] = {}
         with os.scandir(self.directory) as entries:
             for entry in entries:
-                kind = self._kind_of(entry.name)
+                name = entry.name
+                # The header suffix first: a YAML header's name also ends with the messages suffix.
+                if name.endswith(header_suffix):
+                    times, stem = headers, name[:header_cut]
+                elif name.endswith(messages_suffix):
+                    times, stem = messages, name[:messages_cut]
+                else:
+                    continue
                 # Folders, links (dangling or not) and devices named like ours are ignored: never followed.
-                if kind is None or not kind[1] or not entry.is_file(follow_symlinks=False):
+                if not stem or not entry.is_file(follow_symlinks=False):
                     continue
                 try:
-                    yield kind[0], kind[1], entry.stat(follow_symlinks=False).st_mtime_ns
+                    times[stem] = entry.stat(follow_symlinks=False).st_mtime_ns
                 except FileNotFoundError:  # deleted meanwhile
                     continue
+        return headers, messages
 
     def _stems(self) -> list[str]:
-        return [stem for kind, stem, _ in self._entries() if kind == "header"]
+        return list(self._file_times()[0])
 
     def _all_sessions(self) -> Iterator[Session]:
         """Every session, reading only headers and the last record of each messages file."""
@@ -716,13 +731,17 @@ class FileConversationStore(ConversationStore):
         # newer of their modification times, give or take the coarse clock of file times (_MTIME_SLACK).
         # Sessions are read in that order, and reading stops once no unread session can beat the page's last one:
         # a page of the newest sessions costs a stat per session plus a read of only those it needs.
-        headers: dict[str, int] = {}
-        messages: dict[str, int] = {}
-        for kind, stem, mtime in self._entries():
-            (headers if kind == "header" else messages)[stem] = mtime
-        candidates = sorted(((max(t, messages.get(stem, 0)), stem) for stem, t in headers.items()), reverse=True)
+        headers, messages = self._file_times()
+        for stem, mtime in messages.items():
+            if headers.get(stem, mtime) < mtime:
+                headers[stem] = mtime
+        # A heap, not a sort: a page needs the newest few of many sessions.
+        candidates = [(-mtime, stem) for stem, mtime in headers.items()]
+        heapq.heapify(candidates)
         page: list[Session] = []
-        for bound_ns, stem in candidates:
+        while candidates:
+            bound_ns, stem = heapq.heappop(candidates)
+            bound_ns = -bound_ns
             if len(page) >= limit and bound_ns + _MTIME_SLACK_NS < _ns(page[-1].updated_at):
                 break
             session = self._load_stem(stem)

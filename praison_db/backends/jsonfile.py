@@ -24,6 +24,7 @@ through a symbolic link, owner-only files, damage reports) are those of every fi
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,12 +41,34 @@ __all__ = ["JsonConversationStore", "JsonStateStore", "DefaultSessionStore", "Js
 _MESSAGE_START, _MESSAGE_END = b'{"id":"', b'"}'
 
 
+# json's own C scanner: what json.loads runs once it has found the text and skipped white space.
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
 def _parse_line(line: bytes) -> Record | None:
     """A stored record (a message or a cut), or None for a line that is not one (torn, edited by hand, garbage)."""
+    # A line as this module writes it is UTF-8 text holding one object from its first byte to its last: the scanner
+    # reads it without json.loads's checks of encoding and white space (a newest-N read parses a few dozen lines).
+    # Anything else goes through json.loads.
+    try:
+        text = line.decode("utf-8")
+        value, end = _scan(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        return _parse_other(line)
+    if end != len(text):
+        return _parse_other(line)
+    return _record(value)
+
+
+def _parse_other(line: bytes) -> Record | None:
     try:
         value = json.loads(line)
     except (ValueError, RecursionError):
         return None
+    return _record(value)
+
+
+def _record(value: Any) -> Record | None:
     if not isinstance(value, dict):
         return None
     seq = value.get("seq")
@@ -70,6 +93,11 @@ class JsonLines(Codec):
 
     def encode(self, record: Record) -> bytes:
         return (dumps(record) + "\n").encode("utf-8")
+
+    def encode_message(self, message: Message) -> bytes:
+        # pydantic writes the same compact JSON as json.dumps of the model's JSON dump (field order, UTF-8, escapes;
+        # a float's exponent may be spelled 1e-7 rather than 1e-07, the same number), in a quarter of the time.
+        return message.model_dump_json().encode("utf-8") + b"\n"
 
     def decode(self, raw: bytes) -> Record | None:
         return _parse_line(raw)
