@@ -96,11 +96,10 @@ class SqlDatabase(SharedConnection):
     def fast_write(self, *, history: bool = True) -> Iterator[Runner]:
         """A write transaction for prepared statements (prepared.py) on a pooled DBAPI connection: what :meth:`write`
         gives without SQLAlchemy's Connection and transaction bookkeeping. SQLite takes its write lock first (BEGIN
-        IMMEDIATE), PostgreSQL's driver begins with the first statement; commit when the block ends, roll back when
-        it raises (a lost connection is invalidated instead). :meth:`write` itself on MySQL (the pool's reset after
-        a raw connection costs MySQL a ROLLBACK round trip that SQLAlchemy's own commit spares), with a replica to
-        track, or with ``echo`` on."""
-        if self.dialect not in ("sqlite", "postgresql") or self.engine.echo or (history and self.replica is not None):
+        IMMEDIATE), MySQL's autocommit connections with BEGIN, PostgreSQL's driver begins with the first statement;
+        commit when the block ends, roll back when it raises (a lost connection is invalidated instead).
+        :meth:`write` itself on SingleStore, with a replica to track, or with ``echo`` on."""
+        if self.dialect not in ("sqlite", "postgresql", "mysql", "mariadb") or self.engine.echo or (history and self.replica is not None):
             with self.write(history=history) as conn:
                 yield conn
             return
@@ -115,6 +114,10 @@ class SqlDatabase(SharedConnection):
             try:
                 if self.dialect == "sqlite":
                     driver.execute("BEGIN IMMEDIATE")
+                elif self.dialect != "postgresql":
+                    cursor = driver.cursor()
+                    cursor.execute("BEGIN")
+                    cursor.close()
                 yield raw
                 driver.commit()
             except BaseException as e:

@@ -248,7 +248,7 @@ def _row_lock(engine: Engine, table: Table, name: str) -> Iterator[None]:
     own, so the migration's statements on another connection cannot end it, and a process that dies loses its
     connection and, with it, the lock. Waiting ends after SCHEMA_LOCK_WAIT seconds with StoreUnavailable.
     """
-    with engine.connect() as holder:
+    with engine.connect().execution_options(praison_write=True) as holder:  # its UPDATE holds the lock: a transaction
         holder.execute(CreateTable(table, if_not_exists=True))
         holder.commit()
         deadline = time.monotonic() + SCHEMA_LOCK_WAIT
@@ -405,6 +405,8 @@ def _create_engine(url: StoreURL, opts: dict[str, Any], driver_args: dict[str, A
             max_overflow=opts["max_overflow"],
             pool_recycle=opts["pool_recycle"],
         )
+        if drivername.startswith(("mysql", "mariadb")):
+            kwargs["pool_reset_on_return"] = None  # autocommit connections: see _install_mysql_hooks
         if "connect_timeout" not in driver_args:
             kwargs["connect_args"] = {"connect_timeout": max(1, round(opts["connect_timeout"]))}
     try:
@@ -498,10 +500,21 @@ def _refused(error: Exception) -> bool:
     return isinstance(code, int) and 1000 <= code < 2000
 
 
+# MySQL's server status flags (SERVER_STATUS_IN_TRANS, SERVER_STATUS_AUTOCOMMIT), as PyMySQL keeps them.
+_IN_TRANSACTION, _AUTOCOMMIT = 1, 2
+
+
 def _install_mysql_hooks(
     engine: Engine, connect_timeout: float, read_timeout: float, where: str, asynchronous: bool, *, singlestore: bool = False
 ) -> None:
-    """Bounded waits, strict mode and the packet limit on every new PyMySQL (or aiomysql) connection."""
+    """Bounded waits, strict mode and the packet limit on every new PyMySQL (or aiomysql) connection, and
+    transactions only where a write asks for one.
+
+    Connections run in autocommit mode: a read is one statement, which then needs no COMMIT or ROLLBACK round trip
+    to end the transaction the server would otherwise open for it (reads cost one round trip, as the raw driver's).
+    A write transaction (``praison_write``) starts with an explicit BEGIN. The pool's rollback on every return is
+    replaced by one that runs only when a transaction was left open, and a connection that left autocommit mode
+    (an isolation level reset) is put back into it."""
     if asynchronous:
         _repair_aiomysql()
 
@@ -528,6 +541,7 @@ def _install_mysql_hooks(
         params = {**cparams, "read_timeout": connect_timeout, "write_timeout": connect_timeout, "defer_connect": True}
         if init is not None:
             params.setdefault("init_command", init)
+        params["autocommit"] = True
         conn = pymysql.connections.Connection(*cargs, **params)
         conn.connect()
         # PyMySQL reads these before every socket call.
@@ -556,6 +570,7 @@ def _install_mysql_hooks(
         if init is not None:
             cparams.setdefault("init_command", init)
         cparams["connect_timeout"] = connect_timeout
+        cparams["autocommit"] = True
         conn = await aiomysql.connect(*cargs, **cparams)
         async with conn.cursor() as cur:
             await cur.execute(probe)
@@ -569,6 +584,25 @@ def _install_mysql_hooks(
                         if not _refused(e):
                             raise
         return conn
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("praison_write"):
+            conn.exec_driver_sql("BEGIN")
+
+    @event.listens_for(engine, "checkin")
+    def _settle(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is None:  # invalidated
+            return
+        # The flags of the server's last answer (no round trip); the async adapter keeps aiomysql's connection.
+        status = getattr(getattr(dbapi_connection, "_connection", dbapi_connection), "server_status", _IN_TRANSACTION)
+        try:
+            if status & _IN_TRANSACTION:
+                dbapi_connection.rollback()
+            if not status & _AUTOCOMMIT:
+                dbapi_connection.autocommit(True)
+        except Exception as e:  # noqa: BLE001 - a connection that cannot be reset is not reused
+            record.invalidate(e)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _check_packet(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
