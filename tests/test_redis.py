@@ -369,6 +369,23 @@ def test_messages_written_without_an_id_index_are_indexed_on_the_next_append(url
         assert raw.hgetall(f"{prefix}:i:old") == {b"m1": b"1", b"m2": b"2", b"m3": b"3"}
 
 
+def test_an_import_indexes_every_id_across_script_chunks(url, raw):
+    # The import script writes ids and bodies a thousand at a time (Lua's stack bounds unpack()).
+    p = prefix_of(url)
+    stamp = datetime(2024, 5, 1, tzinfo=timezone.utc).isoformat()
+    messages = [
+        {"id": f"i{n}", "session_id": "big", "seq": n, "role": "user", "content": f"n{n}", "created_at": stamp} for n in range(1, 2502)
+    ]
+    session = {"session_id": "big", "created_at": stamp, "updated_at": stamp}
+    with open_store(url, "conversations") as conv:
+        conv.import_session({"format": "praison_db.session/v1", "session": session, "messages": messages})
+        assert raw.hgetall(f"{p}:i:big") == {f"i{n}".encode(): str(n).encode() for n in range(1, 2502)}
+        assert [m.content for m in conv.get_messages("big", after_seq=998, limit=4)] == ["n2498", "n2499", "n2500", "n2501"]
+        assert [m.id for m in conv.get_messages("big", before_seq=1003, after_seq=998)] == ["i999", "i1000", "i1001", "i1002"]
+        assert conv.add_message("big", "user", "retry", id="i1001").content == "n1001"
+        assert conv.add_message("big", "user", "next").seq == 2502 == conv.count_messages("big")
+
+
 def test_the_id_index_expires_and_is_deleted_with_its_session(make_url, raw):
     url = make_url(REDIS) + "&ttl=600"
     prefix = url.split("prefix=", 1)[1].split("&", 1)[0]

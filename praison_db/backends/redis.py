@@ -219,12 +219,6 @@ local function owned(expected)
   local o = redis.call('HMGET', S, 'user_id', 'agent_id')
   return (o[1] or '') .. '\0' .. (o[2] or '') == expected
 end
-local function push(first)
-  -- unpack() is limited by the Lua stack: push in chunks
-  for i = first, #ARGV, 1000 do
-    redis.call('RPUSH', M, unpack(ARGV, i, math.min(i + 999, #ARGV)))
-  end
-end
 local function body_id(body)
   -- Every body starts with {"id":"...": decode that one JSON string, not a body that may hold 16 MB of content.
   if string.sub(body, 1, 7) ~= '{"id":"' then return cjson.decode(body)['id'] end
@@ -376,14 +370,24 @@ touch(ARGV[1], ARGV[2], up, tonumber(ARGV[4]), tonumber(ARGV[5]))
 return redis.call('HGETALL', S)
 """
 
-# ARGV: head, field count n, n fields/values..., bodies...  -> 1 imported, 0 if it existed.
+# ARGV: head, field count n, n fields/values..., message count m, id x m, body x m (seqs 1..m)  -> 1 imported, 0 if
+# it existed. The ids come apart from the bodies, so none is read back out of its body.
 _LUA_IMPORT = r"""
 if redis.call('EXISTS', S) == 1 then return 0 end
 local n = tonumber(ARGV[7])
 redis.call('HSET', S, unpack(ARGV, 8, 7 + n))
-if #ARGV > 7 + n then
-  push(8 + n)
-  for i = 8 + n, #ARGV do redis.call('HSET', I, body_id(ARGV[i]), i - 7 - n) end
+local m = tonumber(ARGV[8 + n])
+local ids, bodies = 8 + n, 8 + n + m
+-- unpack() is limited by the Lua stack: a thousand messages at a time
+for first = 1, m, 1000 do
+  local last = math.min(first + 999, m)
+  local seqs = {}
+  for i = first, last do
+    seqs[#seqs + 1] = ARGV[ids + i]
+    seqs[#seqs + 1] = i
+  end
+  redis.call('HSET', I, unpack(seqs))
+  redis.call('RPUSH', M, unpack(ARGV, bodies + first, bodies + last))
 end
 touch(ARGV[1], ARGV[2], redis.call('HGET', S, 'updated_at'), tonumber(ARGV[4]), tonumber(ARGV[5]))
 return 1
@@ -1220,8 +1224,9 @@ class RedisConversationStore(_RedisStore, ConversationStore):
         fields = _session_fields(session)
 
         def run() -> Any:
-            head = self._script_head(session.session_id, session.updated_at) + [str(len(fields))]
-            return self._import_script(keys=self.layout.session(session.session_id), args=head + fields + [message_body(m) for m in messages])
+            head = self._script_head(session.session_id, session.updated_at) + [str(len(fields)), *fields, str(len(messages))]
+            args = head + [m.id for m in messages] + [message_body(m) for m in messages]
+            return self._import_script(keys=self.layout.session(session.session_id), args=args)
 
         if not self.conn.cluster:
             return bool(run() == 1)
