@@ -349,6 +349,10 @@ def _message_doc(m: Message, inc: ObjectId | None) -> dict[str, Any]:
     return doc
 
 
+def _seq_of(d: Mapping[str, Any]) -> int:
+    return int(d["seq"])
+
+
 def _message_from_doc(d: Mapping[str, Any]) -> Message:
     # Documents written before the open message model have no type and no extra: they read as before.
     content, extra = unpacked_extra(d.get("content"), loads(d["extra"]) if "extra" in d else None)
@@ -503,34 +507,43 @@ class MongoConversationStore(_MongoStore, ConversationStore):
     # ---- messages ----
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
-        ids = [d.id for d in drafts]
+        # Ids drawn here are new to every session: only ids the caller gave need looking up first.
+        asked = [d.id for d in drafts if not d.generated]
 
         def work(s: ClientSession | None) -> list[Message]:
-            head = self.sessions.find_one({"_id": session_id}, {"inc": 1}, session=s)
-            if head is None:
-                raise missing_session(session_id)
-            inc = head.get("inc")
-            found = self.messages.find({"session_id": session_id, "inc": inc, "id": {"$in": ids}}, {"_id": 0}, session=s)
-            known = {m.id: m for m in map(_message_from_doc, found)}
+            where: dict[str, Any] = {"_id": session_id}
+            known: dict[str, Message] = {}
+            if asked:
+                head = self.sessions.find_one(where, {"inc": 1}, session=s)
+                if head is None:
+                    raise missing_session(session_id)
+                # Filtered by incarnation from here on: if the session was deleted (and maybe re-created) since
+                # this lookup, this append's session is gone.
+                where["inc"] = head.get("inc")
+                found = self.messages.find({"session_id": session_id, "inc": where["inc"], "id": {"$in": asked}}, session=s)
+                known = {m.id: m for m in map(_message_from_doc, found)}
             fresh = [d for d in drafts if d.id not in known]
             if fresh:
                 n = len(fresh)
                 # The counter bump is the seq allocation: atomic on the session document, and the transaction's
-                # write lock on it queues concurrent appenders to this session only. Filtered by incarnation: if
-                # the session was deleted (and maybe re-created) since the lookup, this append's session is gone.
+                # write lock on it queues concurrent appenders to this session only. It also answers the
+                # incarnation the messages belong to, read in the same atomic step.
                 doc = self.sessions.find_one_and_update(
-                    {"_id": session_id, "inc": inc},
+                    where,
                     {"$inc": {"message_count": n}, "$max": {"updated_us": _us(now)}},
-                    projection={"message_count": 1},
+                    projection={"message_count": 1, "inc": 1},
                     return_document=ReturnDocument.AFTER,
                     session=s,
                 )
                 if doc is None:
                     raise missing_session(session_id)
+                inc = doc.get("inc")
                 first = int(doc["message_count"]) - n + 1
                 stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(fresh)]
                 if s is None:
                     self._insert_unguarded(session_id, inc, stored)
+                elif n == 1:
+                    self.messages.insert_one(_message_doc(stored[0], inc), session=s)
                 else:
                     self.messages.insert_many([_message_doc(m, inc) for m in stored], session=s)
                 known.update((m.id, m) for m in stored)
@@ -577,7 +590,9 @@ class MongoConversationStore(_MongoStore, ConversationStore):
             pass
 
     def _get_messages(self, session_id: str, limit: int | None, before_seq: int | None, after_seq: int | None) -> list[Message]:
-        head = self.sessions.find_one({"_id": session_id}, {"message_count": 1, "inc": 1})
+        # No projections here: some servers (SecantusDB) apply them document by document, which costs more than
+        # the few fields they would leave out.
+        head = self.sessions.find_one({"_id": session_id})
         if head is None:
             return []
         # Only the current incarnation: messages left by a deleted session of the same id are not this session's.
@@ -592,21 +607,22 @@ class MongoConversationStore(_MongoStore, ConversationStore):
             seq = {op: max(min(v, 2**63 - 1), -(2**63)) for op, v in seq.items()}
             query["seq"] = seq
         if limit is None:
-            return [_message_from_doc(d) for d in self.messages.find(query, {"_id": 0}).sort("seq", 1)]
+            return [_message_from_doc(d) for d in self.messages.find(query).sort("seq", 1)]
         # Newest N. Seqs are contiguous, so they are the index range (hi - N, hi]: exactly N index entries and
         # documents on any server (some servers, SecantusDB among them, sort all of a session's messages for a
-        # sort-plus-limit query even with the index).
+        # sort-plus-limit query even with the index). At most N documents: sorted here, not by the server.
         hi = min(before_seq - 1, 2**63 - 1) if before_seq is not None else int(head["message_count"])
         lo = max(hi - limit, after_seq if after_seq is not None else -(2**63))
         if hi <= lo:
             return []
         window = {"session_id": session_id, "inc": head.get("inc"), "seq": {"$gt": lo, "$lte": hi}}
-        found = [_message_from_doc(d) for d in self.messages.find(window, {"_id": 0}).sort("seq", 1)]
-        if len(found) == hi - lo:
-            return found
+        docs = list(self.messages.find(window))
+        if len(docs) == hi - lo:
+            docs.sort(key=_seq_of)
+            return [_message_from_doc(d) for d in docs]
         # Seqs missing from the range (before_seq beyond the end, or a gap left on a standalone server): walk the
         # (session_id, seq) index backwards instead.
-        newest = [_message_from_doc(d) for d in self.messages.find(query, {"_id": 0}).sort("seq", -1).limit(limit)]
+        newest = [_message_from_doc(d) for d in self.messages.find(query).sort("seq", -1).limit(limit)]
         newest.reverse()
         return newest
 
