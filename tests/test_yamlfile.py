@@ -85,9 +85,10 @@ def test_the_state_file_is_yaml(directory):
     with YamlStateStore(directory / "state.yaml") as state:
         state.set("plan", {"tier": "pro", "seats": 3})
         state.incr("visits", 2)
-    assert yaml.safe_load((directory / "state.yaml").read_text()) == {
-        "format": "praison_db.state/v1", "items": {"plan": [{"tier": "pro", "seats": 3}, None], "visits": [2, None]},
-    }
+    assert list(yaml.safe_load_all((directory / "state.yaml").read_text())) == [
+        {"format": "praison_db.state/v2", "items": {"plan": [{"tier": "pro", "seats": 3}, None]}},
+        {"set": {"visits": [2, None]}},
+    ]
 
 
 def test_urls_name_the_folder_and_both_roles(tmp_path, monkeypatch):
