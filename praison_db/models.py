@@ -61,6 +61,18 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+def _adopted(cls: type[BaseModel], values: dict[str, Any]) -> Any:
+    """A model of ``cls`` whose fields are ``values`` (every field, already valid), built without validation or a
+    copy: what ``model_construct`` does for a complete set of fields, without its per-field default handling."""
+    model = cls.__new__(cls)
+    _set = object.__setattr__
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", set(values))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,13 +85,13 @@ class _Model(BaseModel):
         """
         if len(values) != cls._field_count():
             return cls.model_construct(**values)
-        model = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(model, "__dict__", values)
-        _set(model, "__pydantic_fields_set__", set(values))
-        _set(model, "__pydantic_extra__", None)
-        _set(model, "__pydantic_private__", None)
-        return model
+        return cls.adopt(values)
+
+    @classmethod
+    def adopt(cls, values: dict[str, Any]) -> Any:
+        """:meth:`trusted` for a dict holding exactly every field, which becomes the model's own (no copy): the
+        caller must not use or change it afterwards. For rows and records decoded from the store's own data."""
+        return _adopted(cls, values)
 
     @classmethod
     @functools.cache
@@ -437,18 +449,19 @@ class MessageDraft(BaseModel):
     ) -> MessageDraft:
         kind = check_name(type, "type")
         given = check_optional_id(id, "message id")
-        return cls.model_construct(
-            id=given or new_id(),
-            generated=given is None,
-            role=check_role(role, kind),
-            content=check_content(content),
-            type=kind,
-            name=check_optional_text(name, "name"),
-            tool_calls=check_tool_calls(tool_calls),
-            tool_call_id=check_optional_text(tool_call_id, "tool_call_id"),
-            metadata=check_json_dict(metadata),
-            extra=check_extra(extra),
-        )
+        values = {
+            "id": given or new_id(),
+            "generated": given is None,
+            "role": check_role(role, kind),
+            "content": check_content(content),
+            "type": kind,
+            "name": check_optional_text(name, "name"),
+            "tool_calls": check_tool_calls(tool_calls),
+            "tool_call_id": check_optional_text(tool_call_id, "tool_call_id"),
+            "metadata": check_json_dict(metadata),
+            "extra": check_extra(extra),
+        }
+        return _adopted(cls, values)
 
     @classmethod
     def coerce(cls, item: object) -> MessageDraft:

@@ -235,7 +235,7 @@ def _message(record: Record) -> Message:
         record = {
             name: record[name] if name in record else {} if name in _DICT_FIELDS else None for name in _MESSAGE_FIELDS
         }
-    return Message.trusted(**record)
+    return Message.adopt(record)  # record was decoded for this message alone
 
 
 def records_before(f: Any, end: int, terminator: bytes) -> Iterator[tuple[int, bytes]]:
