@@ -293,10 +293,14 @@ def _preview(value: object) -> str:
     return type(value).__name__
 
 
+# One encoder for every compact JSON text: json.dumps with options builds a new encoder on every call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def dumps(value: Any, what: str = "value") -> str:
     """Compact JSON of data that has already been checked (see :func:`encode_json` for user input)."""
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return _ENCODE(value)
     except (TypeError, ValueError, RecursionError) as e:
         raise InputError(f"{what} must be JSON-serialisable (dict, list, str, int, float, bool, None): {e}") from None
 
@@ -341,7 +345,7 @@ def encode_json(value: Any, what: str = "value") -> str:
     """User JSON as compact text, refused with InputError unless it will come back exactly (see _check_plain_json)."""
     _check_plain_json(value, what, 0)
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return _ENCODE(value)
     except (TypeError, ValueError) as e:  # e.g. an int of more digits than Python converts to text
         raise InputError(f"{what} cannot be written as JSON: {str(e).splitlines()[0][:120]}") from None
 
@@ -586,18 +590,26 @@ def message_body(m: Message) -> str:
 
 
 def message_from_body(session_id: str, seq: int, raw: str | bytes) -> Message:
-    d = json.loads(raw)
-    return Message.trusted(
-        id=d["id"],
-        session_id=session_id,
-        seq=seq,
-        role=d.get("role"),
-        content=d.get("content"),
-        type=d.get("type"),
-        name=d.get("name"),
-        tool_calls=d.get("tool_calls"),
-        tool_call_id=d.get("tool_call_id"),
-        metadata=d.get("metadata") or {},
-        extra=d.get("extra") or {},
-        created_at=from_epoch_us(d["created_at"]),
+    return message_from_dict(session_id, seq, json.loads(raw))
+
+
+def message_from_dict(session_id: str, seq: int, d: dict[str, Any]) -> Message:
+    """The message a parsed body holds (a store that parses many bodies at once calls this per body)."""
+    get = d.get
+    return _adopted(
+        Message,
+        {
+            "id": d["id"],
+            "session_id": session_id,
+            "seq": seq,
+            "role": get("role"),
+            "content": get("content"),
+            "type": get("type"),
+            "name": get("name"),
+            "tool_calls": get("tool_calls"),
+            "tool_call_id": get("tool_call_id"),
+            "metadata": get("metadata") or {},
+            "extra": get("extra") or {},
+            "created_at": from_epoch_us(d["created_at"]),
+        },
     )

@@ -107,7 +107,7 @@ from ..base import (
     not_an_integer,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session, dumps, epoch_us, from_epoch_us, message_body, message_from_body
+from ..models import Message, MessageDraft, Session, dumps, epoch_us, from_epoch_us, message_body, message_from_body, message_from_dict
 from ..url import StoreURL, redacted
 
 __all__ = ["RedisConversationStore", "RedisStateStore"]
@@ -906,23 +906,7 @@ def _session_from_hash(session_id: str, h: Mapping[bytes, bytes]) -> Session:
     )
 
 
-def _message(session_id: str, seq: int, d: dict[str, Any]) -> Message:
-    """A message from its parsed body: models.message_from_body after its json.loads (a read parses many at once)."""
-    get = d.get
-    return Message.trusted(
-        id=d["id"],
-        session_id=session_id,
-        seq=seq,
-        role=get("role"),
-        content=get("content"),
-        type=get("type"),
-        name=get("name"),
-        tool_calls=get("tool_calls"),
-        tool_call_id=get("tool_call_id"),
-        metadata=get("metadata") or {},
-        extra=get("extra") or {},
-        created_at=_from_us(d["created_at"]),
-    )
+_message = message_from_dict  # a read parses many bodies at once, then builds each message
 
 
 def _session_from_row(row: list[Any]) -> Session | None:
