@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from praison_db import ConfigError, IntegrityError, StoreUnavailable, db
+from praison_db import ConfigError, IntegrityError, SessionNotFound, StoreUnavailable, db
 from praison_db.base import EXPORT_FORMAT
 from praison_db.facade import open_store
 from praison_db.models import Message
@@ -202,6 +202,8 @@ def _writers(ch_url: str) -> tuple[Any, Any]:
     first = open_store(ch_url + "&fsync=false", "conversations")
     second = open_store(ch_url + "&fsync=false", "conversations")
     second._locks = _SessionLocks()  # what a separate process has: locks of its own
+    # and no chDB knowledge of the session's tail: two processes never share a chDB folder, but a server they do.
+    first._tails = second._tails = None
     return first, second
 
 
@@ -723,3 +725,68 @@ def test_chdb_in_memory_url(tmp_path):
         """
     )
     assert out.strip() == "in memory False"
+
+
+def test_chdb_stores_on_the_same_tables_keep_appends_in_step_with_their_writes(chdb_url):
+    """On chDB an append numbers from what the last append in this process left; every other write, through any
+    store on the same tables, is seen by the next append (seqs stay gap-free and freed seqs are taken again)."""
+    with open_store(chdb_url, "conversations") as one, open_store(chdb_url, "conversations") as other:
+        one.create_session("s")
+        assert [one.add_message("s", "user", c).seq for c in ("a", "b", "c")] == [1, 2, 3]
+        assert other.pop_message("s").content == "c"
+        assert one.add_message("s", "user", "c2").seq == 3
+        assert other.truncate("s", 1) == 2
+        assert one.add_message("s", "user", "b2").seq == 2
+        other.update_session("s", name="renamed")
+        assert one.add_message("s", "user", "c3").seq == 3 and one.get_session("s").name == "renamed"
+        assert other.delete_session("s")
+        with pytest.raises(SessionNotFound):
+            one.add_message("s", "user", "gone")
+        other.create_session("s")
+        assert one.add_message("s", "user", "again").seq == 1
+        assert other.clear_messages("s") == 1
+        assert one.add_messages("s", [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}])[-1].seq == 2
+        assert [(m.seq, m.content) for m in other.get_messages("s")] == [(1, "x"), (2, "y")]
+        assert other.get_session("s").message_count == 2 and other.get_session("s").name is None
+
+
+def test_chdb_appends_continue_after_another_process_wrote_to_the_folder(tmp_path):
+    """What an append in this process remembers of a session is forgotten when the last store on the folder closes:
+    another process may then open the folder and append."""
+    folder = tmp_path / "handed"
+    out = run_python(
+        f"""
+        import subprocess, sys
+        from praison_db.facade import open_store
+        url = "chdb://{folder}"
+        with open_store(url, "conversations") as store:
+            store.create_session("h")
+            store.add_message("h", "user", "here 1")
+            store.add_message("h", "user", "here 2")
+        code = "from praison_db.facade import open_store\\n" \\
+            "with open_store(" + repr(url) + ", 'conversations') as s: s.add_message('h', 'user', 'there')"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        with open_store(url, "conversations") as store:
+            store.add_message("h", "user", "here 3")
+            print([(m.seq, m.content) for m in store.get_messages("h")], store.get_session("h").message_count)
+        """
+    )
+    assert out.strip() == "[(1, 'here 1'), (2, 'here 2'), (3, 'there'), (4, 'here 3')] 4"
+
+
+def test_a_failed_chdb_append_leaves_the_next_one_reading_the_tables(ch):
+    """An append that fails after its messages were written is not remembered: the next one numbers from the rows."""
+    ch.create_session("f")
+    ch.add_message("f", "user", "one")
+    real = ch._insert_session_version
+
+    def fails(*args: Any) -> None:
+        raise StoreUnavailable("the session row could not be written")
+
+    ch._insert_session_version = fails
+    with pytest.raises(StoreUnavailable):
+        ch.add_message("f", "user", "two")
+    del ch._insert_session_version
+    assert ch._insert_session_version == real
+    assert ch.add_message("f", "user", "three").seq == 3
+    assert [m.seq for m in ch.get_messages("f")] == [1, 2, 3] and ch.get_session("f").message_count == 3

@@ -33,6 +33,10 @@ new version (message_count, updated_at). Hence:
 
 - within one process, any number of threads (and store objects) appending to a session get unique, increasing,
   gap-free seqs, and ``get_or_create_session`` creates a session once;
+- on chDB, whose data folder only one process can open at a time, an append takes the last seq, message_count and
+  row version from what the previous append in this process left (kept per session under the same lock, dropped
+  by any other write to the session, by a failed append, and when the last store on the tables closes), and skips
+  the read-back below, which only another process can need: an append of new ids is its two inserts;
 - across processes (only possible with a ClickHouse server; chDB lets one process open a data folder), appends to
   one session must not overlap in time: one writer process per session at a time. A session may move between
   processes (each append re-reads the last seq), but two processes appending to one session at the same moment
@@ -74,6 +78,7 @@ import re
 import threading
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -266,14 +271,66 @@ class _SessionLocks:
             yield
 
 
-_shared_locks: dict[tuple[str, ...], _SessionLocks] = {}
-_migration_locks: dict[tuple[str, ...], threading.Lock] = {}
+class _Tails:
+    """What this process's last append left of each session (its row, version and newest seq), so that the next
+    append to it needs no read. Only for chDB: a chDB data folder is open in one process at a time, and in this
+    process every write to a session holds the session's lock and keeps this in step (an append replaces the
+    entry, any other write drops it). The entries are dropped when the last store on the tables closes: another
+    process may open the folder after that."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._items: OrderedDict[str, _Current] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+        self._users = 0
+        self._generation = 0  # moves on every clear, so an append that read before a clear cannot store after it
+
+    def open(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._items.clear()
+                self._generation += 1
+
+    def get(self, session_id: str) -> tuple[_Current | None, int]:
+        with self._lock:
+            return self._items.get(session_id), self._generation
+
+    def put(self, session_id: str, current: _Current, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._items[session_id] = current
+            self._items.move_to_end(session_id)
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def drop(self, session_ids: Iterable[str]) -> None:
+        with self._lock:
+            for session_id in session_ids:
+                self._items.pop(session_id, None)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every store on the same tables in this process shares."""
+
+    locks: _SessionLocks
+    migration: threading.Lock
+    tails: _Tails
+
+
+_shared: dict[tuple[str, ...], _Shared] = {}
 _registry_lock = threading.Lock()
 
 
-def _locks_for(key: tuple[str, ...]) -> tuple[_SessionLocks, threading.Lock]:
+def _shared_for(key: tuple[str, ...]) -> _Shared:
     with _registry_lock:
-        return _shared_locks.setdefault(key, _SessionLocks()), _migration_locks.setdefault(key, threading.Lock())
+        return _shared.setdefault(key, _Shared(_SessionLocks(), threading.Lock(), _Tails()))
 
 
 # ---- rows <-> models ----
@@ -522,7 +579,11 @@ class ClickHouseConversationStore(ConversationStore):
         else:
             host = f"{url.host or 'localhost'}:{url.port or ''}"
             self._location = _Location(False, None, f"ClickHouse at {self.url}", (url.scheme, host, database, self._tables.prefix))
-        self._locks, migration_lock = _locks_for(self._location.lock_key)
+        shared = _shared_for(self._location.lock_key)
+        self._locks, migration_lock = shared.locks, shared.migration
+        # Servers can have other processes writing: every append reads the session and settles (see _settle).
+        self._tails: _Tails | None = shared.tails if embedded else None
+        self._tails_user = self._tails  # what close() releases
 
         try:
             self._client = _open_chdb(self._location.folder) if embedded else _open_server(url, opts)
@@ -538,6 +599,8 @@ class ClickHouseConversationStore(ConversationStore):
             if isinstance(e, errors.Error):
                 raise
             raise (self._translate_error(e) or e) from e
+        if self._tails_user is not None:
+            self._tails_user.open()
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> ClickHouseConversationStore:
@@ -550,7 +613,14 @@ class ClickHouseConversationStore(ConversationStore):
         return _classify(error, self._location.where if hasattr(self, "_location") else self.url, self._password)
 
     def _close(self) -> None:
+        if self._tails_user is not None:
+            self._tails_user.close()
         self._client.close()
+
+    def _forget(self, session_ids: Iterable[str]) -> None:
+        """Called, with the sessions' locks held, by every write to them other than an append."""
+        if self._tails is not None:
+            self._tails.drop(session_ids)
 
     def _server_version(self) -> str | None:
         return str(self._client.server_version)
@@ -635,6 +705,7 @@ class ClickHouseConversationStore(ConversationStore):
     def _delete_ids(self, session_ids: list[str]) -> None:
         # The session rows go first: once they are gone no read shows the session, whatever happens next.
         t = self._tables
+        self._forget(session_ids)
         self._command(f"DELETE FROM {t.sessions} WHERE session_id IN {{ids:Array(String)}}", ids=session_ids)
         self._command(f"DELETE FROM {t.messages} WHERE session_id IN {{ids:Array(String)}}", ids=session_ids)
 
@@ -642,6 +713,7 @@ class ClickHouseConversationStore(ConversationStore):
 
     def _create(self, session: Session) -> None:
         """Insert a session the caller, holding its lock, has found missing."""
+        self._forget([session.session_id])
         self._orphans_removed(session.session_id)
         self._insert_session_version(session, _next_version(0, utcnow()))
 
@@ -694,6 +766,7 @@ class ClickHouseConversationStore(ConversationStore):
             current = self._current(session_id)
             if current is None:
                 return None
+            self._forget([session_id])
             # max(): an imported session can be dated ahead of this clock; activity never moves it back.
             updated = current.session.model_copy(update={**changes, "updated_at": max(now, current.session.updated_at)})
             self._insert_session_version(updated, _next_version(current.version, now))
@@ -736,41 +809,64 @@ class ClickHouseConversationStore(ConversationStore):
     # ---- messages ----
 
     def _append(self, session_id: str, drafts: list[MessageDraft], now: datetime) -> list[Message]:
-        t = self._tables
         with self._locks.of(session_id):
+            tails = self._tails
+            if tails is None:
+                return self._append_locked(session_id, drafts, now, None)[0]
+            cached, generation = tails.get(session_id)
+            try:
+                messages, left = self._append_locked(session_id, drafts, now, cached)
+            except BaseException:
+                tails.drop([session_id])  # whatever this append left in the tables, the next one reads it
+                raise
+            if left is not None:
+                tails.put(session_id, left, generation)
+            return messages
+
+    def _append_locked(
+        self, session_id: str, drafts: list[MessageDraft], now: datetime, current: _Current | None
+    ) -> tuple[list[Message], _Current | None]:
+        """The append, with the session's lock held: its messages, and what it left of the session (None when it
+        stored nothing). ``current`` is what the last append in this process left (chDB only), else it is read."""
+        t = self._tables
+        if current is None:
             current = self._current(session_id, last_seq=True)
             if current is None:
                 raise missing_session(session_id)
-            # No unique key in ClickHouse: under the session's lock, ids the session already holds are looked up.
-            # The lookup reads the session's id column, so it is skipped when every id is a fresh random one.
-            asked = [d.id for d in drafts if not d.generated]
-            known = {
-                m.id: m
-                for m in map(
-                    _message_from_row,
-                    self._rows(
-                        f"SELECT {_M_SELECT} FROM {t.messages} WHERE session_id = {{sid:String}} AND id IN {{ids:Array(String)}}",
-                        sid=session_id,
-                        ids=asked,
-                    )
-                    if asked
-                    else (),
+        # No unique key in ClickHouse: under the session's lock, ids the session already holds are looked up.
+        # The lookup reads the session's id column, so it is skipped when every id is a fresh random one.
+        asked = [d.id for d in drafts if not d.generated]
+        known = {
+            m.id: m
+            for m in map(
+                _message_from_row,
+                self._rows(
+                    f"SELECT {_M_SELECT} FROM {t.messages} WHERE session_id = {{sid:String}} AND id IN {{ids:Array(String)}}",
+                    sid=session_id,
+                    ids=asked,
                 )
-            }
-            drafts_new = [d for d in drafts if d.id not in known]
-            if not drafts_new:
-                return [known[d.id] for d in drafts]  # type: ignore[index]
-            # The messages are the truth for seqs (not message_count, which a crash could leave behind).
-            first = current.last_seq + 1
-            stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(drafts_new)]
-            last = stored[-1].seq
-            writer = uuid.uuid4()
-            self._insert_messages(stored, writer)
+                if asked
+                else (),
+            )
+        }
+        drafts_new = [d for d in drafts if d.id not in known]
+        if not drafts_new:
+            return [known[d.id] for d in drafts], None  # type: ignore[index]
+        # The messages are the truth for seqs (not message_count, which a crash could leave behind).
+        first = current.last_seq + 1
+        stored = [d.stamp(session_id, first + i, now) for i, d in enumerate(drafts_new)]
+        last = stored[-1].seq
+        writer = uuid.uuid4()
+        self._insert_messages(stored, writer)
+        if self._tails is None:
+            # Another process may have taken these seqs meanwhile. On chDB none can: its data folder is open in
+            # this process only, and here the session's lock keeps other appenders out.
             self._settle(session_id, first, last, writer)
-            session = current.session.model_copy(update={"message_count": last, "updated_at": max(now, current.session.updated_at)})
-            self._insert_session_version(session, _next_version(current.version, now))
+        session = current.session.model_copy(update={"message_count": last, "updated_at": max(now, current.session.updated_at)})
+        version = _next_version(current.version, now)
+        self._insert_session_version(session, version)
         known.update((m.id, m) for m in stored)
-        return [known[d.id] for d in drafts]  # type: ignore[index]
+        return [known[d.id] for d in drafts], _Current(session, version, last)  # type: ignore[index]
 
     def _settle(self, session_id: str, first: int, last: int, writer: uuid.UUID) -> None:
         """After inserting seqs first..last as ``writer``: keep them if no other writer's row at those seqs became
@@ -859,6 +955,7 @@ class ClickHouseConversationStore(ConversationStore):
         found by its id lookup). Only the seqs this call read are deleted, never what it did not count.
         """
         sid = current.session.session_id
+        self._forget([sid])
         session = current.session.model_copy(update={"message_count": last_kept, "updated_at": max(now, current.session.updated_at)})
         self._insert_session_version(session, _next_version(current.version, now))
         self._command(
@@ -874,6 +971,7 @@ class ClickHouseConversationStore(ConversationStore):
             current = self._current(session_id, last_seq=True)
             if current is None:
                 raise missing_session(session_id)
+            self._forget([session_id])
             last = current.last_seq
             fresh = messages
             if messages and messages[0].seq <= last:
@@ -906,6 +1004,7 @@ class ClickHouseConversationStore(ConversationStore):
         with self._locks.of(session.session_id):
             if self._current(session.session_id) is not None:
                 return False
+            self._forget([session.session_id])
             self._orphans_removed(session.session_id)
             # Messages first, in one batch insert; the session row last, so the session appears complete or not at all.
             if messages:
