@@ -47,12 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from ..base import MISSING, StateStore, incremented, resolve_options
 from ..errors import Error, IntegrityError, StoreUnavailable
-from ..files import PRIVATE_FILE, damage_of, is_link, make_private_dir, marked, open_private, private_lock, unsafe
-from ..files import write_private
+from ..files import LockFiles, damage_of, is_link, make_private_dir, marked, open_private, unsafe, write_private
 from ..url import StoreURL
 from .filestore import OPTIONS, Codec, _directory
 
@@ -163,14 +162,16 @@ class FileStateStore(StateStore):
         self.url = f"{self.codec.scheme}://{self.path}"
         self._lock_path = Path(f"{self.path}.lock")
         self._lock_timeout = lock_timeout
-        self._lock_object = FileLock(self._lock_path, timeout=lock_timeout, mode=PRIVATE_FILE)
+        # The lock file stays open between writes (the same flock as filelock's FileLock, which other processes may
+        # hold): opening it and taking a FileLock cost more than the append itself.
+        self._locks = LockFiles(self.path.parent, lock_timeout)
         self._view: _View | None = None
         # Threads of one process share the view: reads and the view's updates take this (never across I/O waits
         # longer than a read of the file; a write's fsync runs outside it).
         self._mutex = threading.Lock()
 
     def _locked(self) -> Any:
-        return private_lock(self._lock_path, self._lock_timeout, root=self.path.parent, lock=self._lock_object)
+        return self._locks.hold(os.fspath(self._lock_path))
 
     @classmethod
     def from_url(cls, url: StoreURL, **options: Any) -> Any:
@@ -187,6 +188,7 @@ class FileStateStore(StateStore):
     def _close(self) -> None:
         with self._mutex:
             self._forget()
+        self._locks.close()
 
     # ---- reading ----
 
