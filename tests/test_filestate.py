@@ -161,14 +161,15 @@ OPS = st.lists(
         st.tuples(st.just("expire"), KEYS, st.sampled_from([None, 1000.0])),
         st.tuples(st.just("clear"), st.sampled_from(["", "p:", "a", "zz"]), st.none()),
     ),
+    min_size=1,
     max_size=80,
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_any_sequence_of_changes_across_compactions_reads_back_like_a_dict(tmp_path_factory, kind, monkeypatch, ops):
-    monkeypatch.setattr(filestate, "_COMPACT_AT", 256)  # compact every few records
+    monkeypatch.setattr(filestate, "_COMPACT_AT", 64)  # compact once the records outgrow the snapshot
     path = tmp_path_factory.mktemp("model") / f"state.{kind}"
     model: dict[str, Any] = {}
     with open_state(path) as store, open_state(path) as reader:
