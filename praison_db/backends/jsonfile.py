@@ -7,7 +7,7 @@ Layout of a session directory, per session::
     <name>.session.json   the session's header (owner, type, name, metadata); its presence means "exists"
     <name>.jsonl          the messages, one JSON object per line, appended (removals cut the end off)
     .locks/<name>.lock    the cross-process lock (filelock) taken by every write, delete included
-    state.json            the state store's file (``{"format": "praison_db.state/v1", "items": {...}}``)
+    state.json            the state store's file: a snapshot line, then one line per change (see filestate.py)
 
 A message line holds every field of the message (type, extra and JSON content included) as compact JSON, ``id``
 first and ``created_at`` last, and reads back exactly; lines written before type and extra existed read as messages
@@ -81,7 +81,8 @@ def _lines_before(f: Any, end: int) -> Iterator[tuple[int, bytes]]:
 
 
 class JsonLines(Codec):
-    """JSON Lines: one compact JSON object per record, ended by a newline; headers and state as one JSON object.
+    """JSON Lines: one compact JSON object per record (messages, state changes), ended by a newline; headers as one
+    JSON object.
 
     ``decode`` and ``records_before`` go through this module's ``_parse_line`` and ``_lines_before``, looked up
     when called, so that what a read parses can be counted from outside.
@@ -131,6 +132,7 @@ DefaultSessionStore = JsonConversationStore
 
 
 class JsonStateStore(FileStateStore):
-    """StateStore in one JSON file (``state.json``), rewritten atomically under a cross-process lock."""
+    """StateStore in one JSON Lines file (``state.json``): a snapshot, then one appended line per change, compacted
+    now and then (see :mod:`praison_db.backends.filestate`)."""
 
     codec = JsonLines()

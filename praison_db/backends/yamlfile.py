@@ -8,7 +8,7 @@ Layout of a session directory, per session::
     <name>.session.yaml   the session's header, one YAML mapping; its presence means "exists"
     <name>.yaml           the messages, one YAML document each, appended (removals cut the end off)
     .locks/<name>.lock    the cross-process lock taken by every write
-    state.yaml            the state store's file (format: praison_db.state/v1, items: key -> [value, expiry])
+    state.yaml            the state store's file: a snapshot document, then one document per change (filestate.py)
 
 A message document is a block mapping of the message's fields, in the model's order, leaving out the fields that
 are None and an empty ``metadata`` or ``extra``; a removal's cut record is a document of ``seq``, ``created_at`` and
@@ -107,8 +107,8 @@ def _dump(value: Any, *, record: bool) -> str:
 
 
 class YamlDocuments(Codec):
-    """One YAML document per record (``---`` ... ``...``), ended by the ``...`` line; headers and state as one
-    YAML mapping."""
+    """One YAML document per record (messages, state changes: ``---`` ... ``...``), ended by the ``...`` line;
+    headers as one YAML mapping."""
 
     scheme, format_name, record_kind = "yaml", "YAML", "document"
     header_suffix, messages_suffix, state_name = ".session.yaml", ".yaml", "state.yaml"
@@ -178,6 +178,7 @@ class YamlConversationStore(FileConversationStore):
 
 
 class YamlStateStore(FileStateStore):
-    """StateStore in one YAML file (``state.yaml``), rewritten atomically under a cross-process lock."""
+    """StateStore in one YAML file (``state.yaml``): a snapshot document, then one appended document per change,
+    compacted now and then (see :mod:`praison_db.backends.filestate`)."""
 
     codec = YamlDocuments()
