@@ -28,7 +28,7 @@ from ..base import (
     newest_window,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session
+from ..models import Message, MessageDraft, Session, _adopted
 from ..url import StoreURL
 
 __all__ = ["MemoryConversationStore", "MemoryStateStore"]
@@ -40,8 +40,15 @@ M = TypeVar("M", Session, Message)
 
 def _copy(model: M) -> M:
     """A detached copy: a caller editing a returned session's metadata must not edit the stored one (as with
-    every other backend, which hands out freshly decoded objects)."""
+    every other backend, which hands out freshly decoded objects). A model whose every field is immutable (text,
+    numbers, times, None, empty dicts that are never the stored ones' to edit) is copied shallowly."""
+    values = model.__dict__
+    if all(type(v) in _IMMUTABLE or (type(v) is dict and not v) for v in values.values()):
+        return _adopted(type(model), {k: ({} if type(v) is dict else v) for k, v in values.items()})
     return model.model_copy(deep=True)
+
+
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), datetime})
 
 
 @dataclass
