@@ -17,26 +17,13 @@ from hypothesis import strategies as st
 
 from praison_db import SessionNotFound, db
 from praison_db.facade import open_store
+from praison_db.testing.suite.test_items import items
 from tests.backends import BACKENDS
 
 SQL = [b for b in BACKENDS if b.name in ("sqlite", "postgresql", "mysql")]
 
-# JSON values every backend keeps exactly: text with any code point but NUL and lone surrogates (which no server
-# stores), integers within 64 bits, finite floats.
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
-    max_leaves=8,
-)
-ITEMS = st.lists(
-    st.fixed_dictionaries(
-        {"role": st.sampled_from(["user", "assistant", "developer"]), "content": TEXT | st.lists(JSON, max_size=2)},
-        optional={"metadata": st.dictionaries(TEXT, JSON, max_size=3), "name": TEXT.filter(bool), "status": JSON},
-    ),
-    min_size=1,
-    max_size=4,
-)
+# Items of any shape, as the shared conformance suite generates them.
+ITEMS = st.lists(items(), min_size=1, max_size=4)
 
 
 @pytest.fixture(params=SQL, ids=[b.name for b in SQL])

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
+from sqlalchemy.pool import PoolProxiedConnection
 
 from ... import errors
 from ...base import SharedConnection, resolve_options
@@ -92,6 +93,14 @@ class SqlDatabase(SharedConnection):
             if history and self.replica is not None:
                 self.replica.wrote(conn)  # after the commit: what the replica must replay before we read there
 
+    def _raw_connection(self) -> PoolProxiedConnection:
+        """A pooled DBAPI connection (the pool's checkout events run: the idle ping); a failure to connect raised as
+        SQLAlchemy raises it."""
+        try:
+            return self.engine.raw_connection()
+        except self.engine.dialect.loaded_dbapi.Error as e:
+            raise wrapped_error(self.engine.dialect, None, e, None) from e
+
     @contextmanager
     def fast_write(self, *, history: bool = True) -> Iterator[Runner]:
         """A write transaction for prepared statements (prepared.py) on a pooled DBAPI connection: what :meth:`write`
@@ -104,10 +113,7 @@ class SqlDatabase(SharedConnection):
                 yield conn
             return
         dialect = self.engine.dialect
-        try:
-            raw = self.engine.raw_connection()
-        except dialect.loaded_dbapi.Error as e:
-            raise wrapped_error(dialect, None, e, None) from e
+        raw = self._raw_connection()
         try:
             driver = raw.dbapi_connection
             assert driver is not None
@@ -152,17 +158,14 @@ class SqlDatabase(SharedConnection):
         """A pooled DBAPI connection for prepared statements (prepared.py) that read: what :meth:`read` gives
         without SQLAlchemy's Connection and transaction bookkeeping around each call, which costs more than SQLite
         takes to answer. Autocommit on PostgreSQL, as in :meth:`read` (so a one-statement write there commits on its
-        own: the one-statement append); the pool's checkout checks (the idle ping)
-        and its reset on return (a rollback) still run. With ``echo`` on, :meth:`read` itself (statements logged)."""
+        own: the one-statement append); the pool's checkout checks (the idle ping) and its reset on return still run.
+        With ``echo`` on, :meth:`read` itself (statements logged)."""
         if self.engine.echo:
             with self.read() as conn:
                 yield conn
             return
         dialect = self.engine.dialect
-        try:
-            raw = self.engine.raw_connection()
-        except dialect.loaded_dbapi.Error as e:
-            raise wrapped_error(dialect, None, e, None) from e
+        raw = self._raw_connection()
         try:
             if self.dialect == "postgresql":
                 dialect.set_isolation_level(raw.dbapi_connection, "AUTOCOMMIT")  # type: ignore[arg-type]
