@@ -149,6 +149,8 @@ class SqlDatabase(SharedConnection):
         conn = self.engine.connect()
         if self.dialect == "postgresql":
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        elif self.dialect in ("mysql", "mariadb", "singlestore"):
+            conn = conn.execution_options(praison_read=True)  # autocommit connections: no BEGIN (engine.py)
         with conn:
             with conn.begin():
                 yield conn

@@ -248,7 +248,7 @@ def _row_lock(engine: Engine, table: Table, name: str) -> Iterator[None]:
     own, so the migration's statements on another connection cannot end it, and a process that dies loses its
     connection and, with it, the lock. Waiting ends after SCHEMA_LOCK_WAIT seconds with StoreUnavailable.
     """
-    with engine.connect().execution_options(praison_write=True) as holder:  # its UPDATE holds the lock: a transaction
+    with engine.connect() as holder:
         holder.execute(CreateTable(table, if_not_exists=True))
         holder.commit()
         deadline = time.monotonic() + SCHEMA_LOCK_WAIT
@@ -512,7 +512,8 @@ def _install_mysql_hooks(
 
     Connections run in autocommit mode: a read is one statement, which then needs no COMMIT or ROLLBACK round trip
     to end the transaction the server would otherwise open for it (reads cost one round trip, as the raw driver's).
-    A write transaction (``praison_write``) starts with an explicit BEGIN. The pool's rollback on every return is
+    Every SQLAlchemy transaction starts with an explicit BEGIN, but for reads marked ``praison_read`` (single
+    statements, which then autocommit). The pool's rollback on every return is
     replaced by one that runs only when a transaction was left open, and a connection that left autocommit mode
     (an isolation level reset) is put back into it."""
     if asynchronous:
@@ -587,7 +588,8 @@ def _install_mysql_hooks(
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("praison_write"):
+        # Every SQLAlchemy transaction is a real one, but for the single-statement reads that ask for none.
+        if not conn.get_execution_options().get("praison_read"):
             conn.exec_driver_sql("BEGIN")
 
     @event.listens_for(engine, "checkin")

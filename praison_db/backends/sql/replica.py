@@ -123,6 +123,8 @@ class Replica:
             conn = self.engine.connect()
             if conn.dialect.name == "postgresql":
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                conn = conn.execution_options(praison_read=True)  # MariaDB's autocommit connections: no BEGIN
         except sa_exc.DBAPIError as e:
             return self._fall_back(e, work, on_primary)
         with conn:

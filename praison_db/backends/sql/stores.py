@@ -79,16 +79,18 @@ class _SqlStore(ConnectedStore):
 
 def _session_from_row(row: Any) -> Session:
     session_id, user_id, agent_id, session_type, name, metadata, created_at, updated_at, message_count = row
-    return Session.trusted(
-        session_id=session_id,
-        user_id=user_id,
-        agent_id=agent_id,
-        session_type=session_type,
-        name=name,
-        metadata=metadata or {},
-        created_at=created_at,
-        updated_at=updated_at,
-        message_count=message_count,
+    return Session.adopt(
+        {
+            "session_id": session_id,
+            "user_id": user_id,
+            "agent_id": agent_id,
+            "session_type": session_type,
+            "name": name,
+            "metadata": metadata or {},
+            "created_at": created_at,
+            "updated_at": updated_at,
+            "message_count": message_count,
+        }
     )
 
 
@@ -104,20 +106,22 @@ def _chunks(values: list[T]) -> Iterator[list[T]]:
 
 def _message_from_row(row: Any) -> Message:
     session_id, seq, id, role, content, name, tool_calls, tool_call_id, metadata, created_at, kind, packed = row
-    content, extra = unpacked_extra(content, packed)
-    return Message.trusted(
-        id=id,
-        session_id=session_id,
-        seq=seq,
-        role=role or None,  # "" is how the column holds "no role"
-        content=content,
-        type=kind,
-        name=name,
-        tool_calls=tool_calls,
-        tool_call_id=tool_call_id,
-        metadata=metadata or {},
-        extra=extra,
-        created_at=created_at,
+    content, extra = unpacked_extra(content, packed) if packed else (content, {})
+    return Message.adopt(
+        {
+            "id": id,
+            "session_id": session_id,
+            "seq": seq,
+            "role": role or None,  # "" is how the column holds "no role"
+            "content": content,
+            "type": kind,
+            "name": name,
+            "tool_calls": tool_calls,
+            "tool_call_id": tool_call_id,
+            "metadata": metadata or {},
+            "extra": extra,
+            "created_at": created_at,
+        }
     )
 
 
@@ -297,7 +301,9 @@ class SqlConversationStore(_SqlStore, ConversationStore):
             .cte("bump")
         )
         columns = list(self.t.messages.columns)
-        values = [bump.c.message_count if c.name == "seq" else bindparam(c.name, type_=c.type) for c in columns]
+        # Values named m_<column>: with echo on, SQLAlchemy runs this statement itself, and would take parameters
+        # named like a sessions column as more SET values of the UPDATE.
+        values = [bump.c.message_count if c.name == "seq" else bindparam(f"m_{c.name}", type_=c.type) for c in columns]
         statement = insert(self.t.messages).from_select([c.name for c in columns], select(*values).select_from(bump))
         return self.db.prepare(statement.returning(self.t.messages.c.seq))
 
@@ -305,7 +311,7 @@ class SqlConversationStore(_SqlStore, ConversationStore):
         insert_messages = self._append_statements[2]
         n = len(drafts)
         if n == 1 and self.db.dialect == "postgresql" and self.db.replica is None:
-            row = _message_row(drafts[0].stamp(session_id, 0, now))
+            row = {f"m_{k}": v for k, v in _message_row(drafts[0].stamp(session_id, 0, now)).items()}
             with self.db.fast_read() as conn:  # autocommit: the statement is its own transaction
                 seq = self._append_one.scalar(conn, {**row, "sid": session_id, "now": now})
             if seq is None:
