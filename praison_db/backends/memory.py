@@ -28,7 +28,7 @@ from ..base import (
     newest_window,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session, _adopted
+from ..models import Message, MessageDraft, Session
 from ..url import StoreURL
 
 __all__ = ["MemoryConversationStore", "MemoryStateStore"]
@@ -44,7 +44,7 @@ def _copy(model: M) -> M:
     numbers, times, None, empty dicts that are never the stored ones' to edit) is copied shallowly."""
     values = model.__dict__
     if all(type(v) in _IMMUTABLE or (type(v) is dict and not v) for v in values.values()):
-        return _adopted(type(model), {k: ({} if type(v) is dict else v) for k, v in values.items()})
+        return type(model).adopt({k: ({} if type(v) is dict else v) for k, v in values.items()})
     return model.model_copy(deep=True)
 
 

@@ -12,7 +12,7 @@ SQLAlchemy adds around a statement is kept where it matters:
   for any other statement;
 - the connection's events: on MySQL the max_allowed_packet check that ``before_cursor_execute`` runs (engine.py)
   runs here too, through the same function; with ``echo`` on (every statement logged) statements go through
-  SQLAlchemy's own execution, and so does a statement whose values a ``checked`` hook wants to see there.
+  SQLAlchemy's own execution.
 """
 
 from __future__ import annotations
