@@ -48,6 +48,9 @@ class SqlDatabase(SharedConnection):
         self.engine = _create_engine(url, opts, driver_args, asynchronous, self.where)
         # SQLAlchemy's dialect name, or "singlestore": the name the dialect quirks (engine.py) go by.
         self.dialect: str = "singlestore" if self.singlestore else self.engine.dialect.name
+        # Connections kept in autocommit mode, transactions begun with BEGIN (engine.py): MySQL's and psycopg 3's.
+        # psycopg2's (postgresql+psycopg2://) begin implicitly and are switched to autocommit for reads.
+        self.autocommit: bool = self.dialect != "sqlite" and self.engine.dialect.driver != "psycopg2"
         self.replica: Replica | None = None
         try:
             self.tables = self._prepare(opts["auto_upgrade"], check=schema != "skip")
@@ -105,10 +108,10 @@ class SqlDatabase(SharedConnection):
     def fast_write(self, *, history: bool = True) -> Iterator[Runner]:
         """A write transaction for prepared statements (prepared.py) on a pooled DBAPI connection: what :meth:`write`
         gives without SQLAlchemy's Connection and transaction bookkeeping. SQLite takes its write lock first (BEGIN
-        IMMEDIATE), MySQL's autocommit connections with BEGIN, PostgreSQL's driver begins with the first statement;
-        commit when the block ends, roll back when it raises (a lost connection is invalidated instead).
+        IMMEDIATE), autocommit connections (MySQL, PostgreSQL) begin with BEGIN, psycopg2 begins with the first
+        statement; commit when the block ends, roll back when it raises (a lost connection is invalidated instead).
         :meth:`write` itself on SingleStore, with a replica to track, or with ``echo`` on."""
-        if self.dialect not in ("sqlite", "postgresql", "mysql", "mariadb") or self.engine.echo or (history and self.replica is not None):
+        if self.dialect == "singlestore" or self.engine.echo or (history and self.replica is not None):
             with self.write(history=history) as conn:
                 yield conn
             return
@@ -120,7 +123,7 @@ class SqlDatabase(SharedConnection):
             try:
                 if self.dialect == "sqlite":
                     driver.execute("BEGIN IMMEDIATE")
-                elif self.dialect != "postgresql":
+                elif self.autocommit:
                     cursor = driver.cursor()
                     cursor.execute("BEGIN")
                     cursor.close()
@@ -144,13 +147,14 @@ class SqlDatabase(SharedConnection):
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads, which are single statements: on PostgreSQL in autocommit mode (psycopg switches
-        it without a round trip), saving the BEGIN and ROLLBACK around every read."""
+        """A connection for reads, which are single statements: no transaction around them (the BEGIN and ROLLBACK
+        would double a read's round trips). Autocommit connections skip their BEGIN (engine.py); psycopg2's are
+        switched to autocommit mode (without a round trip); SQLite begins no read transaction (engine.py)."""
         conn = self.engine.connect()
-        if self.dialect == "postgresql":
+        if self.autocommit:
+            conn = conn.execution_options(praison_read=True)
+        elif self.dialect == "postgresql":
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        elif self.dialect in ("mysql", "mariadb", "singlestore"):
-            conn = conn.execution_options(praison_read=True)  # autocommit connections: no BEGIN (engine.py)
         with conn:
             with conn.begin():
                 yield conn
@@ -159,9 +163,9 @@ class SqlDatabase(SharedConnection):
     def fast_read(self) -> Iterator[Runner]:
         """A pooled DBAPI connection for prepared statements (prepared.py) that read: what :meth:`read` gives
         without SQLAlchemy's Connection and transaction bookkeeping around each call, which costs more than SQLite
-        takes to answer. Autocommit on PostgreSQL, as in :meth:`read` (so a one-statement write there commits on its
-        own: the one-statement append); the pool's checkout checks (the idle ping) and its reset on return still run.
-        With ``echo`` on, :meth:`read` itself (statements logged)."""
+        takes to answer. In autocommit mode but on SQLite, as in :meth:`read` (so a one-statement write commits on
+        its own: PostgreSQL's one-statement append); the pool's checkout checks (the idle ping) and its reset on
+        return still run. With ``echo`` on, :meth:`read` itself (statements logged)."""
         if self.engine.echo:
             with self.read() as conn:
                 yield conn
@@ -169,7 +173,7 @@ class SqlDatabase(SharedConnection):
         dialect = self.engine.dialect
         raw = self._raw_connection()
         try:
-            if self.dialect == "postgresql":
+            if self.dialect == "postgresql" and not self.autocommit:  # psycopg2
                 dialect.set_isolation_level(raw.dbapi_connection, "AUTOCOMMIT")  # type: ignore[arg-type]
                 try:
                     yield raw

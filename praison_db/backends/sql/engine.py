@@ -405,8 +405,8 @@ def _create_engine(url: StoreURL, opts: dict[str, Any], driver_args: dict[str, A
             max_overflow=opts["max_overflow"],
             pool_recycle=opts["pool_recycle"],
         )
-        if drivername.startswith(("mysql", "mariadb")):
-            kwargs["pool_reset_on_return"] = None  # autocommit connections: see _install_mysql_hooks
+        if drivername.startswith(("mysql", "mariadb")) or drivername == "postgresql+psycopg":
+            kwargs["pool_reset_on_return"] = None  # autocommit connections: see _install_mysql_hooks / _install_psycopg_hooks
         if "connect_timeout" not in driver_args:
             kwargs["connect_args"] = {"connect_timeout": max(1, round(opts["connect_timeout"]))}
     try:
@@ -500,6 +500,18 @@ def _refused(error: Exception) -> bool:
     return isinstance(code, int) and 1000 <= code < 2000
 
 
+def _begin_explicitly(engine: Engine) -> None:
+    """On connections kept in autocommit mode (MySQL, PostgreSQL): every SQLAlchemy transaction is a real one, begun
+    with BEGIN, but for the single-statement reads that ask for none (``praison_read``) and connections switched to
+    the AUTOCOMMIT isolation level."""
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if not options.get("praison_read") and options.get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN")
+
+
 # MySQL's server status flags (SERVER_STATUS_IN_TRANS, SERVER_STATUS_AUTOCOMMIT), as PyMySQL keeps them.
 _IN_TRANSACTION, _AUTOCOMMIT = 1, 2
 
@@ -586,11 +598,7 @@ def _install_mysql_hooks(
                             raise
         return conn
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Every SQLAlchemy transaction is a real one, but for the single-statement reads that ask for none.
-        if not conn.get_execution_options().get("praison_read"):
-            conn.exec_driver_sql("BEGIN")
+    _begin_explicitly(engine)
 
     @event.listens_for(engine, "checkin")
     def _settle(dbapi_connection: Any, record: Any) -> None:
@@ -683,10 +691,16 @@ def _bounded_psycopg_class(asynchronous: bool) -> Any:
 
 
 def _install_psycopg_hooks(engine: Engine, read_timeout: float, asynchronous: bool) -> None:
+    """Bounded waits on every psycopg connection (_BoundedWait), and connections kept in autocommit mode, as MySQL's
+    are (_install_mysql_hooks): a read is one statement with no mode switch around it (psycopg's switch costs tens of
+    microseconds, as much as the pool checkout), a write begins with BEGIN, and the pool's rollback on return runs
+    only for a transaction left open (psycopg knows the transaction status without a round trip)."""
+    import psycopg
+
     cls = _bounded_psycopg_class(asynchronous)
 
     async def connect_async(*cargs: Any, **cparams: Any) -> Any:
-        conn = await cls.connect(*cargs, **cparams)
+        conn = await cls.connect(*cargs, autocommit=True, **cparams)
         conn.read_timeout = read_timeout
         return conn
 
@@ -694,9 +708,24 @@ def _install_psycopg_hooks(engine: Engine, read_timeout: float, asynchronous: bo
     def _connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         if asynchronous:
             return dialect.connect(*cargs, async_creator_fn=connect_async, **cparams)
-        conn = cls.connect(*cargs, **cparams)  # psycopg bounds the connection itself by connect_timeout
+        conn = cls.connect(*cargs, autocommit=True, **cparams)  # psycopg bounds the connection itself by connect_timeout
         conn.read_timeout = read_timeout
         return conn
+
+    _begin_explicitly(engine)
+    idle = psycopg.pq.TransactionStatus.IDLE
+
+    @event.listens_for(engine, "checkin")
+    def _settle(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is None:  # invalidated
+            return
+        try:
+            if dbapi_connection.info.transaction_status != idle:
+                dbapi_connection.rollback()
+            if not dbapi_connection.autocommit:  # an isolation level reset took it out of autocommit mode
+                dbapi_connection.autocommit = True
+        except Exception as e:  # noqa: BLE001 - a connection that cannot be reset is not reused
+            record.invalidate(e)
 
 
 def _wal(cursor: Any, wait: float = 30.0) -> None:

@@ -121,10 +121,10 @@ class Replica:
             return on_primary(work)
         try:
             conn = self.engine.connect()
-            if conn.dialect.name == "postgresql":
+            if conn.dialect.driver == "psycopg2":
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             else:
-                conn = conn.execution_options(praison_read=True)  # MariaDB's autocommit connections: no BEGIN
+                conn = conn.execution_options(praison_read=True)  # autocommit connections: no BEGIN (engine.py)
         except sa_exc.DBAPIError as e:
             return self._fall_back(e, work, on_primary)
         with conn:
