@@ -83,6 +83,7 @@ class Prepared:
         self.dialect = dialect
         self.sql: str = compiled.string
         self._guard = guard
+        self._reuse = dialect.driver == "psycopg" and not dialect.is_async  # see _new_cursor
         self._error = dialect.loaded_dbapi.Error
         binds = compiled.binds
         by_name = {name: binds[key] for key, name in ((b.key, n) for b, n in compiled.bind_names.items()) if key in binds}
@@ -145,9 +146,25 @@ class Prepared:
     def _driver(conn: Runner) -> Any:
         return conn.connection.dbapi_connection if isinstance(conn, Connection) else conn.dbapi_connection
 
+    def _new_cursor(self, conn: Runner) -> Any:
+        """A cursor of ``conn``'s driver connection. psycopg's is kept with the pooled connection and used again:
+        a new one costs more than a short statement (its adapters are copied and every parameter's dumper looked
+        up again), and it holds nothing between calls, as every result is read whole when the statement returns."""
+        driver = self._driver(conn)
+        if not self._reuse:
+            return driver.cursor()
+        kept = conn.info.get("praison_cursor")
+        if kept is None or kept[0] is not driver:  # none yet, or the record reconnected since
+            kept = conn.info["praison_cursor"] = (driver, driver.cursor())
+        return kept[1]
+
+    def _release(self, conn: Runner, cursor: Any) -> None:
+        if not self._reuse:
+            cursor.close()
+
     def _cursor(self, conn: Runner, params: Any, many: bool = False) -> Any:
         """Run on the DBAPI cursor of ``conn``; a driver error raised as SQLAlchemy's (see the module docstring)."""
-        cursor = self._driver(conn).cursor()
+        cursor = self._new_cursor(conn)
         try:
             if self._guard is not None:
                 self._guard(cursor, self.sql, params, many)
@@ -156,16 +173,22 @@ class Prepared:
             else:
                 cursor.execute(self.sql, params)
         except self._error as e:
-            _close(cursor)
+            self._forget(conn, cursor)
             raise self._wrapped(conn, e, params, cursor, many) from e
         except BaseException as e:
-            _close(cursor)
+            self._forget(conn, cursor)
             if not isinstance(e, Exception):
                 # Cancelled, interrupted or exiting mid-statement: the connection's state is unknown (aiomysql closes
                 # it), so it is not rolled back or reused but replaced, as SQLAlchemy's own execution does.
                 conn.invalidate(e)
             raise
         return cursor
+
+    def _forget(self, conn: Runner, cursor: Any) -> None:
+        """A cursor whose statement failed is closed, not used again."""
+        if self._reuse and conn.info.get("praison_cursor", (None, None))[1] is cursor:
+            del conn.info["praison_cursor"]
+        _close(cursor)
 
     def _wrapped(self, conn: Runner, error: Exception, params: Any, cursor: Any, many: bool) -> BaseException:
         return wrapped_error(self.dialect, conn, error, self.sql, params, cursor, many)
@@ -178,7 +201,7 @@ class Prepared:
         try:
             rows = cursor.fetchall()
         finally:
-            cursor.close()
+            self._release(conn, cursor)
         if self._convert:
             return [self._row(r) for r in rows]
         return rows if isinstance(rows, list) else list(rows)
@@ -192,7 +215,7 @@ class Prepared:
         try:
             row = cursor.fetchone()
         finally:
-            cursor.close()
+            self._release(conn, cursor)
         if row is None or not self._convert:
             return row
         return self._row(row)
@@ -210,7 +233,7 @@ class Prepared:
         try:
             return int(cursor.rowcount)
         finally:
-            cursor.close()
+            self._release(conn, cursor)
 
     def many(self, conn: Runner, rows: list[dict[str, Any]]) -> None:
         """Run once per dict of values (the driver's executemany)."""
@@ -218,4 +241,4 @@ class Prepared:
             conn.execute(self.statement, rows)
             return
         cursor = self._cursor(conn, [self._values(r) for r in rows], many=True)
-        cursor.close()
+        self._release(conn, cursor)
