@@ -54,22 +54,43 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Naive and aware UTC convert by adding the epochs' difference: exact, and an eighth of the cost of
+# value.replace(tzinfo=...), whose keyword handling dominates reads and writes of many rows.
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_UTC_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def as_utc(value: datetime) -> datetime:
     """Aware UTC datetime; naive values are taken to be UTC already (that is how SQL drivers return them)."""
+    zone = value.tzinfo
+    if zone is None:
+        return _UTC_EPOCH + (value - _NAIVE_EPOCH)
+    return value if zone is timezone.utc else value.astimezone(timezone.utc)
+
+
+def naive_utc(value: datetime) -> datetime:
+    """The naive UTC datetime of ``value`` (naive values are taken to be UTC already)."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value
+    return _NAIVE_EPOCH + (value - _UTC_EPOCH)
+
+
+# The slots every pydantic model has, set through their descriptors: a third cheaper than object.__setattr__, which
+# looks each one up on the class first (reads of many rows build a model per row).
+_new_object = object.__new__
+_set_dict, _set_fields_set, _set_extra, _set_private = (
+    BaseModel.__dict__[name].__set__ for name in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+)
 
 
 def _adopted(cls: type[BaseModel], values: dict[str, Any]) -> Any:
     """A model of ``cls`` whose fields are ``values`` (every field, already valid), built without validation or a
     copy: what ``model_construct`` does for a complete set of fields, without its per-field default handling."""
-    model = cls.__new__(cls)
-    _set = object.__setattr__
-    _set(model, "__dict__", values)
-    _set(model, "__pydantic_fields_set__", set(values))
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
+    model = _new_object(cls)
+    _set_dict(model, values)
+    _set_fields_set(model, set(values))
+    _set_extra(model, None)
+    _set_private(model, None)
     return model
 
 

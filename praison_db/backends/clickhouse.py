@@ -102,7 +102,7 @@ from ..base import (
     after_last,
     resolve_options,
 )
-from ..models import Message, MessageDraft, Session, dumps, packed_extra, unpacked_extra, utcnow
+from ..models import Message, MessageDraft, Session, as_utc, dumps, packed_extra, unpacked_extra, utcnow
 from ..url import StoreURL, redacted
 
 __all__ = ["ClickHouseConversationStore", "MIGRATIONS"]
@@ -347,10 +347,6 @@ def _next_version(previous: int, now: datetime) -> int:
     return max(previous + 1, _micros(now))
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 def _session_from_row(row: Sequence[Any]) -> Session:
     return Session.trusted(
         session_id=row[0],
@@ -359,8 +355,8 @@ def _session_from_row(row: Sequence[Any]) -> Session:
         session_type=row[3],
         name=row[4],
         metadata=json.loads(row[5]) if row[5] else {},
-        created_at=_utc(row[6]),
-        updated_at=_utc(row[7]),
+        created_at=as_utc(row[6]),
+        updated_at=as_utc(row[7]),
         message_count=int(row[8]),
     )
 
@@ -394,7 +390,7 @@ def _message_from_row(row: Sequence[Any]) -> Message:
         tool_call_id=row[7],
         metadata=json.loads(row[8]) if row[8] else {},
         extra=extra,
-        created_at=_utc(row[9]),
+        created_at=as_utc(row[9]),
     )
 
 
