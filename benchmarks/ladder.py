@@ -66,15 +66,17 @@ def _rungs(kind: str, url: str, home: Path, calls: int) -> dict[str, list[Rung]]
     state.set("k", {"a": 1})
 
     def on_pool(work: Callable[[Any], Any]) -> Callable[[], Any]:
-        """``work`` with the twin's cursor on a connection checked out of praison_db's pool for the call."""
+        """``work`` with the twin's cursor on a connection checked out of praison_db's pool for the call; the cursor
+        is got and let go as praison_db's prepared statements do (psycopg's is kept with the connection)."""
+        transport = conv._newest_prepared  # type: ignore[attr-defined]
 
         def call() -> Any:
             connection = engine.raw_connection()
             try:
-                twin.cur = connection.dbapi_connection.cursor()
+                twin.cur = transport._new_cursor(connection)
                 return work(twin)
             finally:
-                twin.cur.close()
+                transport._release(connection, twin.cur)
                 connection.close()
 
         return call
