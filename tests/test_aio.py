@@ -95,33 +95,47 @@ async def worst_gaps_while(work: Any) -> tuple[float, float, int]:
     return max(g[0] for g in gaps), max(g[1] for g in gaps), len(gaps)
 
 
+# A pause the process cannot see, the hypervisor giving this virtual CPU to another guest (steal time, not a wait of
+# our threads), can exceed the bound once in a while on a shared host; a call that blocks the loop stalls it in every
+# attempt. So up to three attempts, each on a store opened afresh (a blocking connect would show again too).
+ATTEMPTS = 3
+
+
 def test_the_loop_keeps_ticking_during_sequential_appends(conv_backend: Backend, make_url: Any) -> None:
     # chDB's append takes tens of milliseconds (an INSERT through the embedded engine): 100 of them there.
     count = 100 if is_clickhouse(conv_backend) else 1000
     url = make_url(conv_backend)
 
-    async def main() -> tuple[float, float, int]:
+    async def main(session_id: str) -> tuple[float, float, int]:
         store = await opened(conv_backend, url)
         try:
-            await store.get_or_create_session("beat")
+            await store.get_or_create_session(session_id)
 
             async def appends() -> None:
                 for i in range(count):
-                    await store.add_message("beat", "user", f"message {i}")
+                    await store.add_message(session_id, "user", f"message {i}")
 
             result = await worst_gaps_while(appends)
-            assert await store.count_messages("beat") == count
+            assert await store.count_messages(session_id) == count
             return result
         finally:
             await store.aclose()
 
-    worst, worst_running, ticks = asyncio.run(main())
-    print(
-        f"\n{conv_backend.name}: {count} appends; worst gap between 5 ms ticks {worst_running * 1000:.1f} ms"
-        f" ({worst * 1000:.1f} ms wall clock, including time the OS gave the CPU to other processes), {ticks} ticks"
+    stalls = []
+    for attempt in range(ATTEMPTS):
+        worst, worst_running, ticks = asyncio.run(main(f"beat-{attempt}"))
+        print(
+            f"\n{conv_backend.name}: {count} appends; worst gap between 5 ms ticks {worst_running * 1000:.1f} ms"
+            f" ({worst * 1000:.1f} ms wall clock, including time the OS gave the CPU to other processes), {ticks} ticks,"
+            f" {threading.active_count()} threads in this process"
+        )
+        assert ticks >= 1
+        stalls.append(worst_running)
+        if worst_running < WORST_GAP:
+            break
+    assert min(stalls) < WORST_GAP, (
+        f"the event loop stalled in every attempt on {conv_backend.name}: {', '.join(f'{s * 1000:.1f} ms' for s in stalls)}"
     )
-    assert ticks >= 1
-    assert worst_running < WORST_GAP, f"the event loop stalled for {worst_running * 1000:.1f} ms on {conv_backend.name}"
 
 
 # ---- cancellation and concurrency ----
