@@ -137,7 +137,7 @@ def _rungs(kind: str, url: str, home: Path, calls: int) -> dict[str, list[Rung]]
 def _measure(rungs: list[Rung], calls: int, rounds: int) -> list[tuple[str, float, float]]:
     wall: dict[str, list[float]] = {name: [] for name, _ in rungs}
     cpu: dict[str, list[float]] = {name: [] for name, _ in rungs}
-    for name, call in rungs:  # warm up: caches, prepared statements, the pool
+    for _, call in rungs:  # warm up: caches, prepared statements, the pool
         for _ in range(20):
             call()
     for _ in range(rounds):
