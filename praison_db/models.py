@@ -577,16 +577,13 @@ def unpacked_extra(content: str | None, packed: dict[str, Any] | None) -> tuple[
 
 # ---- how key-value stores keep a message: one compact JSON text (Redis, DynamoDB) ----
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
 def epoch_us(value: datetime) -> int:
     """Integer microseconds since the epoch: exact, and exact as a double (a sorted-set score) below 2**53."""
-    return (value - _EPOCH) // timedelta(microseconds=1)
+    return (value - _UTC_EPOCH) // timedelta(microseconds=1)
 
 
 def from_epoch_us(value: bytes | int | str) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
+    return _UTC_EPOCH + timedelta(microseconds=int(value))
 
 
 def message_body(m: Message) -> str:

@@ -54,7 +54,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
@@ -83,6 +83,7 @@ from ..base import (
     resolve_options,
 )
 from ..models import Message, MessageDraft, Session, dumps, packed_extra, unpacked_extra
+from ..models import epoch_us as _us, from_epoch_us as _from_us  # the stored times: integer microseconds
 from ..url import StoreURL, redacted
 
 __all__ = ["MongoConversationStore", "MongoStateStore"]
@@ -96,20 +97,11 @@ OPTIONS: dict[str, Option] = {
 # server that stops answering mid-call (socketTimeoutMS; pymongo's own default is to wait forever) too. 30 s is far
 # above any single operation here, a 16 MB message included.
 _DEFAULTS: dict[str, Any] = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 10_000, "socketTimeoutMS": 30_000}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _BATCH = 1000
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")
 _INT64 = range(-(2**63), 2**63)
 _DUPLICATE_KEY = {11000, 11001, 12582}  # the codes MongoDB has used for a unique-index violation
 _INDEX_NOT_FOUND = 27
-
-
-def _us(value: datetime) -> int:
-    return (value - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
 
 
 class _SessionTaken(Exception):

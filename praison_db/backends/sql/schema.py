@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -79,7 +79,6 @@ class UTCDateTime(TypeDecorator[datetime]):
     def reader(self, dialect: Dialect) -> Callable[[Any], datetime | None]:
         """:meth:`process_result_value` for non-NULL values as one plain function: prepared statements
         (prepared.py) call it once per value."""
-        utc = timezone.utc
         if dialect.name == "sqlite":
 
             def read(value: Any) -> datetime | None:
@@ -88,16 +87,8 @@ class UTCDateTime(TypeDecorator[datetime]):
                 return self.process_result_value(value, dialect)
 
             return read
-        if dialect.name == "postgresql":
-            # psycopg gives timestamptz values in the session's zone (a ZoneInfo on a server whose zone is "Etc/UTC",
-            # Debian's default): converted by astimezone() directly, half the cost of the general path.
-            def read_pg(value: Any) -> datetime | None:
-                zone = value.tzinfo
-                if zone is utc:
-                    return value  # type: ignore[no-any-return]
-                return value.astimezone(utc) if zone is not None else self.process_result_value(value, dialect)  # type: ignore[no-any-return]
-
-            return read_pg
+        # PostgreSQL: aware values in the session's zone (a ZoneInfo on a server whose zone is "Etc/UTC", Debian's
+        # default); MySQL: naive UTC values. as_utc converts both without datetime.replace.
         return lambda value: as_utc(value) if type(value) is datetime else self.process_result_value(value, dialect)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
