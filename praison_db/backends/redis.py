@@ -753,7 +753,7 @@ class _Connection(SharedConnection):
                 if isinstance(e, rx.ResponseError):
                     break
         assert failure is not None
-        self._dispose()
+        self.client.aclose() if self.asynchronous else self.client.close()  # the one-server client, nothing in flight
         raise self.translate(failure) from failure
 
     def classify(self, error: BaseException) -> errors.Error | None:
@@ -764,16 +764,24 @@ class _Connection(SharedConnection):
         return list(self.client.get_primaries()) if self.cluster else None
 
     def _dispose(self) -> None:
-        if self.asynchronous:
-            self.client.aclose()
-            return
-        if self.cluster:
-            self.client.close()
-            return
-        # Idle connections close now; one another thread is using finishes its command and is closed with the pool.
-        # Closing a connection under another thread's feet races redis-py's reconnect (a recv on a reused file
-        # descriptor that waits out the socket timeout), so a call in flight during close() could hang for 30 s.
-        self.client.connection_pool.disconnect(inuse_connections=False)
+        # Idle connections close now; one a call in flight is using is closed when that call hands it back. Closing
+        # it under the call's feet (what redis-py's close() and aclose() do) races the driver's reconnect: a read on
+        # a reused socket, or two readers on one, then waits out the 30 s socket timeout, so a call in flight during
+        # close() could hang that long instead of finishing or raising StoreClosed.
+        if not self.cluster:
+            pools = [self.client.connection_pool]
+        elif self.asynchronous:  # redis.asyncio's cluster nodes hold their connections themselves
+            from ..bridge import Bridged
+
+            pools = [Bridged(_AsyncNodePool(node)) for node in self.client.get_nodes()]
+        else:
+            pools = [node.redis_connection.connection_pool for node in self.client.get_nodes() if node.redis_connection]
+        for pool in pools:
+            pool.disconnect(inuse_connections=False)
+            if hasattr(pool, "update_active_connections_for_reconnect"):  # closes each one as it is handed back
+                pool.update_active_connections_for_reconnect()
+            else:  # an older redis-py cannot close a connection on its return: close it now
+                pool.disconnect()
 
 
 def _wants_cluster(url: StoreURL, option: bool, given: bool) -> bool:
@@ -840,6 +848,21 @@ def _async_driver() -> tuple[Any, Any]:
     from ..bridge import Bridged
 
     return Bridged(AsyncRedis), AsyncRetry
+
+
+class _AsyncNodePool:
+    """A redis.asyncio cluster node seen as a connection pool, for :meth:`_Connection._dispose`."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        if hasattr(node, "update_active_connections_for_reconnect"):
+            self.update_active_connections_for_reconnect = node.update_active_connections_for_reconnect
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        if inuse_connections or not hasattr(self.node, "disconnect_free_connections"):
+            await self.node.disconnect()
+        else:
+            await self.node.disconnect_free_connections()
 
 
 def _query_text(value: Any) -> str:
