@@ -111,8 +111,12 @@ def mongo_database_url(base: str, uid: str) -> str:
 
 
 @contextmanager
-def mongodb_server() -> Iterator[str]:
-    """SecantusDB (a MongoDB wire-protocol server) started in this process on a free port, storage in a temp dir."""
+def mongodb_server(ttl_sweep_seconds: float = 0) -> Iterator[str]:
+    """SecantusDB (a MongoDB wire-protocol server) started in this process on a free port, storage in a temp dir.
+
+    The run's shared server sweeps no TTL index (``ttl_sweep_seconds=0``): its sweeper is a thread of the test process
+    that walks every database the run has made, holding the GIL for 50-80 ms a second by the time the event-loop
+    timing tests run. The stores hide expired documents themselves; the test of the sweep starts a server of its own."""
     import tempfile
 
     try:
@@ -120,7 +124,7 @@ def mongodb_server() -> Iterator[str]:
     except ImportError as e:
         raise ServerMissing(f"secantusdb is not installed ({e}); pip install 'secantusdb==0.7.0b3'") from e
     with tempfile.TemporaryDirectory(prefix="praison-mongo-") as tmp:
-        with SecantusDBServer(host="127.0.0.1", port=0, storage_path=tmp, ttl_sweep_seconds=1) as server:
+        with SecantusDBServer(host="127.0.0.1", port=0, storage_path=tmp, ttl_sweep_seconds=ttl_sweep_seconds) as server:
             yield server.uri
 
 

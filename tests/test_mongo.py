@@ -40,16 +40,19 @@ def raw(url) -> Iterator[pymongo.database.Database]:
     client.close()
 
 
-def test_ttl_index_exists_and_the_server_sweeps_expired_keys(url, raw):
-    with open_store(url, "state") as state:
-        indexes = {i["name"]: i for i in raw["praison_state"].list_indexes()}
-        assert indexes["expiry"]["key"] == {"e": 1} and indexes["expiry"]["expireAfterSeconds"] == 0
-        state.set("brief", 1, ttl=0.5)
-        assert raw["praison_state"].find_one({"_id": "brief"}) is not None
-        deadline = time.monotonic() + 20  # the test server sweeps every second (MongoDB: every minute)
-        while raw["praison_state"].find_one({"_id": "brief"}) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert raw["praison_state"].find_one({"_id": "brief"}) is None
+def test_ttl_index_exists_and_the_server_sweeps_expired_keys():
+    with servers.mongodb_server(ttl_sweep_seconds=1) as server:  # the run's shared server does not sweep
+        url = servers.mongo_database_url(server, "sweep")
+        with open_store(url, "state") as state, pymongo.MongoClient(url, tz_aware=True) as client:
+            keys = client.get_default_database()["praison_state"]
+            indexes = {i["name"]: i for i in keys.list_indexes()}
+            assert indexes["expiry"]["key"] == {"e": 1} and indexes["expiry"]["expireAfterSeconds"] == 0
+            state.set("brief", 1, ttl=0.5)
+            assert keys.find_one({"_id": "brief"}) is not None
+            deadline = time.monotonic() + 20  # this server sweeps every second (MongoDB: every minute)
+            while keys.find_one({"_id": "brief"}) is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert keys.find_one({"_id": "brief"}) is None
 
 
 def test_expired_documents_the_server_has_not_swept_are_invisible(url, raw):
