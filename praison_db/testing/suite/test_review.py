@@ -4,13 +4,16 @@ caller sends."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from praison_db import Error, InputError, StoreClosed
 
 WRITERS = 4
 ROUNDS = 300  # bounded: a writer stops at its first failure or after this many appends
-JOIN_SECONDS = 30.0  # far below a driver's own retry budget (pymongo retries a transaction for 120 s)
+# For every call to end after close(): far below a driver's own retry budget (pymongo retries a transaction for
+# 120 s) and a third of the 30 s socket timeout of the Redis and SQL stores, so a call left waiting one out fails it.
+JOIN_SECONDS = 10.0
 
 
 def test_close_while_calls_are_in_flight_raises_store_closed_promptly(conv: Any) -> None:
@@ -33,10 +36,12 @@ def test_close_while_calls_are_in_flight_raises_store_closed_promptly(conv: Any)
     for t in threads:
         t.start()
     assert started.wait(30), "no append succeeded"
+    closed_at = time.monotonic()
     conv.close()
     for t in threads:
-        t.join(JOIN_SECONDS)
-    assert not any(t.is_alive() for t in threads), "a call kept running long after close()"
+        t.join(max(0.0, closed_at + JOIN_SECONDS - time.monotonic()))
+    late = sum(t.is_alive() for t in threads)
+    assert not late, f"{late} of {WRITERS} calls kept running more than {JOIN_SECONDS:g} s after close()"
     wrong = [f"{type(e).__name__}: {e}" for e in failures if not isinstance(e, StoreClosed)]
     assert not wrong, wrong
 
