@@ -69,7 +69,10 @@ def thread_name(tid: str) -> str:
 class Gap(NamedTuple):
     wall: float  # seconds between two ticks
     running: float  # the same less the longest time one thread of this process waited for a CPU meanwhile
-    busiest: str  # which other thread of this process ran longest meanwhile, and how long
+    other: str  # the kernel id of the other thread of this process that ran longest meanwhile ("" if none)
+    other_ran: float  # how long it ran
+    busiest: str = ""  # that thread named, and how long it ran: filled in for the worst gap only, so as not to
+    # enumerate the threads on every tick
 
 
 def gap_between(start: float, end: float, before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> Gap:
@@ -80,7 +83,7 @@ def gap_between(start: float, end: float, before: dict[str, tuple[float, float]]
     me = str(threading.get_native_id())
     others = [(r - before.get(tid, (0.0, 0.0))[0], tid) for tid, (r, _) in after.items() if tid != me]
     ran, tid = max(others, default=(0.0, ""))
-    return Gap(end - start, end - start - waited, f"{thread_name(tid)} ran {ran * 1000:.1f} ms" if tid else "no other thread")
+    return Gap(end - start, end - start - waited, tid, ran)
 
 
 async def worst_gap_while(work: Any) -> tuple[Gap, int]:
@@ -109,7 +112,9 @@ async def worst_gap_while(work: Any) -> tuple[Gap, int]:
         done = True
         await ticker  # its last tick measures the tail of the work
         gc.unfreeze()
-    return max(gaps, key=lambda g: g.running), len(gaps)
+    worst = max(gaps, key=lambda g: g.running)
+    busiest = f"{thread_name(worst.other)} ran {worst.other_ran * 1000:.1f} ms" if worst.other else "no other thread"
+    return worst._replace(busiest=busiest), len(gaps)
 
 
 # A pause the process cannot see, the hypervisor giving this virtual CPU to another guest (steal time, not a wait of
